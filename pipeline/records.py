@@ -1,0 +1,159 @@
+"""Records: the core fields every stage can rely on, and ingest of sources mapped by config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+
+import pandas as pd
+
+from pipeline.config import SourceConfig
+from pipeline.errors import DataError
+from pipeline.io import read_table
+from pipeline.taxonomy import Taxonomy
+
+CORE_FIELDS = ["id", "text", "lang", "source", "category", "subcategory", "is_risky", "meta"]
+REJECT_REASON = "reject_reason"
+REJECT_DETAIL = "reject_detail"
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, case-folded, whitespace collapsed: the form ids and exact-duplicate checks use."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().casefold()
+
+
+def text_id(text: str) -> str:
+    """A stable 32-hex id from the normalised text (the shape of BSA's ids)."""
+    return hashlib.md5(normalize_text(text).encode("utf-8")).hexdigest()
+
+
+def empty_records() -> pd.DataFrame:
+    """A frame with the core fields and no rows."""
+    return pd.DataFrame({name: pd.Series(dtype="boolean" if name == "is_risky" else "object")
+                         for name in CORE_FIELDS})
+
+
+def _to_risky(value: object, source: SourceConfig) -> object:
+    if isinstance(value, bool):
+        return value
+    if value is None or (isinstance(value, float) and value != value):
+        return pd.NA
+    text = str(value).strip().lower()
+    if text in source.risky_values:
+        return True
+    if text in source.safe_values:
+        return False
+    return pd.NA
+
+
+def _reject(frame: pd.DataFrame, reason: str, detail: str = "") -> pd.DataFrame:
+    out = frame.copy()
+    out[REJECT_REASON] = reason
+    out[REJECT_DETAIL] = detail
+    return out
+
+
+def ingest_source(source: SourceConfig, taxonomy: Taxonomy | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One source as core records, plus rows rejected on the way (when `on_error: reject`)."""
+    raw, bad = read_table(source.path, on_error=source.on_error)
+    rejects = [bad] if not bad.empty else []
+    if source.query:
+        try:
+            raw = raw.query(source.query)
+        except Exception as err:  # noqa: BLE001 - pandas raises many types for a bad expression
+            raise DataError(source.path, f"query '{source.query}' failed ({err})") from err
+    if source.limit:
+        raw = raw.head(source.limit)
+    mapped = {"text": source.text, "id": source.id, "lang": source.lang, "category": source.category,
+              "subcategory": source.subcategory}
+    if isinstance(source.is_risky, str):
+        mapped["is_risky"] = source.is_risky
+    for field, column in mapped.items():
+        if column and column not in raw.columns:
+            raise DataError(source.path, f"column '{column}' (mapped to record field '{field}') not found; "
+                                         f"columns are: {', '.join(c for c in raw.columns if c != '_line')}",
+                            field=column)
+    used = {c for c in mapped.values() if c} | {"_line"}
+    records = pd.DataFrame(index=raw.index)
+    text = raw[source.text]
+    missing = text.isna()
+    records["text"] = text.where(~missing, None).map(lambda v: v if v is None else str(v))
+    for field in ("lang", "category", "subcategory"):
+        column = mapped[field]
+        value = raw[column].astype("string").astype(object) if column else None
+        records[field] = value if value is not None else source.defaults.get(field)
+        if value is not None and field in source.defaults:
+            records[field] = records[field].where(records[field].notna() & (records[field] != ""),
+                                                  source.defaults[field])
+    if isinstance(source.is_risky, str):
+        records["is_risky"] = raw[source.is_risky].map(lambda v: _to_risky(v, source))
+    elif isinstance(source.is_risky, bool):
+        records["is_risky"] = source.is_risky
+    else:
+        records["is_risky"] = pd.NA
+    records["is_risky"] = records["is_risky"].astype("boolean")
+    if source.category_map:
+        records["category"] = records["category"].map(lambda v: source.category_map.get(v, v) if v else v)
+    # a `Category-Subcategory` label in the category column fills both fields
+    if taxonomy is not None:
+        def split_label(row: pd.Series) -> pd.Series:
+            cat = row["category"]
+            if isinstance(cat, str) and cat not in taxonomy.categories and "-" in cat:
+                major, minor = Taxonomy.split(cat)
+                if taxonomy.is_valid(major, minor):
+                    row["category"], row["subcategory"] = major, minor
+            return row
+
+        records = records.apply(split_label, axis=1) if len(records) else records
+    records["source"] = source.name
+    records["_line"] = raw["_line"].values
+    extra = [c for c in raw.columns if c not in used]
+    records["meta"] = [json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False)
+                       for row in raw[extra].to_dict(orient="records")] if extra else "{}"
+    if source.id:
+        records["id"] = raw[source.id].astype(str)
+    else:
+        records["id"] = [text_id(t) if isinstance(t, str) else None for t in records["text"]]
+    bad_text = records["text"].isna()
+    if bad_text.any():
+        if source.on_error == "raise":
+            line = int(records.loc[bad_text, "_line"].iloc[0])
+            raise DataError(source.path, "missing text", line=line, field=source.text)
+        rejects.append(_reject(records[bad_text], "missing_text", f"column '{source.text}' is empty"))
+        records = records[~bad_text]
+    return records, (pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame())
+
+
+def _plain(value: object) -> object:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def ingest(sources: list[SourceConfig], taxonomy: Taxonomy | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All sources as one frame of core records; repeated ids (exact duplicate texts) are rejected."""
+    frames, rejects = [], []
+    for source in sources:
+        records, bad = ingest_source(source, taxonomy)
+        frames.append(records)
+        if not bad.empty:
+            bad["source"] = source.name
+            rejects.append(bad)
+    if not frames:
+        raise DataError("config", "no sources configured", field="sources")
+    records = pd.concat(frames, ignore_index=True)
+    repeated = records["id"].duplicated(keep="first")
+    if repeated.any():
+        first = records.drop_duplicates("id").set_index("id")["source"]
+        dup = records[repeated]
+        rejects.append(_reject(dup, "duplicate_id").assign(
+            reject_detail=[f"same id as a row of {first[i]}" for i in dup["id"]]))
+        records = records[~repeated]
+    columns = [*CORE_FIELDS, "_line"]
+    return (records[columns].reset_index(drop=True),
+            pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame())

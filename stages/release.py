@@ -1,0 +1,1 @@
+"""Writing build/release/ (placeholder: being implemented)."""
