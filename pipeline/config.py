@@ -131,10 +131,7 @@ def apply_override(data: dict, keys: list[str], value: Any) -> None:
     """Set `value` at the dotted path `keys` inside nested dicts (lists indexed by number)."""
     node: Any = data
     for key in keys[:-1]:
-        if isinstance(node, list):
-            node = node[int(key)]
-        else:
-            node = node.setdefault(key, {})
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
     if isinstance(node, list):
         node[int(keys[-1])] = value
     else:

@@ -154,6 +154,7 @@ def ingest(sources: list[SourceConfig], taxonomy: Taxonomy | None = None) -> tup
         rejects.append(_reject(dup, "duplicate_id").assign(
             reject_detail=[f"same id as a row of {first[i]}" for i in dup["id"]]))
         records = records[~repeated]
+    records["is_risky"] = records["is_risky"].astype("boolean")
     columns = [*CORE_FIELDS, "_line"]
     return (records[columns].reset_index(drop=True),
             pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame())

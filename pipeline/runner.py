@@ -7,6 +7,7 @@ with its reason) and `NN_<stage>.stats.json`, all atomically, and records its fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -63,10 +64,8 @@ def _hash_json(value: Any) -> str:
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -256,12 +255,15 @@ def _arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.reset_index(drop=True)
     for column in frame.columns:
         if frame[column].dtype == object:
-            kinds = {type(v) for v in frame[column] if v is not None and not (isinstance(v, float) and v != v)}
-            if kinds & {dict, list, tuple} or len(kinds) > 1:
-                frame[column] = [v if v is None or isinstance(v, str) else json.dumps(v, ensure_ascii=False,
-                                                                                      default=str)
-                                 for v in frame[column]]
+            kinds = {type(v) for v in frame[column] if not _is_missing(v)}
+            if kinds & {dict, list, tuple}:
+                frame[column] = [None if _is_missing(v) else v if isinstance(v, str)
+                                 else json.dumps(v, ensure_ascii=False, default=str) for v in frame[column]]
     return frame
+
+
+def _is_missing(value: object) -> bool:
+    return value is None or (not isinstance(value, (list, dict, tuple)) and bool(pd.isna(value)))
 
 
 def funnel_table(summary: list[dict[str, Any]]) -> str:
