@@ -9,6 +9,7 @@ BUILD ?= $(shell $(PY) -c "from pipeline.config import load_config as l; print(l
 # stage files in the configured order, e.g. "00_ingest 01_clean 02_language ..."
 ORDER := $(shell $(BSA) order --config $(CONFIG) $(SETS) 2>/dev/null || echo 00_ingest 01_clean 02_language 03_dedup 04_relevance 05_annotations 06_synthesis 07_difficulty)
 LAST := $(lastword $(ORDER))
+SOURCES := $(shell $(BSA) order --sources --config $(CONFIG) $(SETS) 2>/dev/null)
 COMMON_DEPS := $(CONFIG) $(wildcard configs/*.yaml configs/taxonomy/*.yaml pipeline/*.py) .venv/.setup-done
 
 .PHONY: setup test build-dataset lm bench lint clean eval leaderboard spot-check release croissant
@@ -31,7 +32,7 @@ lint: .venv/.setup-done
 stage_name = $(word 2,$(subst _, ,$(1)))
 PREV := none $(ORDER)
 define STAGE_RULE
-$(BUILD)/$(1).parquet: $(if $(filter-out none,$(2)),$(BUILD)/$(2).parquet) $(wildcard stages/$(call stage_name,$(1)).py) $(wildcard prompts/*/*) $(COMMON_DEPS) $(if $(filter language,$(call stage_name,$(1))),$(BUILD)/lm/.done)
+$(BUILD)/$(1).parquet: $(if $(filter-out none,$(2)),$(BUILD)/$(2).parquet,$(SOURCES)) $(wildcard stages/$(call stage_name,$(1)).py) $(wildcard prompts/*/*) $(COMMON_DEPS) $(if $(filter language,$(call stage_name,$(1))),$(BUILD)/lm/.done)
 	$(BSA) build --config $(CONFIG) $(SETS) --only $(call stage_name,$(1))
 endef
 $(foreach i,$(shell seq $(words $(ORDER))),$(eval $(call STAGE_RULE,$(word $(i),$(ORDER)),$(word $(i),$(PREV)))))

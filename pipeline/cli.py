@@ -90,7 +90,10 @@ def cmd_order(args: argparse.Namespace) -> int:
     from pipeline.runner import INGEST, stage_paths
 
     config = _load(args)
-    print(" ".join(stage_paths(config, name).output.stem for name in [INGEST, *config.order]))
+    if args.sources:
+        print(" ".join(source.path for source in config.sources))
+    else:
+        print(" ".join(stage_paths(config, name).output.stem for name in [INGEST, *config.order]))
     return 0
 
 
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("order", help="the build's stage files in order (used by the Makefile)")
+    p.add_argument("--sources", action="store_true", help="print the source files instead")
     _config_args(p)
     p.set_defaults(func=cmd_order)
 

@@ -42,6 +42,8 @@ class SourceConfig(Section):
     query: str | None = None  # pandas query selecting rows, e.g. "FunctionalCategory == 'standard'"
     limit: int | None = None
     on_error: Literal["raise", "reject"] = "raise"
+    license: str | None = None  # the source's licence (SPDX id or URL), shown in the release's card
+    citation: str | None = None  # how to cite the source, shown in the release's card
 
 
 class EndpointConfig(Section):

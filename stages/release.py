@@ -1,1 +1,240 @@
-"""Writing build/release/ (placeholder: being implemented)."""
+"""The release: `build/release/` written from the last stage's output (`bsa release`, `make release`).
+
+Files written:
+  benchmark.csv      exactly BSA's columns `id, query, risk_summary, dataset_name, label` (BSA's tools read it)
+  benchmark.jsonl    the same rows, the same order, with their provenance columns besides
+  benchmark.parquet  the same as the JSONL, typed (what `datasets` and the Croissant RecordSet read)
+  funnel.txt         rows in and out of every stage and why they left (from `build/*.stats.json`)
+  funnel.png, categories.png, README.md (the dataset card, see `stages/release_card.py`)
+`croissant.json` is written afterwards by `bsa croissant` (the `croissant` package).
+
+The input must hold the synthesis stage's columns (`id, text, scenario, label, risk_summary`, see
+FIELD_DESCRIPTIONS): a row that breaks BSA's format stops the release with its row number and field,
+so nothing is released wrong and nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.config import BuildConfig, Section
+from pipeline.errors import DataError
+from pipeline.io import file_sha256, load_table, write_table, write_text
+from pipeline.runner import INGEST, funnel_table, stage_paths
+from pipeline.taxonomy import Taxonomy
+
+SCENARIOS = ("Risk Omission", "Cognitive Shortcut", "Over Sensitivity")
+PAIRED_SCENARIO = "Cognitive Shortcut"  # its items carry two risks: `Query A: ...\nQuery B: ...`
+BSA_COLUMNS = ["id", "query", "risk_summary", "dataset_name", "label"]
+RENAMED = {"text": "query", "scenario": "dataset_name"}  # record field -> BSA column
+DATA_FILES = ("benchmark.csv", "benchmark.jsonl", "benchmark.parquet")
+
+FIELD_DESCRIPTIONS = {
+    "id": "Item id: 32 hexadecimal digits, unique in the release.",
+    "query": "The request put to the model under test.",
+    "risk_summary": "The risk hidden in the query, in one sentence (Cognitive Shortcut: one line per query, "
+                    "'Query A: ...' then 'Query B: ...').",
+    "dataset_name": "The scenario: 'Risk Omission', 'Cognitive Shortcut' or 'Over Sensitivity'.",
+    "label": "The risk as 'Category-Subcategory' of the taxonomy (split on the first '-'); Cognitive Shortcut: "
+             "'Query A: Category-Subcategory' and 'Query B: Category-Subcategory' on two lines.",
+    "lang": "Language code of the query.",
+    "source": "Name of the configured source the item (or its seed) came from.",
+    "category": "Taxonomy category of the item's (first) risk.",
+    "subcategory": "Taxonomy subcategory of the item's (first) risk.",
+    "is_risky": "Whether the seed instruction was risky according to its source (empty when unknown).",
+    "meta": "JSON object: the source's other columns for the seed row.",
+    "seed_ids": "JSON list: ids of the pool records the item was written from.",
+    "generator_model": "The model that wrote the item.",
+    "prompt_sha256": "sha256 of the prompt template that wrote the item (see the build manifest).",
+    "difficulty_failed": "How many of the difficulty-check models missed the risk.",
+    "difficulty_models": "How many models the difficulty check ran.",
+    "difficulty_results": "JSON: each difficulty-check model's verdict on the item.",
+}
+PROVENANCE_COLUMNS = [name for name in FIELD_DESCRIPTIONS if name not in BSA_COLUMNS]
+_QUERY_PREFIX = re.compile(r"^Query ([AB]):\s*")
+
+
+class Creator(Section):
+    """A person or organisation credited as creator of the dataset."""
+
+    name: str
+    url: str | None = None
+    email: str | None = None
+    organization: bool = False
+
+
+class Config(Section):
+    """The `release:` section: what the card and the Croissant metadata say about the dataset."""
+
+    license: str = "CC-BY-4.0"  # SPDX id (or a URL) of the released benchmark's licence
+    license_url: str | None = None  # default: derived from a Creative Commons SPDX id
+    citation: str | None = None  # BibTeX or plain text
+    url: str | None = None  # the dataset's home page
+    creators: list[Creator] = []
+    keywords: list[str] = ["AI safety", "risk awareness", "reasoning models", "benchmark"]
+    own_sources: list[str] = []  # sources written by the project itself: released under `license`
+    date_published: str | None = None  # ISO date; default: the date of the build's last stage
+
+
+@dataclass
+class ReleaseInfo:
+    """What the release holds and was made from: rows, config, manifest and the stats of each stage."""
+
+    config: BuildConfig
+    section: Config
+    records: pd.DataFrame  # the released rows, BSA columns first, then provenance
+    funnel: list[dict[str, Any]]  # stats of ingest and each configured stage, in order
+    manifest: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)  # released file name -> sha256
+
+    @property
+    def date(self) -> str:
+        stamp = self.section.date_published or self.manifest.get("updated_at") or pd.Timestamp.now("UTC").isoformat()
+        return str(stamp)[:10]
+
+
+def release_config(config: BuildConfig) -> Config:
+    """The validated `release:` section."""
+    from pydantic import ValidationError
+
+    from pipeline.config import format_validation_error
+    from pipeline.errors import ConfigError
+
+    try:
+        return Config.model_validate(config.release)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(config.config_path, err, prefix="release")) from err
+
+
+def release_dir(config: BuildConfig) -> Path:
+    return config.build_path / "release"
+
+
+def last_output(config: BuildConfig) -> Path:
+    """The output of the last configured stage: the rows to release."""
+    return stage_paths(config, config.order[-1] if config.order else INGEST).output
+
+
+def license_url(license_id: str) -> str | None:
+    """The deed URL of a Creative Commons licence given by SPDX id (`CC-BY-NC-4.0`), else None."""
+    if license_id.startswith(("http://", "https://")):
+        return license_id
+    match = re.fullmatch(r"CC[- ]BY((?:[- ](?:NC|SA|ND))*)[- ](\d\.\d)", license_id.strip(), re.IGNORECASE)
+    if not match:
+        return None
+    terms = "".join(f"-{t.lower()}" for t in re.split(r"[- ]", match.group(1)) if t)
+    return f"https://creativecommons.org/licenses/by{terms}/{match.group(2)}/"
+
+
+def risk_labels(label: str) -> list[str]:
+    """The `Category-Subcategory` labels of an item: one, or two for a `Query A/Query B` label."""
+    return [_QUERY_PREFIX.sub("", line).strip() for line in str(label).splitlines() if line.strip()]
+
+
+def label_problem(label: object, scenario: str, taxonomy: Taxonomy) -> str | None:
+    """Why a label is not BSA's format for its scenario (None when it is)."""
+    if not isinstance(label, str) or not label.strip():
+        return "empty label"
+    lines = label.strip().splitlines()
+    if scenario == PAIRED_SCENARIO:
+        prefixes = [match.group(1) if (match := _QUERY_PREFIX.match(line)) else None for line in lines]
+        if prefixes != ["A", "B"]:
+            return f"a {PAIRED_SCENARIO} label is 'Query A: Cat-Sub' and 'Query B: Cat-Sub' on two lines"
+    elif len(lines) != 1:
+        return f"a {scenario} label is one 'Category-Subcategory'"
+    for risk in risk_labels(label):
+        category, subcategory = Taxonomy.split(risk)
+        if not subcategory or not taxonomy.is_valid(category, subcategory):
+            return f"'{risk}' is not a Category-Subcategory of taxonomy '{taxonomy.name}'"
+    return None
+
+
+def _check_rows(frame: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> None:
+    """Raise on the first row that breaks BSA's format (row numbers are 1-based)."""
+    for row, item in enumerate(frame.itertuples(index=False), start=1):
+        if not isinstance(item.id, str) or not re.fullmatch(r"[0-9a-f]{32}", item.id):
+            raise DataError(path, f"id {item.id!r} is not 32 hexadecimal digits", row, "id")
+        if item.dataset_name not in SCENARIOS:
+            raise DataError(path, f"scenario {item.dataset_name!r} is not one of {', '.join(SCENARIOS)}",
+                            row, "scenario")
+        if not isinstance(item.query, str) or not item.query.strip():
+            raise DataError(path, "empty query", row, "text")
+        if not isinstance(item.risk_summary, str) or not item.risk_summary.strip():
+            raise DataError(path, "empty risk_summary", row, "risk_summary")
+        problem = label_problem(item.label, item.dataset_name, taxonomy)
+        if problem:
+            raise DataError(path, f"{problem} (got {item.label!r})", row, "label")
+    repeated = frame["id"].duplicated()
+    if repeated.any():
+        row = int(repeated.to_numpy().nonzero()[0][0]) + 1
+        raise DataError(path, f"id {frame['id'].iloc[row - 1]} appears twice", row, "id")
+
+
+def to_release_frame(records: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> pd.DataFrame:
+    """The rows to release: BSA's columns (renamed from the record fields) first, then provenance.
+
+    Rows are grouped by scenario in BSA's order (stable: the stages' order holds within a scenario).
+    """
+    needed = ["id", "text", "scenario", "label", "risk_summary"]
+    missing = [column for column in needed if column not in records.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}: is the synthesis stage in the order?",
+                        field=missing[0])
+    if records.empty:
+        raise DataError(path, "no rows to release")
+    frame = records.drop(columns=["_line"], errors="ignore").rename(columns=RENAMED)
+    _check_rows(frame, path, taxonomy)
+    rest = [c for c in PROVENANCE_COLUMNS if c in frame.columns]
+    rest += [c for c in frame.columns if c not in BSA_COLUMNS and c not in rest]
+    order = frame["dataset_name"].map(SCENARIOS.index)
+    return frame.iloc[order.to_numpy().argsort(kind="stable")][BSA_COLUMNS + rest].reset_index(drop=True)
+
+
+def read_funnel(config: BuildConfig) -> list[dict[str, Any]]:
+    """The stats the runner wrote for ingest and each configured stage (those that ran), in order."""
+    funnel = []
+    for name in [INGEST, *config.order]:
+        path = stage_paths(config, name).stats
+        if path.exists():
+            funnel.append(json.loads(path.read_text(encoding="utf-8")))
+    return funnel
+
+
+def read_manifest(config: BuildConfig) -> dict[str, Any]:
+    path = config.build_path / "manifest.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def write_data(frame: pd.DataFrame, out: Path) -> dict[str, str]:
+    """benchmark.csv (BSA's columns), .jsonl and .parquet (all columns): {file name: sha256}."""
+    write_table(frame[BSA_COLUMNS], out / "benchmark.csv")
+    write_table(frame, out / "benchmark.jsonl")
+    write_table(frame, out / "benchmark.parquet")
+    return {name: file_sha256(out / name) for name in DATA_FILES}
+
+
+def write_release(config: BuildConfig) -> list[Path]:
+    """Write build/release/ from the last stage's output; the paths written."""
+    from stages.release_card import plot_categories, plot_funnel, render_card
+
+    source = last_output(config)
+    if not source.exists():
+        raise DataError(source, "the last stage's output is missing: run `bsa build` first")
+    taxonomy = Taxonomy.load(config.taxonomy)
+    frame = to_release_frame(load_table(source), source, taxonomy)
+    out = release_dir(config)
+    out.mkdir(parents=True, exist_ok=True)
+    info = ReleaseInfo(config=config, section=release_config(config), records=frame,
+                       funnel=read_funnel(config), manifest=read_manifest(config), files=write_data(frame, out))
+    written = [out / name for name in DATA_FILES]
+    written.append(write_text(funnel_table(info.funnel) + "\n", out / "funnel.txt"))
+    written.append(plot_funnel(info.funnel, out / "funnel.png"))
+    written.append(plot_categories(frame, out / "categories.png"))
+    written.append(write_text(render_card(info), out / "README.md"))
+    return written

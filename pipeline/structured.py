@@ -1,0 +1,89 @@
+"""Structured output: ask the server for JSON matching a schema where it can, then find, repair lightly and
+validate the JSON object in the reply text (servers without constrained decoding wrap it in prose or fences).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+from jsonschema.exceptions import best_match
+from jsonschema.validators import validator_for
+
+_DECODER = json.JSONDecoder()
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+
+
+class ParseError(ValueError):
+    """The reply holds no JSON object matching the schema."""
+
+
+def response_format(schema: dict, mode: str) -> dict | None:
+    """The `response_format` body field for a structured-output mode (None: prompt only)."""
+    if mode == "json_object_schema":  # llama.cpp, vLLM: grammar-constrained
+        return {"type": "json_object", "schema": schema}
+    if mode == "json_schema":  # OpenAI style
+        return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+    return None
+
+
+@lru_cache(maxsize=64)
+def _validator(schema_json: str) -> Any:
+    schema = json.loads(schema_json)
+    cls = validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _candidates(text: str) -> Iterator[dict]:
+    """JSON objects in the text, lazily: the whole text, fenced blocks, then each outermost `{...}`."""
+    for chunk in (text, *_FENCE.findall(text)):
+        try:
+            value = json.loads(chunk)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            yield value
+    position = text.find("{")
+    while position >= 0:
+        try:
+            value, end = _DECODER.raw_decode(text, position)
+        except ValueError:
+            position = text.find("{", position + 1)
+            continue
+        if isinstance(value, dict):
+            yield value
+        position = text.find("{", end)
+
+
+def _canonical_enums(value: dict, schema: dict) -> dict:
+    """Top-level string enum values matched case- and space-insensitively to their canonical spelling."""
+    fixed = dict(value)
+    for name, spec in (schema.get("properties") or {}).items():
+        options = spec.get("enum") if isinstance(spec, dict) else None
+        given = fixed.get(name)
+        if not options or not isinstance(given, str) or given in options:
+            continue
+        matches = [o for o in options if isinstance(o, str) and o.casefold() == given.strip().casefold()]
+        if len(matches) == 1:
+            fixed[name] = matches[0]
+    return fixed
+
+
+def extract_json(text: str, schema: dict, schema_json: str | None = None) -> dict:
+    """The first JSON object in `text` that validates against `schema` (raises ParseError otherwise)."""
+    validator = _validator(schema_json or json.dumps(schema, sort_keys=True))
+    first_error = None
+    for candidate in _candidates(text.strip()):
+        candidate = _canonical_enums(candidate, schema)
+        error = best_match(validator.iter_errors(candidate))
+        if error is None:
+            return candidate
+        first_error = first_error or error
+    if first_error is None:
+        raise ParseError("no JSON object in the reply")
+    where = "/".join(str(p) for p in first_error.absolute_path) or "(root)"
+    raise ParseError(f"JSON does not match the schema at {where}: {first_error.message}")

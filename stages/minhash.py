@@ -1,0 +1,260 @@
+"""MinHash near-duplicate search, vectorised with numpy: shingle -> hash -> signatures -> LSH bands -> pairs.
+
+The signatures are exactly datasketch's `MinHash` (scheme `affine32`, its permutations for the same seed)
+fed with our 32-bit shingle hashes, so a row's signature equals
+`MinHash(num_perm, seed, hashfunc=int).update_batch(shingle_hashes)`. What differs is how they are computed:
+every shingle of a chunk of rows is hashed and permuted in one numpy expression instead of one
+Python call per shingle, and LSH banding groups equal band keys with a sort instead of a Python dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import chain
+
+import numpy as np
+import pandas as pd
+
+_WORD = re.compile(r"\w+")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+CJK_LANGS = ("zh", "ja", "ko")
+CJK_SHARE = 0.3  # a text whose word characters are at least this share CJK is shingled by characters
+_PAD = np.uint64(0x9E3779B97F4A7C15)  # stands in for the missing tokens of a text shorter than n
+_MIX = np.uint64(0x100000001B3)
+_MASK32 = np.uint64(0xFFFFFFFF)
+_CHUNK_CELLS = 1 << 23  # shingles x permutations computed at once (32 MiB of uint32)
+
+
+@dataclass(frozen=True)
+class Shingles:
+    """The 32-bit shingle hashes of every row, flat, with `offsets[i]:offsets[i+1]` belonging to row i."""
+
+    hashes: np.ndarray  # uint32
+    offsets: np.ndarray  # int64, len(rows) + 1
+
+    @property
+    def rows(self) -> int:
+        return len(self.offsets) - 1
+
+    def unique_per_row(self) -> Shingles:
+        """The same rows with each row's shingles sorted and deduplicated (sets, for exact Jaccard)."""
+        row = np.repeat(np.arange(self.rows, dtype=np.uint64), np.diff(self.offsets))
+        keys = np.unique((row << np.uint64(32)) | self.hashes.astype(np.uint64))
+        counts = np.bincount((keys >> np.uint64(32)).astype(np.int64), minlength=self.rows)
+        return Shingles((keys & _MASK32).astype(np.uint32), np.concatenate([[0], np.cumsum(counts)]))
+
+
+# -- shingling ----------------------------------------------------------------------------------------------
+def tokens(text: str, lang: str | None = None) -> tuple[list[str], bool]:
+    """Normalised tokens (NFKC, case-folded, punctuation dropped) and whether they are CJK characters.
+
+    Characters when `lang` is a CJK code or at least `CJK_SHARE` of the word characters are CJK script;
+    words otherwise. A text with no word characters is one token: itself, stripped.
+    """
+    words = _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    joined = "".join(words)
+    by_chars = bool(joined) and ((isinstance(lang, str) and lang.lower().startswith(CJK_LANGS))
+                                 or (not joined.isascii() and len(_CJK.findall(joined)) >= CJK_SHARE * len(joined)))
+    units = list(joined) if by_chars else words
+    return units or [text.strip()], by_chars
+
+
+def _token_hashes(values: pd.Index) -> np.ndarray:
+    """A stable 64-bit hash of each distinct token (blake2b, independent of Python's hash seed)."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(v.encode("utf-8"), digest_size=8).digest(), "little")
+                        for v in values), dtype=np.uint64, count=len(values))
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xFF51AFD7ED558CCD)
+    h = h ^ (h >> np.uint64(33))
+    h = h * np.uint64(0xC4CEB9FE1A85EC53)
+    return h ^ (h >> np.uint64(33))
+
+
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def shingle(texts: Sequence[str], langs: Sequence[str | None] | None = None, ngram: int = 3,
+            char_ngram: int = 3) -> Shingles:
+    """Hash the word n-grams (character n-grams for CJK) of each text; a text shorter than n is one shingle."""
+    tokenised = [tokens(t, lang) for t, lang in zip(texts, langs if langs is not None else [None] * len(texts),
+                                                       strict=True)]
+    token_lists = [units for units, _ in tokenised]
+    by_chars = np.fromiter((chars for _, chars in tokenised), dtype=bool, count=len(tokenised))
+    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+    codes, vocab = pd.factorize(pd.Series(list(chain.from_iterable(token_lists)), dtype=object))
+    flat = _token_hashes(vocab)[codes]
+    n = np.where(by_chars, char_ngram, ngram).astype(np.int64)
+    windows = np.maximum(lengths - n + 1, 1)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    row = np.repeat(np.arange(len(texts)), windows)
+    first = np.repeat(starts, windows) + _ranks(windows)
+    end = (starts + lengths)[row]
+    hashed = np.zeros(len(first), dtype=np.uint64)
+    for k in range(int(n.max(initial=1))):
+        position = first + k
+        inside = position < end
+        token = np.where(inside, flat[np.minimum(position, max(len(flat) - 1, 0))], _PAD)
+        used = k < n[row]
+        hashed = np.where(used, _fmix64(hashed * _MIX + token), hashed)
+    folded = ((hashed >> np.uint64(32)) ^ hashed) & _MASK32
+    return Shingles(folded.astype(np.uint32), np.concatenate([[0], np.cumsum(windows)]).astype(np.int64))
+
+
+def _ranks(sizes: np.ndarray) -> np.ndarray:
+    """0, 1, ..., size-1 for each size, concatenated."""
+    total = int(sizes.sum())
+    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+
+
+# -- signatures ---------------------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutation parameters (a odd, b) for this seed."""
+    from datasketch import MinHash
+
+    a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
+    return a.astype(np.uint32), b.astype(np.uint32)
+
+
+def signatures(shingles: Shingles, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    """(rows, num_perm) uint32 MinHash signatures, min over each row's permuted shingle hashes."""
+    a, b = permutations(num_perm, seed)
+    out = np.empty((shingles.rows, num_perm), dtype=np.uint32)
+    mixed = _fmix32(shingles.hashes)
+    for lo, hi in _row_chunks(shingles.offsets, max(1, _CHUNK_CELLS // num_perm)):
+        s0, s1 = shingles.offsets[lo], shingles.offsets[hi]
+        permuted = mixed[s0:s1, None] * a + b
+        out[lo:hi] = np.minimum.reduceat(permuted, shingles.offsets[lo:hi] - s0, axis=0)
+    return out
+
+
+def _row_chunks(offsets: np.ndarray, max_items: int) -> Iterator[tuple[int, int]]:
+    """Consecutive row ranges holding about `max_items` items each (at least one row)."""
+    rows, lo = len(offsets) - 1, 0
+    while lo < rows:
+        hi = int(np.searchsorted(offsets, offsets[lo] + max_items, side="right")) - 1
+        hi = min(rows, max(hi, lo + 1))
+        yield lo, hi
+        lo = hi
+
+
+# -- LSH ----------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=32)
+def bands_and_rows(threshold: float, num_perm: int, false_positive_weight: float = 0.5,
+                   false_negative_weight: float = 0.5) -> tuple[int, int]:
+    """(bands, rows per band) minimising datasketch's weighted false positive and negative areas."""
+    from datasketch.lsh import _optimal_param
+
+    bands, rows = _optimal_param(threshold, num_perm, false_positive_weight, false_negative_weight)
+    return int(bands), int(rows)
+
+
+def _band_keys(band: np.ndarray) -> np.ndarray:
+    """One 64-bit key per row for a (rows, r) slice of signatures."""
+    key = np.zeros(len(band), dtype=np.uint64)
+    for column in band.T:
+        key = _fmix64(key * _MIX + column.astype(np.uint64))
+    return key
+
+
+def _groups(keys: np.ndarray) -> list[np.ndarray]:
+    """Row indices sharing a key, as one (groups, size) matrix per group size (size >= 2)."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    sizes = np.diff(np.append(starts, len(keys)))
+    return [order[starts[sizes == size][:, None] + np.arange(size)] for size in np.unique(sizes[sizes > 1])]
+
+
+def _pairs_within(members: np.ndarray, max_bucket: int) -> np.ndarray:
+    """(pairs, 2) of every two members of each group; a group above `max_bucket` pairs with its first only."""
+    size = members.shape[1]
+    if size > max_bucket:
+        left, right = np.repeat(members[:, :1], size - 1, axis=1), members[:, 1:]
+    else:
+        i, j = np.triu_indices(size, 1)
+        left, right = members[:, i], members[:, j]
+    return np.stack([left.ravel(), right.ravel()], axis=1)
+
+
+def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket: int = 64) -> np.ndarray:
+    """Unique (i < j) pairs of rows that share at least one LSH band. Rows with equal signatures are
+    paired with the first of them only, so a text repeated a thousand times costs a thousand pairs."""
+    full = _band_keys(sigs)
+    parts = []
+    distinct = np.ones(len(sigs), dtype=bool)
+    for members in _groups(full):
+        parts.append(_pairs_within(members, max_bucket=1))
+        distinct[members[:, 1:].ravel()] = False
+    index = np.flatnonzero(distinct)
+    for band in range(bands):
+        keys = _band_keys(sigs[index, band * rows:(band + 1) * rows])
+        parts += [index[_pairs_within(members, max_bucket)] for members in _groups(keys)]
+    if not parts:
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.sort(np.concatenate(parts), axis=1)
+    return np.unique(pairs, axis=0)
+
+
+# -- verification -------------------------------------------------------------------------------------------
+def jaccard(sets: Shingles, pairs: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Exact Jaccard of the shingle sets of each pair (sets from `Shingles.unique_per_row`)."""
+    sizes = np.diff(sets.offsets)
+    parts = [_jaccard_chunk(sets, pairs[lo:lo + chunk], sizes) for lo in range(0, len(pairs), chunk)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
+
+
+def _jaccard_chunk(sets: Shingles, pairs: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    left, right = sizes[pairs[:, 0]], sizes[pairs[:, 1]]
+    lengths = np.stack([left, right], axis=1).ravel()
+    starts = sets.offsets[pairs.ravel()]
+    values = sets.hashes[np.repeat(starts, lengths) + _ranks(lengths)]
+    owner = np.repeat(np.arange(len(pairs), dtype=np.uint64), left + right)
+    keys = np.sort((owner << np.uint64(32)) | values.astype(np.uint64))
+    shared = keys[1:][keys[1:] == keys[:-1]] >> np.uint64(32)
+    inter = np.bincount(shared.astype(np.int64), minlength=len(pairs))
+    union = left + right - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    """Verified pairs of rows (i < j) and their Jaccard similarity; the candidates LSH proposed."""
+
+    pairs: np.ndarray
+    similarity: np.ndarray
+    candidates: int
+    bands: int
+    rows: int
+
+
+def near_duplicates(texts: Sequence[str], langs: Sequence[str | None] | None = None, *, num_perm: int = 128,
+                    threshold: float = 0.7, ngram: int = 3, char_ngram: int = 3, seed: int = 1,
+                    verify: bool = True) -> NearDuplicates:
+    """Pairs of texts whose shingle sets are at least `threshold` similar: LSH proposes, Jaccard verifies.
+
+    With `verify` the exact Jaccard of the shingle sets decides; without it, the signature estimate.
+    """
+    shingles = shingle(texts, langs, ngram=ngram, char_ngram=char_ngram)
+    sigs = signatures(shingles, num_perm=num_perm, seed=seed)
+    bands, rows = bands_and_rows(threshold, num_perm)
+    candidates = candidate_pairs(sigs, bands, rows)
+    if verify:
+        similarity = jaccard(shingles.unique_per_row(), candidates)
+    else:
+        similarity = (sigs[candidates[:, 0]] == sigs[candidates[:, 1]]).mean(axis=1)
+    keep = similarity >= threshold
+    return NearDuplicates(candidates[keep], similarity[keep], len(candidates), bands, rows)
