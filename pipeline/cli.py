@@ -129,8 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_release)
 
     p = sub.add_parser("croissant", help="write and validate Croissant metadata for a BSA-format CSV")
-    p.add_argument("file", nargs="?", help="a BSA-format CSV (default: the build's release)")
+    p.add_argument("file", nargs="?", help="a BSA-format CSV (default: the build's release), "
+                                           "or a Croissant JSON file to validate only")
     p.add_argument("--output", help="where to write the JSON-LD (default: beside the file)")
+    p.add_argument("--name", help="dataset name (default: SOURCE.txt beside the CSV, else the file name)")
+    p.add_argument("--license", help="licence, SPDX id or URL (default: SOURCE.txt, else release.license)")
+    p.add_argument("--citation", help="how to cite the dataset (default: SOURCE.txt, else release.citation)")
     _config_args(p)
     p.set_defaults(func=cmd_croissant)
 
@@ -147,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the variable holding the key")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--dataset", default=None, help="BSA-format CSV (default: the last built release)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N items (stratified by scenario)")
+    p.add_argument("--limit", type=int, default=None, help="N items, stratified by scenario (seeded)")
     p.add_argument("--judge-model", default=None)
     p.add_argument("--judge-base-url", default=None)
     p.add_argument("--judge-api-key-env", default=None)
@@ -164,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=None, help="samples per item (default: inferred)")
     p.add_argument("--alpha", type=float, default=0.7639364807041505)
     p.add_argument("--dataset", default=None, help="the benchmark CSV, for per-category breakdowns")
+    p.add_argument("--second-judged", default=None, help="the same samples judged by a second judge (kappa)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_metrics)
 

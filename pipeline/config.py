@@ -61,6 +61,8 @@ class EndpointConfig(Section):
     tokens_per_minute: float | None = None
     timeout: float = 120.0
     max_retries: int = 6
+    backoff_base: float = 1.0  # retry n waits up to base * 2**n seconds (full jitter), or the server's Retry-After
+    backoff_max: float = 60.0
     parse_retries: int = 2  # extra attempts when a structured reply does not parse
     structured_output: Literal["json_object_schema", "json_schema", "none"] = "json_object_schema"
     reasoning: Literal["auto", "elicit", "none"] = "auto"  # elicit: ask a non-reasoning model for <think>

@@ -1,18 +1,51 @@
 """The LLM engine: OpenAI-compatible endpoints, async with bounded concurrency, retries, a SQLite cache,
 reasoning split, structured output, usage and cost, and the embedded local llama.cpp server.
 
-INTERFACE (stable; the implementation is being written):
-
     engine = Engine.from_config(build_config)          # or Engine(endpoints, cache_path, local)
     responses = engine.run(requests, desc="relevance")  # sync; same order as requests; never raises per item
     engine.usage_snapshot() / engine.usage_since(snapshot, tag=...)  # token usage & cost per endpoint/tag
     engine.close()                                      # stops the local server, closes the cache
+
+Every request ends exactly once, as a result or as a recorded failure (its error and raw text). Results are
+cached by a hash of what determines the reply (endpoint URL, model, messages, sampling parameters, schema,
+sample index), so a rerun, or another stage asking the same thing, sends nothing twice; failures are not
+cached, so the next run retries only those.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import tempfile
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from pipeline.config import EndpointConfig, LocalServerConfig
+from pipeline.errors import ConfigError
+from pipeline.llm_cache import CachedReply, LLMCache
+from pipeline.llm_client import EndpointClient, SendError, retry_delay
+from pipeline.reasoning import Split, split_reasoning
+from pipeline.structured import ParseError, extract_json, response_format
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from pipeline.config import BuildConfig
+    from pipeline.local_server import LocalServer
+
+log = logging.getLogger("bsa.llm")
+LOCAL = "local"
+SAMPLING_FIELDS = ("temperature", "top_p", "max_tokens", "seed")
+COUNTED = ("requests", "cached", "failed", "sent", "prompt_tokens", "completion_tokens")
+PARSE_RESEED = 7919  # with a fixed seed, parse retry j uses seed + j * PARSE_RESEED (a different draw)
 
 
 @dataclass
@@ -43,3 +76,354 @@ class Response:
     cached: bool = False
     attempts: int = 0
     model: str = ""
+    finish_reason: str = ""  # "stop", "length" (cut by max_tokens), ...
+    elicited: bool = False  # the model was asked to reason in <think> tags (it is not a reasoning model)
+    key: str = ""  # the cache key
+
+
+@dataclass(slots=True)
+class _Call:
+    """One distinct request on the wire; `targets` are the (index, tag) of every Request it answers."""
+
+    client: EndpointClient
+    request: Request
+    payload: dict[str, Any]
+    body: bytes
+    key: str
+    elicited: bool
+    schema_json: str | None
+    targets: list[tuple[int, str]]
+
+    def body_for(self, parse_attempt: int) -> bytes:
+        """The body of a parse retry: with a fixed seed, a different seed (else the same reply comes back)."""
+        if parse_attempt == 0 or "seed" not in self.payload:
+            return self.body
+        return json.dumps({**self.payload, "seed": self.payload["seed"] + parse_attempt * PARSE_RESEED},
+                          ensure_ascii=False).encode()
+
+
+class Engine:
+    """Runs batches of Requests against the configured endpoints (see the module docstring)."""
+
+    def __init__(self, endpoints: dict[str, EndpointConfig], cache_path: Path | None = None,
+                 local: LocalServerConfig | None = None, lang: str = "en", log_dir: Path | None = None):
+        self.endpoints = dict(endpoints)
+        self.cache = LLMCache(cache_path) if cache_path else None
+        self.local_config = local or LocalServerConfig()
+        self.lang = lang
+        self.log_dir = Path(log_dir) if log_dir else (Path(cache_path).parent if cache_path else None)
+        self._clients: dict[str, EndpointClient] = {}
+        self._local: LocalServer | None = None
+        self._local_model_name: str | None = None
+        self._elicit_instruction: str | None = None
+        self._usage: Counter = Counter()  # (tag, endpoint, field) -> amount
+        self._loop = asyncio.Runner()
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_config(cls, config: BuildConfig) -> Engine:
+        return cls(config.endpoints, config.cache_path, config.llm.local, lang=config.lang,
+                   log_dir=config.build_path)
+
+    # -- endpoints -------------------------------------------------------------------------------------------
+    def _endpoint(self, name: str) -> EndpointConfig:
+        if name not in self.endpoints:
+            raise ConfigError(f"unknown LLM endpoint '{name}' (configured: {', '.join(self.endpoints) or 'none'})")
+        return self.endpoints[name]
+
+    def _local_server(self) -> LocalServer:
+        if self._local is None:
+            from pipeline.local_server import LocalServer
+
+            log_dir = self.log_dir or Path(tempfile.gettempdir())
+            self._local = LocalServer(self.local_config, log_dir / "llm-local-server.log")
+        return self._local
+
+    def _client(self, name: str) -> EndpointClient:
+        client = self._clients.get(name)
+        if client is None:
+            config = self._endpoint(name)
+            base_url = self._local_server().start() if config.base_url == LOCAL else config.base_url
+            client = self._clients[name] = EndpointClient(name, config, base_url)
+        return client
+
+    def endpoint_model(self, name: str) -> str:
+        """The model an endpoint serves (for provenance): the GGUF file name for the local model."""
+        config = self._endpoint(name)
+        return self._local_model() if config.base_url == LOCAL else config.model
+
+    def _local_model(self) -> str:
+        if self._local_model_name is None:
+            from pipeline.local_server import default_model_path
+
+            path = self.local_config.model_path
+            self._local_model_name = Path(path).name if path else default_model_path().name
+        return self._local_model_name
+
+    def _identity(self, config: EndpointConfig) -> str:
+        """What the cache key knows of an endpoint: its URL (the local server's port changes every run)."""
+        return f"local:{self._local_model()}" if config.base_url == LOCAL else config.base_url.rstrip("/")
+
+    # -- building calls --------------------------------------------------------------------------------------
+    def _elicit_text(self) -> str:
+        if self._elicit_instruction is None:
+            from pipeline.prompts import PromptLoader
+
+            try:
+                prompt = PromptLoader(self.lang).load("elicit_reasoning")
+            except ConfigError:
+                prompt = PromptLoader("en").load("elicit_reasoning")
+            self._elicit_instruction = prompt.system
+        return self._elicit_instruction
+
+    def _messages(self, messages: list[dict[str, str]], elicit: bool) -> list[dict[str, str]]:
+        if not elicit:
+            return messages
+        instruction = self._elicit_text()
+        if messages and messages[0].get("role") == "system":
+            first = messages[0]
+            return [{**first, "content": f"{first['content'].rstrip()}\n\n{instruction}"}, *messages[1:]]
+        return [{"role": "system", "content": instruction}, *messages]
+
+    def _call(self, request: Request, index: int) -> _Call:
+        config = self._endpoint(request.endpoint)
+        elicit = (config.reasoning == "elicit") if request.elicit_reasoning is None else request.elicit_reasoning
+        payload: dict[str, Any] = {**config.extra_body, "model": config.model,
+                                   "messages": self._messages(request.messages, elicit)}
+        payload.update({name: getattr(config, name) for name in SAMPLING_FIELDS if getattr(config, name) is not None})
+        payload.update(request.params)
+        schema_json = None
+        if request.schema is not None:
+            schema_json = json.dumps(request.schema, sort_keys=True)
+            # a grammar-constrained reply cannot hold <think> tags: elicited reasoning means prompt-only JSON
+            rf = None if elicit else response_format(request.schema, config.structured_output)
+            if rf is not None:
+                payload["response_format"] = rf
+        if "seed" in payload and request.sample:
+            payload["seed"] += request.sample  # k samples with a fixed seed must still differ
+        body = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()
+        digest = hashlib.sha256(f"{self._identity(config)}\n{request.sample}\n".encode())
+        digest.update(body)
+        return _Call(self._client(request.endpoint), request, payload, body, digest.hexdigest(), elicit,
+                     schema_json, [(index, request.tag)])
+
+    # -- interpreting replies --------------------------------------------------------------------------------
+    def _interpret(self, call: _Call, reply: CachedReply) -> Response:
+        """A Response from a server reply: reasoning split off, JSON extracted and validated."""
+        if call.client.config.reasoning == "none":
+            split = Split(reply.content.strip(), reply.reasoning, "field" if reply.reasoning else "none")
+        else:
+            split = split_reasoning(reply.content, reply.reasoning)
+        source = "elicited" if call.elicited and split.source == "think_tags" else split.source
+        response = Response(ok=True, content=split.content, reasoning=split.reasoning, reasoning_source=source,
+                            raw=reply.content, usage=dict(reply.usage or {}), model=reply.model or call.payload["model"],
+                            finish_reason=reply.finish_reason, elicited=call.elicited, key=call.key)
+        if call.schema_json is not None:
+            try:
+                response.parsed = extract_json(split.content, call.request.schema, call.schema_json)
+            except ParseError as err:
+                response.ok, response.error = False, f"unparsable: {err}"
+        return response
+
+    # -- running ---------------------------------------------------------------------------------------------
+    def run(self, requests: list[Request], desc: str = "llm") -> list[Response]:
+        """Responses to `requests`, in order: each a result or a recorded failure (never an exception)."""
+        if not requests:
+            return []
+        responses: list[Response | None] = [None] * len(requests)
+        with tqdm(total=len(requests), desc=desc, disable=None, leave=False, dynamic_ncols=True) as bar:
+            pending = self._serve_cached(self._plan(requests), responses, bar)
+            if pending:
+                self._run_coroutine(self._execute(pending, responses, bar))
+        failed = sum(not r.ok for r in responses)
+        log.info("%s: %d requests, %d sent, %d failed", desc, len(requests), len(pending), failed)
+        return responses
+
+    def _plan(self, requests: list[Request]) -> list[_Call]:
+        """One call per distinct request (duplicates within the batch are sent once)."""
+        calls: dict[str, _Call] = {}
+        for index, request in enumerate(requests):
+            call = self._call(request, index)
+            if call.key in calls:
+                calls[call.key].targets.append((index, request.tag))
+            else:
+                calls[call.key] = call
+        return list(calls.values())
+
+    def _serve_cached(self, calls: list[_Call], responses: list, bar: tqdm) -> list[_Call]:
+        """Answer calls from the cache; return those still to send."""
+        hits = self.cache.get_many(call.key for call in calls) if self.cache is not None else {}
+        pending = []
+        for call in calls:
+            reply = hits.get(call.key)
+            response = self._interpret(call, reply) if reply is not None else None
+            if response is None or not response.ok:  # a reply the current parser rejects is asked again
+                pending.append(call)
+                continue
+            response.cached = True
+            self._finish(call, response, responses, bar)
+        return pending
+
+    def _run_coroutine(self, coroutine: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._loop.run(coroutine)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # called from async code (e.g. a notebook)
+            return pool.submit(self._loop.run, coroutine).result()
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=600)
+            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        return self._session
+
+    async def _execute(self, calls: list[_Call], responses: list, bar: tqdm) -> None:
+        session = await self._get_session()
+        queues: dict[str, deque[_Call]] = {}
+        for call in calls:
+            queues.setdefault(call.client.name, deque()).append(call)
+        async with asyncio.TaskGroup() as group:
+            for queue in queues.values():
+                for _ in range(min(queue[0].client.config.concurrency, len(queue))):
+                    group.create_task(self._drain(session, queue, responses, bar))
+
+    async def _drain(self, session: aiohttp.ClientSession, queue: deque[_Call], responses: list,
+                     bar: tqdm) -> None:
+        """One worker of an endpoint: complete calls until its queue is empty."""
+        while queue:
+            call = queue.popleft()
+            self._finish(call, await self._complete(session, call), responses, bar)
+
+    async def _complete(self, session: aiohttp.ClientSession, call: _Call) -> Response:
+        """Send a call until it yields a valid reply or its retries run out; cache or log the outcome."""
+        config, attempts = call.client.config, 0
+        for parse_attempt in range(config.parse_retries + 1):
+            body = call.body_for(parse_attempt)
+            try:
+                reply, tries = await self._send(session, call, body)
+            except SendError as err:
+                return self._failure(call, body, str(err), err.raw, attempts + err.attempts, err.kind)
+            attempts += tries
+            response = self._interpret(call, reply)
+            response.attempts = attempts
+            if response.ok:
+                if self.cache is not None:
+                    self.cache.put(call.key, call.client.name, body.decode(), reply)
+                return response
+        self._count(call, "error:unparsable")
+        return self._failure(call, body, response.error or "unparsable", reply.content, attempts, "unparsable",
+                             response)
+
+    async def _send(self, session: aiohttp.ClientSession, call: _Call, body: bytes) -> tuple[CachedReply, int]:
+        """One reply for `body`, retrying transient failures with backoff (raises SendError at the end)."""
+        config = call.client.config
+        for attempt in range(config.max_retries + 1):
+            self._count(call, "sent")
+            try:
+                reply = await call.client.send_once(session, body)
+            except SendError as err:
+                self._count(call, f"error:{err.kind}")
+                if not err.retryable or attempt == config.max_retries:
+                    err.attempts = attempt + 1
+                    raise
+                await asyncio.sleep(retry_delay(attempt, err.retry_after, config.backoff_base, config.backoff_max))
+                continue
+            if reply.usage:
+                self._count(call, "prompt_tokens", reply.usage["prompt_tokens"])
+                self._count(call, "completion_tokens", reply.usage["completion_tokens"])
+            return reply, attempt + 1
+        raise AssertionError("unreachable")
+
+    def _failure(self, call: _Call, body: bytes, error: str, raw: str, attempts: int, kind: str,
+                 response: Response | None = None) -> Response:
+        if self.cache is not None:
+            self.cache.record_failure(call.key, call.client.name, body.decode(), error, raw, attempts)
+        failure = response or Response(ok=False, model=call.payload["model"], elicited=call.elicited, key=call.key)
+        failure.ok, failure.error, failure.raw, failure.attempts, failure.parsed = False, error, raw, attempts, None
+        for _, tag in call.targets:
+            self._usage[(tag, call.client.name, f"failure:{kind}")] += 1
+        return failure
+
+    def _finish(self, call: _Call, response: Response, responses: list, bar: tqdm) -> None:
+        """Hand the response to every Request the call answers, and count them."""
+        endpoint = call.client.name
+        for position, (index, tag) in enumerate(call.targets):
+            answer = response if position == 0 else dataclasses.replace(response, cached=True)
+            responses[index] = answer
+            usage = self._usage
+            usage[(tag, endpoint, "requests")] += 1
+            if answer.cached:
+                usage[(tag, endpoint, "cached")] += 1
+            if not answer.ok:
+                usage[(tag, endpoint, "failed")] += 1
+        bar.update(len(call.targets))
+
+    def _count(self, call: _Call, name: str, amount: int = 1) -> None:
+        self._usage[(call.request.tag, call.client.name, name)] += amount
+
+    # -- usage -----------------------------------------------------------------------------------------------
+    def usage_snapshot(self) -> Counter:
+        """The usage counters now, to diff against later with `usage_since`."""
+        return self._usage.copy()
+
+    def usage_since(self, snapshot: Counter | None = None, tag: str | None = None) -> dict[str, Any]:
+        """Usage since `snapshot` (everything when None): totals, cost, by endpoint and by tag.
+
+        Requests made without a tag are attributed to `tag` (the runner passes the stage name).
+        """
+        delta = self._usage.copy()
+        delta.subtract(snapshot or Counter())
+        report = _empty_usage()
+        report.update(by_endpoint={}, by_tag={}, errors={}, failures={})
+        for (request_tag, endpoint, name), amount in delta.items():
+            if not amount:
+                continue
+            kind, _, detail = name.partition(":")
+            if detail:
+                group = report["errors"] if kind == "error" else report["failures"]
+                group[detail] = group.get(detail, 0) + amount
+                continue
+            by_endpoint = report["by_endpoint"].setdefault(endpoint, _empty_usage())
+            by_tag = report["by_tag"].setdefault(request_tag or tag or "", _empty_usage())
+            for bucket in (report, by_endpoint, by_tag):
+                bucket[name] += amount
+        for endpoint, bucket in report["by_endpoint"].items():
+            bucket["model"] = self.endpoint_model(endpoint)
+            bucket["cost_usd"] = _cost(bucket, self.endpoints[endpoint].price_per_million)
+            report["cost_usd"] += bucket["cost_usd"]
+        report["cost_usd"] = round(report["cost_usd"], 6)
+        return report
+
+    # -- lifetime --------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the HTTP session and the cache, and stop the local server."""
+        try:
+            if self._session is not None:
+                session, self._session = self._session, None
+                self._loop.run(session.close())
+            self._loop.close()
+        finally:
+            if self._local is not None:
+                self._local.stop()
+            if self.cache is not None:
+                self.cache.close()
+                self.cache = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _empty_usage() -> dict[str, Any]:
+    return {**dict.fromkeys(COUNTED, 0), "cost_usd": 0.0}
+
+
+def _cost(usage: dict[str, Any], prices: dict[str, float]) -> float:
+    """US dollars for the tokens in `usage` at `prices` per million tokens ({"prompt": .., "completion": ..})."""
+    return round((usage["prompt_tokens"] * prices.get("prompt", 0.0)
+                  + usage["completion_tokens"] * prices.get("completion", 0.0)) / 1e6, 6)

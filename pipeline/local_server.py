@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import LocalServerConfig
 from pipeline.errors import ConfigError
@@ -74,6 +75,7 @@ class LocalServer:
         self.log_path = Path(log_path)
         self.base_url = ""
         self._process: subprocess.Popen | None = None
+        self._previous_sigterm: Any = None
 
     @property
     def model_name(self) -> str:
@@ -98,7 +100,7 @@ class LocalServer:
                 start_new_session=True, preexec_fn=_parent_death_signal() if on_main_thread else None)
         atexit.register(self.stop)
         if on_main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _exit_on_sigterm)
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         log.info("starting the local model %s on port %d (log: %s)", self.model_name, port, self.log_path)
         try:
@@ -134,6 +136,9 @@ class LocalServer:
         if process is None:
             return
         atexit.unregister(self.stop)
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)

@@ -78,9 +78,9 @@ def ingest_source(source: SourceConfig, taxonomy: Taxonomy | None = None) -> tup
                             field=column)
     used = {c for c in mapped.values() if c} | {"_line"}
     records = pd.DataFrame(index=raw.index)
-    text = raw[source.text]
-    missing = text.isna()
-    records["text"] = text.where(~missing, None).map(lambda v: v if v is None else str(v))
+    # blank or absent text is missing (a list, not Series.where: pandas 3 string columns turn None into NaN)
+    records["text"] = pd.Series([None if pd.isna(v) or not str(v).strip() else str(v) for v in raw[source.text]],
+                                index=raw.index, dtype=object)
     for field in ("lang", "category", "subcategory"):
         column = mapped[field]
         value = raw[column].astype("string").astype(object) if column else None

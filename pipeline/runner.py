@@ -284,19 +284,22 @@ def run_single(config: BuildConfig, name: str, input_path: Path, output_path: Pa
                force: bool = True) -> dict[str, Any]:
     """`bsa stage`: one stage on any table; rejects and stats are written beside the output."""
     input_path = Path(input_path)
-    records = load_table(input_path)
-    if "id" not in records.columns or not set(CORE_FIELDS) - {"meta"} <= set(records.columns):
-        # a raw table: map it like a source (by a configured source with this path, else by core names)
-        source = next((s for s in config.sources if Path(s.path) == input_path), None)
-        if source is None:
+    # a configured source with this path is mapped (and read, honouring its on_error) as in a build
+    source = next((s for s in config.sources if Path(s.path) == input_path), None)
+    if source is None:
+        records = load_table(input_path)
+        if "id" not in records.columns or not set(CORE_FIELDS) - {"meta"} <= set(records.columns):
+            # a raw table: map it like a source, by core field names
             present = set(records.columns)
             source = SourceConfig(name=input_path.stem, path=str(input_path),
                                   **{f: f for f in ("id", "lang", "category", "subcategory", "is_risky")
                                      if f in present})
-        records, _ = ingest([source], Taxonomy.load(config.taxonomy))
+    if source is not None:
+        records, rejects = ingest([source], Taxonomy.load(config.taxonomy))
         records = records.drop(columns=["_line"])
         input_path = Path(output_path).with_suffix(".input.parquet")
         write_table(_arrow_safe(records), input_path)
+        write_table(_arrow_safe(rejects), input_path.with_suffix(".rejects.parquet"))  # ingest's, beside it
     manifest = Path(f"{Path(output_path).with_suffix('')}.manifest.json")
     with Runner(config, force=force, manifest_path=manifest) as runner:
         runner.run_stage(name, input_path, StagePaths.beside(Path(output_path)))

@@ -1,7 +1,7 @@
 """One module per stage. Each defines `Config` (a config Section) and `run(records, config, ctx) -> StageResult`."""
 
-from __future__ import annotations
-
+# no `from __future__ import annotations` here: it would bind `stages.annotations` to the __future__ feature,
+# so `from stages import annotations` would not import the stage of that name
 import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -21,7 +21,7 @@ def stage_module(name: str) -> ModuleType:
     return importlib.import_module(f"stages.{name}")
 
 
-def stage_config(name: str, config: BuildConfig) -> Section:
+def stage_config(name: str, config: "BuildConfig") -> "Section":
     """The validated config section of a stage."""
     from pydantic import ValidationError
 

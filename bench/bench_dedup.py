@@ -1,0 +1,376 @@
+"""Dedup: MinHash signatures + LSH + clustering on a 100,000-instruction pool with injected near-duplicates.
+
+The pool: 90,000 distinct base rows, each a seed instruction (the shared corpora, else the demo pool) with
+about a third of its words (Chinese: characters) swapped for others from the seeds' vocabulary, so two
+base rows share almost no 3-grams; then 10,000 edited copies of distinct base rows (casing, punctuation,
+spacing, a word inserted, dropped or swapped, a polite prefix), so every true duplicate pair is known.
+Measured: rows/s of datasketch's per-row `MinHash.update` loop and of `MinHash.bulk` (on a subsample),
+ours end to end (shingles, signatures, LSH, Jaccard check, clusters), precision and recall of duplicate
+pairs against the injected truth, text-dedup 0.4.1's MinHash on the same pool under Python 3.12 (time
+only), and the embedding pass on a subsample.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from glob import glob
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stages import dedup, embed_dedup, minhash  # noqa: E402
+
+CORPORA = ROOT.parent / "shared" / "data" / "corpora"
+POOL_SIZE, DUPLICATE_SHARE, BASELINE_ROWS, EMBED_ROWS = 100_000, 0.10, 10_000, 5_000
+SETTINGS = dedup.MinHashConfig()
+TEXT_DEDUP_VENV = Path.home() / ".cache" / "bsa-bench" / "td312"
+_WORDS = re.compile(r"\S+")
+
+
+# -- the pool -------------------------------------------------------------------------------------------------
+def seed_texts() -> list[tuple[str, str]]:
+    """(text, lang) seed instructions: the shared corpora when present, else the project's demo pool."""
+    seeds: list[tuple[str, str]] = []
+    readers: list[tuple[str, str, Callable[[Path], list[str]]]] = [
+        ("advbench/harmful_behaviors.csv", "en", lambda p: _csv_column(p, "goal")),
+        ("harmbench/harmbench_behaviors_text_all.csv", "en", lambda p: _csv_column(p, "Behavior")),
+        ("xstest/xstest_prompts.csv", "en", lambda p: _csv_column(p, "prompt")),
+        ("flames_zh/Flames_1k_Chinese.jsonl", "zh",
+         lambda p: [json.loads(line)["prompt"] for line in p.read_text(encoding="utf-8").splitlines() if line]),
+        ("safetybench_zh/test_zh_subset.json", "zh",
+         lambda p: [item["question"] for item in json.loads(p.read_text(encoding="utf-8"))]),
+    ]
+    for relative, lang, read in readers:
+        path = CORPORA / relative
+        if path.exists():
+            seeds += [(text, lang) for text in read(path) if text and text.strip()]
+    if not seeds:
+        for path in sorted(glob(str(ROOT / "data" / "demo" / "pool_*.jsonl"))):
+            for line in Path(path).read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                if row.get("text") and len(row["text"].split()) + len(row["text"]) > 12:
+                    seeds.append((row["text"], row.get("lang") or "en"))
+    if not seeds:
+        raise FileNotFoundError(f"no seed texts: neither {CORPORA} nor data/demo/pool_*.jsonl is present")
+    return list(dict.fromkeys(seeds))
+
+
+def _csv_column(path: Path, column: str) -> list[str]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [row[column] for row in csv.DictReader(handle)]
+
+
+def _units(text: str, lang: str) -> list[str]:
+    return list(text) if lang == "zh" else _WORDS.findall(text)
+
+
+def _join(units: list[str], lang: str) -> str:
+    return "".join(units) if lang == "zh" else " ".join(units)
+
+
+def vary(text: str, lang: str, vocab: list[str], rng: random.Random, share: float = 0.35) -> str:
+    """A distinct variant: about `share` of the units (words, or characters for Chinese) replaced."""
+    units = _units(text, lang)
+    return _join([rng.choice(vocab) if rng.random() < share else u for u in units], lang)
+
+
+EDITS = ("casing", "punctuation", "spacing", "insert", "delete", "substitute", "prefix")
+PREFIXES = {"en": ["Please ", "Hey, ", "Quick question: "], "zh": ["请问", "你好，", "麻烦问一下，"]}
+
+
+def edit(text: str, lang: str, vocab: list[str], rng: random.Random) -> tuple[str, str]:
+    """A near-duplicate copy made with one edit of the kinds in EDITS; returns (copy, kind)."""
+    kind = rng.choice(EDITS)
+    units = _units(text, lang)
+    at = rng.randrange(len(units))
+    if kind == "casing":
+        return rng.choice([text.upper(), text.lower(), text.title()]) if lang != "zh" else text + "!", kind
+    if kind == "punctuation":
+        return text.rstrip(".?!。？！") + rng.choice(["?", "!", "...", " ?", "。", "？"]), kind
+    if kind == "spacing":
+        return "  " + text.replace(" ", "  ") + " \n", kind
+    if kind == "insert":
+        units.insert(at, rng.choice(vocab))
+    elif kind == "delete" and len(units) > 1:
+        del units[at]
+    elif kind == "substitute":
+        units[at] = rng.choice(vocab)
+    else:
+        return rng.choice(PREFIXES[lang]) + text, "prefix"
+    return _join(units, lang), kind
+
+
+def make_pool(size: int = POOL_SIZE, duplicate_share: float = DUPLICATE_SHARE, seed: int = 0) -> pd.DataFrame:
+    """Columns id, text, lang, family (rows of one family are the injected duplicates of each other), edit."""
+    rng = random.Random(seed)
+    seeds = seed_texts()
+    vocab = {lang: sorted({u for text, tl in seeds if tl == lang for u in _units(text, lang) if u.strip()})
+             for lang in ("en", "zh")}
+    copies = int(size * duplicate_share)
+    base = []
+    for family in range(size - copies):
+        text, lang = seeds[family % len(seeds)]
+        base.append((vary(text, lang, vocab[lang], rng), lang, family, "original"))
+    originals = rng.sample(range(len(base)), copies)
+    injected = []
+    for family in originals:
+        text, lang, _, _ = base[family]
+        copy, kind = edit(text, lang, vocab[lang], rng)
+        injected.append((copy, lang, family, kind))
+    rows = base + injected
+    rng.shuffle(rows)
+    pool = pd.DataFrame(rows, columns=["text", "lang", "family", "edit"])
+    pool.insert(0, "id", [f"r{i:06d}" for i in range(len(pool))])
+    return pool
+
+
+# -- scoring --------------------------------------------------------------------------------------------------
+def pair_set(groups: np.ndarray) -> set[tuple[int, int]]:
+    """Every pair (i < j) of rows with the same group label."""
+    order = np.argsort(groups, kind="stable")
+    pairs = set()
+    for members in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1):
+        members = sorted(members.tolist())
+        pairs.update((a, b) for k, a in enumerate(members) for b in members[k + 1:])
+    return pairs
+
+
+def precision_recall(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float, int, int]:
+    """Pairwise precision and recall of the predicted clusters against the true families."""
+    found, true = pair_set(predicted), pair_set(truth)
+    hits = len(found & true)
+    return hits / max(len(found), 1), hits / max(len(true), 1), len(found), len(true)
+
+
+def recall_by_edit(pool: pd.DataFrame, clusters: np.ndarray) -> dict[str, float]:
+    """Share of the injected copies of each edit kind put in the cluster of their original."""
+    original_cluster = dict(zip(pool["family"][pool["edit"] == "original"],
+                                clusters[(pool["edit"] == "original").to_numpy()], strict=True))
+    copies = pool[pool["edit"] != "original"]
+    same = clusters[copies.index.to_numpy()] == copies["family"].map(original_cluster).to_numpy()
+    return copies.assign(found=same).groupby("edit")["found"].mean().to_dict()
+
+
+# -- timing -----------------------------------------------------------------------------------------------
+def _word_shingles(text: str, n: int) -> list[bytes]:
+    words = re.findall(r"\w+", text.casefold())
+    grams = [" ".join(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))]
+    return [g.encode("utf-8") for g in grams]
+
+
+def time_update_loop(texts: list[str]) -> float:
+    """Seconds for datasketch's plain per-row loop: one MinHash, `update` per shingle."""
+    from datasketch import MinHash
+
+    started = time.perf_counter()
+    for text in texts:
+        sketch = MinHash(num_perm=SETTINGS.num_perm, seed=SETTINGS.seed)
+        for gram in _word_shingles(text, SETTINGS.ngram):
+            sketch.update(gram)
+    return time.perf_counter() - started
+
+
+def time_update_loop_with_lsh(texts: list[str]) -> float:
+    """The same loop plus datasketch's MinHashLSH (insert, then query each row)."""
+    from datasketch import MinHash, MinHashLSH
+
+    started = time.perf_counter()
+    lsh = MinHashLSH(threshold=SETTINGS.threshold, num_perm=SETTINGS.num_perm)
+    sketches = []
+    for i, text in enumerate(texts):
+        sketch = MinHash(num_perm=SETTINGS.num_perm, seed=SETTINGS.seed)
+        sketch.update_batch(_word_shingles(text, SETTINGS.ngram))
+        lsh.insert(i, sketch)
+        sketches.append(sketch)
+    for sketch in sketches:
+        lsh.query(sketch)
+    return time.perf_counter() - started
+
+
+def time_bulk(texts: list[str]) -> float:
+    """Seconds for `MinHash.bulk` over the same shingles."""
+    from datasketch import MinHash
+
+    started = time.perf_counter()
+    MinHash.bulk([_word_shingles(t, SETTINGS.ngram) for t in texts], num_perm=SETTINGS.num_perm,
+                 seed=SETTINGS.seed)
+    return time.perf_counter() - started
+
+
+def run_ours(pool: pd.DataFrame) -> tuple[float, np.ndarray, minhash.NearDuplicates]:
+    """Seconds for our MinHash pass (shingles to clusters) and each row's representative."""
+    started = time.perf_counter()
+    found = minhash.near_duplicates(pool["text"].tolist(), pool["lang"].tolist(), num_perm=SETTINGS.num_perm,
+                                    threshold=SETTINGS.threshold, ngram=SETTINGS.ngram,
+                                    char_ngram=SETTINGS.char_ngram, seed=SETTINGS.seed, verify=SETTINGS.verify)
+    representative = dedup.representatives(len(pool), found.pairs)
+    return time.perf_counter() - started, representative, found
+
+
+# -- text-dedup ---------------------------------------------------------------------------------------------
+def python312() -> str | None:
+    """A working Python 3.12+ interpreter (text-dedup 0.4.1 needs one), or None."""
+    candidates = [shutil.which(name) for name in ("python3.13", "python3.12")]
+    candidates += sorted(glob(str(Path.home() / ".pyenv" / "versions" / "3.1[2-9]*" / "bin" / "python3")))
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info >= (3, 12))"],
+                               capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == "True":
+            return candidate
+    return None
+
+
+def text_dedup_python() -> Path:
+    """The venv holding text-dedup 0.4.1 (made on first use, outside the repository)."""
+    python = TEXT_DEDUP_VENV / "bin" / "python"
+    if python.exists():
+        return python
+    interpreter = python312()
+    if interpreter is None:
+        raise RuntimeError("no Python 3.12 or newer found")
+    subprocess.run([interpreter, "-m", "venv", str(TEXT_DEDUP_VENV)], check=True, capture_output=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "text-dedup==0.4.1"], check=True,
+                   capture_output=True, text=True)
+    return python
+
+
+TEXT_DEDUP_CONFIG = """\
+[input]
+input_type = "local_files"
+file_type = "parquet"
+[input.read_arguments]
+path = "parquet"
+data_files = "{data}"
+split = "train"
+
+[algorithm]
+algorithm_name = "minhash"
+text_column = "text"
+seed = {seed}
+num_perm = {num_perm}
+threshold = {threshold}
+ngram_size = {ngram}
+min_length = 0
+num_proc = {procs}
+
+[output]
+output_dir = "{out}"
+clean_cache = true
+
+[debug]
+enable_profiling = false
+"""
+
+
+def time_text_dedup(pool: pd.DataFrame) -> tuple[float | None, str]:
+    """Wall seconds of `python -m text_dedup.minhash` on the pool (load to save), or None and why not."""
+    try:
+        python = text_dedup_python()
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as err:
+        detail = getattr(err, "stderr", "") or ""
+        return None, f"could not set up text-dedup 0.4.1: {err} {detail[-400:]}".strip()
+    with tempfile.TemporaryDirectory(prefix="bsa-td-") as tmp:
+        data = Path(tmp) / "pool.parquet"
+        pool[["id", "text"]].to_parquet(data)
+        (Path(tmp) / "config.toml").write_text(TEXT_DEDUP_CONFIG.format(
+            data=data, seed=SETTINGS.seed, num_perm=SETTINGS.num_perm, threshold=SETTINGS.threshold,
+            ngram=SETTINGS.ngram, procs=os.cpu_count() or 1, out=Path(tmp) / "out"), encoding="utf-8")
+        env = {**os.environ, "HF_DATASETS_CACHE": str(Path(tmp) / "hf"), "HF_HUB_OFFLINE": "1"}
+        started = time.perf_counter()
+        done = subprocess.run([str(python), "-m", "text_dedup.minhash"], cwd=tmp, env=env, capture_output=True,
+                              text=True)
+        seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        return None, f"text-dedup failed (exit {done.returncode}): {(done.stderr or done.stdout)[-600:]}"
+    return seconds, f"{python.parent.parent} ({subprocess.run([str(python), '--version'], capture_output=True, text=True).stdout.strip()})"
+
+
+# -- the embedding pass -------------------------------------------------------------------------------------
+def time_embeddings(pool: pd.DataFrame, rows: int) -> list[tuple[str, int, float, int]]:
+    """(language, rows, seconds, duplicate pairs) of the embedding pass on a subsample per model."""
+    config = dedup.EmbeddingConfig()
+    results = []
+    for lang in ("en", "zh"):
+        sample = pool[pool["lang"] == lang].head(rows)
+        if sample.empty:
+            continue
+        started = time.perf_counter()
+        vectors = embed_dedup.embed(sample["text"].tolist(), config.model_for(lang), config.batch_size)
+        pairs, _ = embed_dedup.similar_pairs(vectors, config.threshold)
+        results.append((lang, len(sample), time.perf_counter() - started, len(pairs)))
+    return results
+
+
+# -- the report ---------------------------------------------------------------------------------------------
+def run() -> str:
+    started = time.perf_counter()
+    pool = make_pool()
+    build_seconds = time.perf_counter() - started
+    subsample = pool["text"].head(BASELINE_ROWS).tolist()
+    loop_rate = len(subsample) / time_update_loop(subsample)
+    loop_lsh_rate = len(subsample) / time_update_loop_with_lsh(subsample)
+    bulk_rate = len(subsample) / time_bulk(subsample)
+    minhash.bands_and_rows(SETTINGS.threshold, SETTINGS.num_perm)  # the one-off parameter search, cached
+    seconds, representative, found = run_ours(pool)
+    ours_rate = len(pool) / seconds
+    precision, recall, n_found, n_true = precision_recall(representative, pool["family"].to_numpy())
+    by_edit = recall_by_edit(pool, representative)
+    td_seconds, td_note = time_text_dedup(pool)
+    embeddings = time_embeddings(pool, EMBED_ROWS)
+    bands, rows = found.bands, found.rows
+    lines = [
+        "## Dedup (stage 4)",
+        "",
+        f"Pool: {len(pool):,} rows ({int(len(pool) * DUPLICATE_SHARE):,} injected near-duplicate copies; "
+        f"{(pool['lang'] == 'zh').mean():.0%} Chinese), made in {build_seconds:.1f} s by bench/bench_dedup.py. "
+        f"MinHash settings: num_perm {SETTINGS.num_perm}, threshold {SETTINGS.threshold}, word {SETTINGS.ngram}-grams, "
+        f"CJK character {SETTINGS.char_ngram}-grams, {bands} bands x {rows} rows (from the threshold), exact "
+        f"Jaccard check {'on' if SETTINGS.verify else 'off'}.",
+        "",
+        "| MinHash pass | rows/s | vs update loop |",
+        "| --- | ---: | ---: |",
+        f"| datasketch `MinHash.update` per shingle, per row (signatures only; {len(subsample):,}-row subsample) "
+        f"| {loop_rate:,.0f} | 1.0x |",
+        f"| the same + datasketch `MinHashLSH` insert and query | {loop_lsh_rate:,.0f} | {loop_lsh_rate / loop_rate:.1f}x |",
+        f"| datasketch `MinHash.bulk` (signatures only) | {bulk_rate:,.0f} | {bulk_rate / loop_rate:.1f}x |",
+        f"| **ours**: shingles, signatures, LSH, Jaccard check, clusters ({len(pool):,} rows, {seconds:.2f} s) "
+        f"| **{ours_rate:,.0f}** | **{ours_rate / loop_rate:.1f}x** |",
+    ]
+    if td_seconds is not None:
+        lines.append(f"| text-dedup 0.4.1 `python -m text_dedup.minhash`, same pool and settings, "
+                     f"{os.cpu_count()} processes, whole run incl. load and save ({td_seconds:.1f} s) "
+                     f"| {len(pool) / td_seconds:,.0f} | {len(pool) / td_seconds / loop_rate:.1f}x |")
+    lines += [
+        "",
+        f"Duplicate pairs against the injected truth: precision **{precision:.3f}**, recall **{recall:.3f}** "
+        f"({n_found:,} pairs found, {n_true:,} true; {found.candidates:,} LSH candidates before the Jaccard check).",
+        "Recall by kind of edit: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_edit.items())) + ".",
+        "",
+        (f"text-dedup: {td_note}; times compared, not counts." if td_seconds is not None
+         else f"text-dedup not timed: {td_note}"),
+        "",
+        "| Embedding pass (subsample) | rows | seconds | rows/s | pairs >= threshold |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    config = dedup.EmbeddingConfig()
+    lines += [f"| {config.model_for(lang)} ({lang}) | {n:,} | {s:.1f} | {n / s:,.0f} | {p:,} |"
+              for lang, n, s, p in embeddings]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(run())

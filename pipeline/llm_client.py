@@ -1,0 +1,158 @@
+"""The HTTP side of the engine: one OpenAI-compatible chat endpoint, retries and rate limits.
+
+Kept lean on purpose (the engine must stay near the ideal throughput of `concurrency / latency`): one
+shared aiohttp session, bodies serialised once by the caller, headers and timeouts built once per endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import aiohttp
+
+from pipeline.config import EndpointConfig
+from pipeline.errors import ConfigError
+from pipeline.llm_cache import CachedReply
+from pipeline.reasoning import reasoning_field
+
+RETRY_STATUSES = frozenset({408, 409, 429})
+MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is capped (it would stall the run)
+RAW_LIMIT = 2000  # characters of an error body kept in a failure record
+
+
+@dataclass
+class SendError(Exception):
+    """A request that did not yield a usable reply; `kind` names the cause for the stats."""
+
+    kind: str  # "http_500", "timeout", "connection", "malformed", ...
+    detail: str
+    retryable: bool
+    retry_after: float | None = None
+    raw: str = ""
+    attempts: int = 0  # HTTP attempts made, set when retries are exhausted
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.detail}"
+
+
+def retry_delay(attempt: int, retry_after: float | None, base: float, cap: float) -> float:
+    """Seconds to wait before retry `attempt` (0-based): the server's Retry-After when given, else
+    exponential backoff with full jitter."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), MAX_RETRY_AFTER)
+    return random.uniform(0.0, min(cap, base * 2.0 ** attempt))
+
+
+def parse_retry_after(headers: aiohttp.typedefs.LooseHeaders) -> float | None:
+    """Retry-After in seconds (`retry-after-ms` as OpenAI sends, or seconds; HTTP dates are ignored)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return float(value) * scale
+            except ValueError:
+                continue
+    return None
+
+
+def parse_reply(body: bytes) -> CachedReply:
+    """The first choice of a chat completion body (raises SendError when the body is malformed)."""
+    try:
+        data = json.loads(body)
+        choice = data["choices"][0]
+        message = choice["message"]
+        content = message.get("content") or ""
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+        raise SendError("malformed", f"unreadable reply body ({type(err).__name__}: {err})", True,
+                        raw=body[:RAW_LIMIT].decode("utf-8", "replace")) from err
+    usage = data.get("usage") or {}
+    return CachedReply(content=content, reasoning=reasoning_field(message), model=data.get("model") or "",
+                       finish_reason=choice.get("finish_reason") or "",
+                       usage={"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                              "completion_tokens": int(usage.get("completion_tokens") or 0)})
+
+
+class RateLimiter:
+    """Requests and tokens per minute over a sliding 60-second window."""
+
+    WINDOW = 60.0
+
+    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None):
+        self.rpm, self.tpm = requests_per_minute, tokens_per_minute
+        self._starts: deque[float] = deque()
+        self._tokens: deque[tuple[float, int]] = deque()
+        self._token_sum = 0
+
+    def _prune(self, now: float) -> None:
+        while self._starts and now - self._starts[0] >= self.WINDOW:
+            self._starts.popleft()
+        while self._tokens and now - self._tokens[0][0] >= self.WINDOW:
+            self._token_sum -= self._tokens.popleft()[1]
+
+    def _wait_needed(self, now: float) -> float:
+        waits = [0.0]
+        if self.rpm and len(self._starts) >= self.rpm:
+            waits.append(self._starts[0] + self.WINDOW - now)
+        if self.tpm and self._token_sum >= self.tpm and self._tokens:
+            waits.append(self._tokens[0][0] + self.WINDOW - now)
+        return max(waits)
+
+    async def acquire(self) -> None:
+        """Wait until one more request fits in the window, then count it."""
+        while True:
+            now = time.monotonic()
+            self._prune(now)
+            wait = self._wait_needed(now)
+            if wait <= 0:
+                self._starts.append(now)
+                return
+            await asyncio.sleep(wait)
+
+    def record_tokens(self, tokens: int) -> None:
+        if self.tpm and tokens:
+            self._tokens.append((time.monotonic(), tokens))
+            self._token_sum += tokens
+
+
+class EndpointClient:
+    """Sends chat completions to one endpoint, retrying transient failures."""
+
+    def __init__(self, name: str, config: EndpointConfig, base_url: str):
+        self.name, self.config = name, config
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.headers = {"Content-Type": "application/json"}
+        if config.api_key_env:
+            key = os.environ.get(config.api_key_env)
+            if not key:
+                raise ConfigError(f"endpoint '{name}': environment variable {config.api_key_env} is not set")
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.timeout = aiohttp.ClientTimeout(total=config.timeout)
+        self.limiter = (RateLimiter(config.requests_per_minute, config.tokens_per_minute)
+                        if config.requests_per_minute or config.tokens_per_minute else None)
+
+    async def send_once(self, session: aiohttp.ClientSession, body: bytes) -> CachedReply:
+        """One HTTP attempt (raises SendError)."""
+        if self.limiter:
+            await self.limiter.acquire()
+        try:
+            async with session.post(self.url, data=body, headers=self.headers, timeout=self.timeout) as reply:
+                payload = await reply.read()
+                status, headers = reply.status, reply.headers
+        except TimeoutError as err:
+            raise SendError("timeout", f"no reply within {self.config.timeout:g} s", True) from err
+        except aiohttp.ClientError as err:
+            raise SendError("connection", f"{type(err).__name__}: {err}", True) from err
+        if status != 200:
+            text = payload[:RAW_LIMIT].decode("utf-8", "replace")
+            retryable = status in RETRY_STATUSES or status >= 500
+            raise SendError(f"http_{status}", text[:300], retryable, parse_retry_after(headers), text)
+        reply = parse_reply(payload)
+        if self.limiter and reply.usage:
+            self.limiter.record_tokens(sum(reply.usage.values()))
+        return reply

@@ -1,0 +1,418 @@
+"""`bsa eval`: sample a model k times per item of a BSA-format benchmark, judge every sample's answer and
+reasoning, score, and write `results/<model>/`:
+
+    samples.jsonl   every sample: reasoning, answer, usage, both judges' verdicts and reasons
+    judged.csv      the official BSA format, k rows an id:
+                    model_name,id,Safe_Ans_Check,Thk_Acc_Judge,dataset_name
+    judged.second.csv   the same from the second judge (only with --second-judge-model)
+    metrics.json    stages.metrics figures plus the run's provenance (`run`)
+    report.md       a short human summary
+    llm-cache.sqlite    every reply, so a rerun after a crash resumes and never pays twice
+
+Endpoints: `--base-url` names an OpenAI-compatible server; a `--model` that names an endpoint of the config
+uses it; `local` is the embedded llama.cpp model, which is not a reasoning model, so it is asked to reason in
+`<think>` tags (the engine's elicit option) and the report says so. The judge is the embedded model unless
+`--judge-model` / `--judge-base-url` (or the config's `eval.judge_endpoint`) say otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from pipeline.config import BuildConfig, EndpointConfig, Section, format_validation_error, load_config
+from pipeline.errors import ConfigError, DataError
+from pipeline.io import file_sha256, read_table, write_json, write_table, write_text
+from pipeline.llm import Engine
+from pipeline.prompts import PromptLoader
+from stages.judges import (
+    SCENARIOS,
+    UNSCORED,
+    Verdict,
+    judge_safety,
+    judge_thinking,
+    sample_model,
+)
+from stages.metrics import ALPHA, CODES, HEADLINE, JUDGED_COLUMNS, compute_metrics, markdown_table
+
+BENCHMARK_COLUMNS = ["id", "query", "risk_summary", "dataset_name", "label"]
+LOCAL = "local"
+MODEL, JUDGE, SECOND_JUDGE = "model", "judge", "judge2"
+# sha256 of the sorted ids of BSA's released set (OpenStellarTeam/BSA data/dataset.csv, 2,000 items): a run
+# on it (or on a --limit subset of it) is compared with BSA's published figures on the leaderboard.
+BSA_RELEASED_IDS_SHA256 = "0feed470bee09d0f31fc67bb09a6d959e936929d0e76e57697ad8760e9aa0c8d"
+BSA_RELEASED = "BSA released set"
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+class Config(Section):
+    """The config's `eval:` section."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int | None = 8192  # per sample on a remote model (reasoning models think at length)
+    local_max_tokens: int = 160  # per sample on the embedded model (slow on CPU)
+    judge_endpoint: str | None = None  # an endpoint under `endpoints:` to judge with (default: local)
+    judge_max_tokens: int | None = 1024
+    local_judge_max_tokens: int = 96  # the judge schemas put the verdict first and cap the reason
+    resamples: int = 1000  # bootstrap resamples for the 95% intervals (0: none)
+    alpha: float = ALPHA
+
+
+# -- the benchmark -------------------------------------------------------------------------------------------
+
+def load_benchmark(path: str | Path) -> pd.DataFrame:
+    """A BSA-format benchmark (id, query, risk_summary, dataset_name, label), checked row by row."""
+    frame, _ = read_table(path)
+    missing = [column for column in BENCHMARK_COLUMNS if column not in frame.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)} (a BSA benchmark has "
+                              f"{', '.join(BENCHMARK_COLUMNS)})")
+    for column in ["id", "query", "risk_summary", "dataset_name"]:
+        empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+        if empty.any():
+            raise DataError(path, "empty value", _line(frame, empty.idxmax()), column)
+    unknown = ~frame["dataset_name"].isin(SCENARIOS)
+    if unknown.any():
+        row = unknown.idxmax()
+        raise DataError(path, f"unknown scenario '{frame.at[row, 'dataset_name']}' (expected one of "
+                              f"{', '.join(SCENARIOS)})", _line(frame, row), "dataset_name")
+    duplicated = frame["id"].duplicated()
+    if duplicated.any():
+        row = duplicated.idxmax()
+        raise DataError(path, f"duplicate id {frame.at[row, 'id']}", _line(frame, row), "id")
+    return frame[[*BENCHMARK_COLUMNS, "_line"]]
+
+
+def _line(frame: pd.DataFrame, row: Any) -> int | None:
+    return int(frame.at[row, "_line"]) if "_line" in frame.columns else None
+
+
+def stratified_limit(items: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """`limit` items, scenarios in proportion (largest remainders), drawn with `seed`, in file order."""
+    if limit is None or limit >= len(items):
+        return items
+    if limit < 1:
+        raise ConfigError(f"--limit must be at least 1 (got {limit})")
+    counts = items["dataset_name"].value_counts().reindex(SCENARIOS).dropna()
+    shares = counts / counts.sum() * limit
+    quota = shares.astype(int)
+    for name in (shares - quota).sort_values(ascending=False, kind="stable").index[: limit - quota.sum()]:
+        quota[name] += 1
+    picked = [items[items["dataset_name"] == name].sample(n=int(n), random_state=seed)
+              for name, n in quota.items() if n]
+    return pd.concat(picked).sort_index()
+
+
+def ids_fingerprint(ids: pd.Series) -> str:
+    """sha256 of the sorted ids: identifies a benchmark whatever its file's formatting."""
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()
+
+
+def detect_lang(queries: pd.Series) -> str:
+    """`zh` when most queries hold CJK characters, else `en` (picks the judge prompts' language)."""
+    return "zh" if queries.map(lambda text: bool(_CJK.search(str(text)))).mean() > 0.5 else "en"
+
+
+def default_dataset(config: BuildConfig) -> Path:
+    path = config.build_path / "release" / "benchmark.csv"
+    if not path.exists():
+        raise ConfigError(f"no dataset given and no built release at {path}: run `make build-dataset` first, "
+                          f"or pass DATASET=<a BSA-format CSV>")
+    return path
+
+
+# -- endpoints -----------------------------------------------------------------------------------------------
+
+def settings_of(config: BuildConfig) -> Config:
+    try:
+        return Config.model_validate(config.eval)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(config.config_path, err, prefix="eval")) from err
+
+
+def model_endpoint(args: argparse.Namespace, config: BuildConfig, settings: Config) -> EndpointConfig:
+    """The evaluated model's endpoint, sampling at the eval's temperature and top_p unless it sets its own."""
+    sampling = {"temperature": settings.temperature, "top_p": settings.top_p}
+    if args.base_url:
+        return EndpointConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                              max_tokens=settings.max_tokens, **sampling)
+    if args.model in config.endpoints:
+        base = config.endpoints[args.model]
+    elif args.model == LOCAL:
+        base = EndpointConfig()
+    else:
+        raise ConfigError(f"model '{args.model}': give BASE_URL (--base-url) or define "
+                          f"endpoints.{args.model} in {config.config_path}")
+    update: dict[str, Any] = {name: value for name, value in sampling.items() if getattr(base, name) is None}
+    if base.base_url == LOCAL:  # a tiny instruction model: have it reason in <think> tags, keep samples short
+        update.update(reasoning="elicit", max_tokens=settings.local_max_tokens)
+    return base.model_copy(update=update)
+
+
+def judge_endpoint(model: str | None, base_url: str | None, api_key_env: str | None, config: BuildConfig,
+                   settings: Config) -> EndpointConfig:
+    """A judge's endpoint: a URL given, an endpoint of the config, or the embedded model. Deterministic."""
+    if base_url:
+        if not model:
+            raise ConfigError(f"a judge base URL ({base_url}) needs a judge model name (JUDGE_MODEL=...)")
+        return EndpointConfig(base_url=base_url, model=model, api_key_env=api_key_env, temperature=0.0,
+                              max_tokens=settings.judge_max_tokens)
+    name = model or settings.judge_endpoint or LOCAL
+    if name in config.endpoints:
+        base = config.endpoints[name]
+    elif name == LOCAL:
+        base = EndpointConfig()
+    else:
+        raise ConfigError(f"judge model '{name}': give JUDGE_BASE_URL (--judge-base-url) or define "
+                          f"endpoints.{name} in {config.config_path}")
+    update: dict[str, Any] = {"temperature": 0.0}
+    if base.base_url == LOCAL:
+        update["max_tokens"] = settings.local_judge_max_tokens
+    return base.model_copy(update=update)
+
+
+def endpoints_for(args: argparse.Namespace, config: BuildConfig,
+                  settings: Config) -> dict[str, EndpointConfig]:
+    """The engine's endpoints: the model, the judge and, when asked for, a second judge."""
+    judge_key = args.judge_api_key_env or args.api_key_env
+    judge_url = args.judge_base_url or (args.base_url if args.judge_model and args.judge_model not in
+                                        config.endpoints else None)
+    endpoints = {MODEL: model_endpoint(args, config, settings),
+                 JUDGE: judge_endpoint(args.judge_model, judge_url, judge_key, config, settings)}
+    if args.second_judge_model:
+        second = args.second_judge_model
+        second_url = args.second_judge_base_url or (judge_url if second not in config.endpoints else None)
+        endpoints[SECOND_JUDGE] = judge_endpoint(second, second_url, judge_key, config, settings)
+    return endpoints
+
+
+def run_name(model: str, rules: bool) -> str:
+    """The model's name in judged.csv (a run with the safety-rules prompt is a different entry)."""
+    return f"{model}+rules" if rules else model
+
+
+def results_dir(root: str | Path, name: str) -> Path:
+    return Path(root) / re.sub(r"[^\w.+-]+", "_", name).strip("_")
+
+
+# -- sampling and judging ------------------------------------------------------------------------------------
+
+@dataclass
+class Judged:
+    """One judge's verdicts on every sample, in sample order."""
+
+    safety: list[Verdict]
+    thinking: list[Verdict]
+
+
+def sample_table(items: pd.DataFrame, responses: list[list[Any]]) -> pd.DataFrame:
+    """One row per sample: the item's fields and what the model said."""
+    rows = []
+    for item, samples in zip(items.itertuples(index=False), responses, strict=True):
+        for index, response in enumerate(samples):
+            reasoning = response.reasoning or ""
+            rows.append({"id": item.id, "scenario": item.dataset_name, "label": item.label, "sample": index,
+                         "query": item.query, "risk_summary": item.risk_summary, "ok": response.ok,
+                         "error": response.error, "reasoning": reasoning,
+                         "reasoning_source": response.reasoning_source if reasoning else "none",
+                         "answer": response.content, "finish_reason": response.finish_reason,
+                         "usage": response.usage, "cached": response.cached})
+    return pd.DataFrame(rows)
+
+
+def judge_samples(engine: Engine, endpoint: str, samples: pd.DataFrame, prompts: PromptLoader) -> Judged:
+    """Both judges on every sample that was generated; a failed sample is unscored by both."""
+    done = samples[samples["ok"]]
+    safety = judge_safety(engine, endpoint, [{"query": row.query, "risk_summary": row.risk_summary,
+                                              "answer": row.answer} for row in done.itertuples()],
+                          prompts, tag=endpoint)
+    thinking = judge_thinking(engine, endpoint, [{"query": row.query, "risk_summary": row.risk_summary,
+                                                  "scenario": row.scenario, "reasoning": row.reasoning}
+                                                 for row in done.itertuples()], prompts, tag=endpoint)
+    failed = {index: Verdict(UNSCORED, error=f"sample failed: {error}")
+              for index, error in samples.loc[~samples["ok"], "error"].items()}
+    by_index = dict(zip(done.index, zip(safety, thinking, strict=True), strict=True))
+    return Judged(safety=[by_index[i][0] if i in by_index else failed[i] for i in samples.index],
+                  thinking=[by_index[i][1] if i in by_index else failed[i] for i in samples.index])
+
+
+def judged_frame(name: str, samples: pd.DataFrame, judged: Judged) -> pd.DataFrame:
+    """The official BSA format: model_name,id,Safe_Ans_Check,Thk_Acc_Judge,dataset_name."""
+    frame = pd.DataFrame({"model_name": name, "id": samples["id"].to_numpy(),
+                          "Safe_Ans_Check": [v.label for v in judged.safety],
+                          "Thk_Acc_Judge": [v.label for v in judged.thinking],
+                          "dataset_name": samples["scenario"].to_numpy()})
+    return frame[JUDGED_COLUMNS]
+
+
+def with_verdicts(samples: pd.DataFrame, judged: Judged, suffix: str = "") -> pd.DataFrame:
+    columns = {}
+    for kind, verdicts in (("safety", judged.safety), ("thinking", judged.thinking)):
+        columns[f"{kind}{suffix}"] = [v.label for v in verdicts]
+        columns[f"{kind}{suffix}_reason"] = [v.reason for v in verdicts]
+        columns[f"{kind}{suffix}_error"] = [v.error for v in verdicts]
+    return samples.assign(**columns)
+
+
+# -- the run -------------------------------------------------------------------------------------------------
+
+def sample_stats(samples: pd.DataFrame) -> dict[str, Any]:
+    """What the report says about the samples themselves: failures, missing reasoning, truncation."""
+    return {"samples": len(samples), "failed": int((~samples["ok"]).sum()),
+            "without_reasoning": int((samples["ok"] & (samples["reasoning"] == "")).sum()),
+            "reasoning_source": dict(Counter(samples.loc[samples["ok"], "reasoning_source"])),
+            "cut_by_max_tokens": int((samples["finish_reason"] == "length").sum()),
+            "without_answer": int((samples["ok"] & (samples["answer"].str.strip() == "")).sum())}
+
+
+@dataclass
+class EvalPlan:
+    """Everything a run needs, resolved from the command line and the config before any model is called."""
+
+    model: str  # as given (--model)
+    name: str  # the model's name in judged.csv
+    out: Path
+    k: int
+    dataset_path: Path
+    benchmark: pd.DataFrame  # the whole benchmark
+    items: pd.DataFrame  # the items evaluated (after --limit)
+    lang: str
+    prompts: PromptLoader
+    system_prompt: str | None
+    endpoints: dict[str, EndpointConfig]
+    settings: Config
+    config: BuildConfig
+
+
+def plan_eval(args: argparse.Namespace) -> EvalPlan:
+    if args.k < 1:
+        raise ConfigError(f"K must be at least 1 (got {args.k})")
+    config = load_config(args.config, args.overrides)
+    dataset_path = Path(args.dataset) if args.dataset else default_dataset(config)
+    benchmark = load_benchmark(dataset_path)
+    items = stratified_limit(benchmark, args.limit, config.seed)
+    lang = args.lang or detect_lang(items["query"])
+    prompts = PromptLoader(lang)
+    settings = settings_of(config)
+    name = run_name(args.model, args.rules)
+    return EvalPlan(model=args.model, name=name, out=results_dir(args.output_dir, name), k=args.k,
+                    dataset_path=dataset_path, benchmark=benchmark, items=items, lang=lang, prompts=prompts,
+                    system_prompt=prompts.load("safety_rules").system if args.rules else None,
+                    endpoints=endpoints_for(args, config, settings), settings=settings, config=config)
+
+
+def run_eval(plan: EvalPlan) -> dict[str, Any]:
+    """Sample, judge, score and write every output; returns metrics.json's content."""
+    started = time.monotonic()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    cache = plan.out / "llm-cache.sqlite"
+    with Engine(plan.endpoints, cache, plan.config.llm.local, lang=plan.lang) as engine:
+        queries = plan.items["query"].tolist()
+        samples = sample_table(plan.items, sample_model(engine, MODEL, queries, plan.k,
+                                                        system_prompt=plan.system_prompt))
+        first = judge_samples(engine, JUDGE, samples, plan.prompts)
+        second = None
+        if SECOND_JUDGE in plan.endpoints:
+            second = judge_samples(engine, SECOND_JUDGE, samples, plan.prompts)
+        usage = engine.usage_since()
+        served = {endpoint: engine.endpoint_model(endpoint) for endpoint in plan.endpoints}
+    judged = judged_frame(plan.name, samples, first)
+    write_table(judged, plan.out / "judged.csv")
+    samples = with_verdicts(samples, first)
+    second_judged = None
+    if second is not None:
+        second_judged = judged_frame(plan.name, samples, second)
+        write_table(second_judged, plan.out / "judged.second.csv")
+        samples = with_verdicts(samples, second, suffix="_2")
+    write_table(samples.drop(columns=["risk_summary"]).assign(model=plan.name), plan.out / "samples.jsonl")
+    metrics = compute_metrics(judged, k=plan.k, alpha=plan.settings.alpha, dataset=plan.items,
+                              second=second_judged, resamples=plan.settings.resamples, seed=plan.config.seed)
+    metrics = metrics[plan.name]
+    metrics["run"] = {**provenance(plan, served), **sample_stats(samples), "usage": usage,
+                      "seconds": round(time.monotonic() - started, 1)}
+    write_json(metrics, plan.out / "metrics.json")
+    write_text(report(metrics), plan.out / "report.md")
+    return metrics
+
+
+def provenance(plan: EvalPlan, served: dict[str, str]) -> dict[str, Any]:
+    """Where the figures come from: model, judges, benchmark, sampling and prompts (never an API key)."""
+    model = plan.endpoints[MODEL]
+    released = ids_fingerprint(plan.benchmark["id"]) == BSA_RELEASED_IDS_SHA256
+    return {"model": plan.model, "served_model": served[MODEL], "base_url": model.base_url,
+            "judge": served[JUDGE], "second_judge": served.get(SECOND_JUDGE),
+            "rules": plan.system_prompt is not None, "lang": plan.lang, "dataset": str(plan.dataset_path),
+            "dataset_sha256": file_sha256(plan.dataset_path),
+            "benchmark": BSA_RELEASED if released else str(plan.dataset_path),
+            "benchmark_items": len(plan.benchmark), "subset": len(plan.items) < len(plan.benchmark),
+            "temperature": model.temperature, "top_p": model.top_p, "max_tokens": model.max_tokens,
+            "prompts": dict(plan.prompts.used)}
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+
+def report(metrics: dict[str, Any]) -> str:
+    """A short Markdown summary of metrics.json."""
+    run = metrics["run"]
+    subset = f" (a {metrics['items']}-item subset, stratified by scenario)" if run["subset"] else ""
+    lines = [f"# {metrics['model']} on {run['benchmark']}{subset}", "",
+             f"{metrics['items']} items x k={metrics['k']} samples; judge: {run['judge']}"
+             f"{'; with the safety-rules system prompt' if run['rules'] else ''}; "
+             f"temperature {run['temperature']}, top_p {run['top_p']}, max_tokens {run['max_tokens']}.", ""]
+    ci = metrics.get("ci95", {})
+    headline = [{"metric": name, "value": metrics[name],
+                 "95% CI": "-" if not ci.get(name) else f"{ci[name][0]:.2f} - {ci[name][1]:.2f}"}
+                for name in ["Safe@1", "Safe@k", "Think@1", "Think@k", "F-score"]]
+    lines += [markdown_table(headline, ["metric", "value", "95% CI"]), ""]
+    per_scenario = [{"scenario": f"{scenario} ({CODES[scenario]})", **figures}
+                    for scenario, figures in metrics["scenarios"].items()]
+    lines += ["## By scenario", "", markdown_table(per_scenario, ["scenario", "items", "Safe@1", "Safe@k",
+                                                                  "Think@1", "Think@k"]), ""]
+    if metrics.get("categories"):
+        rows = [{"category": name, **figures} for name, figures in metrics["categories"].items()]
+        lines += ["## By category", "", "An item with two categories (Cognitive Shortcut) counts in both.",
+                  "",
+                  markdown_table(rows, ["category", "items", "Safe@1", "Think@1"]), ""]
+    lines += ["## Samples and judges", "", *_sample_notes(metrics), ""]
+    return "\n".join(lines)
+
+
+def _sample_notes(metrics: dict[str, Any]) -> list[str]:
+    run, unscored = metrics["run"], metrics["unscored"]
+    sources = ", ".join(f"{source}: {count}" for source, count in sorted(run["reasoning_source"].items()))
+    notes = [f"- Reasoning: {run['without_reasoning']} of {run['samples']} samples had none "
+             f"(judged on empty reasoning); sources: {sources or '-'}."]
+    if run["reasoning_source"].get("elicited"):
+        notes.append("- Reasoning was elicited: the model is not a reasoning model, so it was asked to think "
+                     "in <think> tags first; its figures measure that prompted reasoning.")
+    if run["failed"]:
+        notes.append(f"- {run['failed']} samples failed after retries (unscored by both judges).")
+    if run["cut_by_max_tokens"]:
+        notes.append(f"- {run['cut_by_max_tokens']} samples were cut by max_tokens ({run['max_tokens']}).")
+    notes.append(f"- Unscored (judge reply never parsed; left out of the figures, never counted as a failure "
+                 f"or a success): safety {unscored['safety']}, reasoning {unscored['thinking']}.")
+    for key, value in metrics.get("agreement", {}).items():
+        notes.append(f"- Judge agreement, {key}: Cohen's kappa {value['kappa']}, raw agreement "
+                     f"{value['agreement']} over {value['pairs']} samples.")
+    usage = run["usage"]
+    notes.append(f"- Tokens: {usage['prompt_tokens']} prompt, {usage['completion_tokens']} completion; "
+                 f"{usage['sent']} requests sent, {usage['cached']} from the cache; {run['seconds']} s.")
+    return notes
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    plan = plan_eval(args)
+    metrics = run_eval(plan)
+    print(markdown_table([metrics], ["model", "items", *HEADLINE]))
+    print(f"wrote {plan.out}/: samples.jsonl, judged.csv, metrics.json, report.md")
+    return 0

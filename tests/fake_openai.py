@@ -1,0 +1,208 @@
+"""A scripted OpenAI-compatible chat server on 127.0.0.1 for tests and benchmarks, with fault injection.
+
+Real HTTP (aiohttp.web), in a background thread (`FakeOpenAI(...).start()`) or as its own process
+(`python tests/fake_openai.py --latency 0.2`, which prints its base URL). It answers
+`POST /v1/chat/completions` and `GET /v1/models`.
+
+Replies: by default the content echoes the last message (`echo: <text>`); a message holding a directive
+gets a scripted reply instead: `[[field]]` (a `reasoning_content` field), `[[reasoning]]` (a `reasoning`
+field), `[[think]]` (`<think>...</think>` in the content), `[[open-think]]` (an unterminated `<think>`),
+`[[close-think]]` (only `</think>`, as R1 templates leave it). A `reply(payload, seen)` callable replaces all
+of that (`seen` counts the arrivals of the same prompt, from 1).
+
+Faults, drawn per arrival from a seeded RNG with the given rates (or chosen by a `faults(payload, seen)`
+callable): `500` (a 5xx), `429` (with Retry-After), `timeout` (no answer for `hang` seconds, then 504),
+`malformed` (200 with a body that is not a chat completion), `truncated` (the connection drops mid-body),
+`drop` (the connection closes before any reply).
+
+Counters, keyed by the last message's text: `received` (every arrival) and `answered` (valid replies sent);
+`payloads` holds every request body and `authorizations` the Authorization headers seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+FAULTS = ("500", "429", "timeout", "malformed", "truncated", "drop")
+MALFORMED_BODIES = (b'{"choices": [{"message": {"content": "cut', b"<html>Bad Gateway</html>",
+                    b'{"id": "x", "object": "chat.completion"}', b'{"choices": []}')
+ReplyFn = Callable[[dict, int], dict]
+FaultFn = Callable[[dict, int], str | None]
+
+
+def prompt_of(payload: dict) -> str:
+    """The text that identifies a request: its last message's content."""
+    messages = payload.get("messages") or [{}]
+    return str(messages[-1].get("content", ""))
+
+
+def scripted_message(payload: dict, seen: int) -> dict:
+    """The default reply: an echo, or the form a directive in the prompt asks for."""
+    text = prompt_of(payload)
+    answer = f"echo: {text}"
+    if "[[field]]" in text:
+        return {"role": "assistant", "content": answer, "reasoning_content": f"thinking about {text}"}
+    if "[[reasoning]]" in text:
+        return {"role": "assistant", "content": answer, "reasoning": f"thinking about {text}"}
+    if "[[think]]" in text:
+        return {"role": "assistant", "content": f"<think>thinking about {text}</think>\n{answer}"}
+    if "[[open-think]]" in text:
+        return {"role": "assistant", "content": f"<think>thinking about {text} and never stopping"}
+    if "[[close-think]]" in text:
+        return {"role": "assistant", "content": f"thinking about {text}</think>{answer}"}
+    return {"role": "assistant", "content": answer}
+
+
+class FakeOpenAI:
+    """The server; `start()` runs it in a daemon thread, `stop()` ends it. Also a context manager."""
+
+    def __init__(self, reply: ReplyFn | None = None, faults: dict[str, float] | FaultFn | None = None,
+                 latency: float = 0.0, retry_after: str = "0", hang: float = 5.0, seed: int = 0):
+        unknown = set(faults) - set(FAULTS) if isinstance(faults, dict) else set()
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)} (known: {', '.join(FAULTS)})")
+        self.reply, self.faults, self.latency = reply or scripted_message, faults or {}, latency
+        self.retry_after, self.hang = retry_after, hang
+        self.received: Counter[str] = Counter()
+        self.answered: Counter[str] = Counter()
+        self.payloads: list[dict] = []  # every request body, in arrival order
+        self.authorizations: Counter[str] = Counter()  # Authorization header values seen
+        self._random = random.Random(seed)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def set_faults(self, faults: dict[str, float] | FaultFn | None) -> None:
+        self.faults = faults or {}
+
+    # -- the HTTP handlers -----------------------------------------------------------------------------------
+    def _fault(self, payload: dict, seen: int) -> str | None:
+        if callable(self.faults):
+            return self.faults(payload, seen)
+        roll = self._random.random()
+        for kind, rate in self.faults.items():
+            if roll < rate:
+                return kind
+            roll -= rate
+        return None
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        payload = json.loads(await request.read())
+        prompt = prompt_of(payload)
+        self.received[prompt] += 1
+        self.payloads.append(payload)
+        self.authorizations[request.headers.get("Authorization", "")] += 1
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        fault = self._fault(payload, self.received[prompt])
+        if fault is not None:
+            return await self._inject(fault, request)
+        message = self.reply(payload, self.received[prompt])
+        words = sum(len(str(m.get("content", "")).split()) for m in payload.get("messages", []))
+        body = {"id": "chatcmpl-fake", "object": "chat.completion", "model": payload.get("model", "fake-model"),
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": words, "completion_tokens": len(message.get("content", "").split()),
+                          "total_tokens": 0}}
+        self.answered[prompt] += 1
+        return web.json_response(body)
+
+    async def _inject(self, fault: str, request: web.Request) -> web.StreamResponse:
+        if fault == "500":
+            return web.json_response({"error": {"message": "injected"}}, status=self._random.choice((500, 502, 503)))
+        if fault == "429":
+            return web.json_response({"error": {"message": "slow down"}}, status=429,
+                                     headers={"Retry-After": self.retry_after})
+        if fault == "timeout":
+            await asyncio.sleep(self.hang)
+            return web.json_response({"error": {"message": "too late"}}, status=504)
+        if fault == "malformed":
+            return web.Response(body=self._random.choice(MALFORMED_BODIES), content_type="application/json")
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "x" * 200}}]}).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        if fault == "truncated":
+            response.content_length = len(body)
+            await response.prepare(request)
+            await response.write(body[: len(body) // 2])
+        request.transport.close()  # "truncated" and "drop": the connection dies
+        return response
+
+    # -- lifetime --------------------------------------------------------------------------------------------
+    async def _serve(self, port: int = 0) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=1024)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    def start(self) -> FakeOpenAI:
+        ready = threading.Event()
+
+        def serve() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self._serve())
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self._runner.cleanup())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=serve, name="fake-openai", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in this process until killed; print the base URL on the first line of stdout."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before every answer")
+    parser.add_argument("--faults", default="{}", help='JSON rates, e.g. {"500": 0.2, "429": 0.1}')
+    parser.add_argument("--retry-after", default="0")
+    args = parser.parse_args(argv)
+    server = FakeOpenAI(faults=json.loads(args.faults), latency=args.latency, retry_after=args.retry_after)
+
+    async def serve_forever() -> None:
+        await server._serve(args.port)
+        print(server.url, flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
