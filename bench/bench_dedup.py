@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from stages import dedup, embed_dedup, minhash  # noqa: E402
 
 CORPORA = ROOT.parent / "shared" / "data" / "corpora"
-POOL_SIZE, DUPLICATE_SHARE, BASELINE_ROWS, EMBED_ROWS = 100_000, 0.10, 10_000, 5_000
+POOL_SIZE, DUPLICATE_SHARE, ENGLISH_SHARE, BASELINE_ROWS, EMBED_ROWS = 100_000, 0.10, 0.7, 10_000, 5_000
 SETTINGS = dedup.MinHashConfig()
 TEXT_DEDUP_VENV = Path.home() / ".cache" / "bsa-bench" / "td312"
 _WORDS = re.compile(r"\S+")
@@ -75,27 +75,62 @@ def _csv_column(path: Path, column: str) -> list[str]:
 
 
 def _units(text: str, lang: str) -> list[str]:
-    return list(text) if lang == "zh" else _WORDS.findall(text)
+    """Words: split on spaces, or by jieba for Chinese."""
+    if lang == "zh":
+        import jieba
+
+        return [w for w in jieba.lcut(text) if w.strip()]
+    return _WORDS.findall(text)
 
 
 def _join(units: list[str], lang: str) -> str:
     return "".join(units) if lang == "zh" else " ".join(units)
 
 
-def vary(text: str, lang: str, vocab: list[str], rng: random.Random, share: float = 0.35) -> str:
-    """A distinct variant: about `share` of the units (words, or characters for Chinese) replaced."""
-    units = _units(text, lang)
-    return _join([rng.choice(vocab) if rng.random() < share else u for u in units], lang)
+def _bag(units: list[str]) -> frozenset[str]:
+    return frozenset(u.casefold() for u in units)
+
+
+def _too_close(bag: frozenset[str], others: list[frozenset[str]], ceiling: float) -> bool:
+    for other in others:
+        shared = len(bag & other)
+        if shared >= ceiling * (len(bag) + len(other) - shared):
+            return True
+    return False
+
+
+def base_rows(seeds: list[tuple[str, str]], count: int, rng: random.Random, share: float = 0.35,
+              ceiling: float = 0.5) -> tuple[list[tuple[list[str], str]], dict[str, list[str]]]:
+    """`count` distinct variants (units, lang) of the seeds, about `share` of each one's words swapped for
+    others of its language, and the vocabulary per language. A variant whose set of words overlaps a
+    sibling's (same seed) by `ceiling` or more (Jaccard) is drawn again, so no two base rows are near
+    duplicates of each other, whatever the shingle size."""
+    units = [_units(text, lang) for text, lang in seeds]
+    vocab = {lang: sorted({u for us, (_, tl) in zip(units, seeds, strict=True) if tl == lang for u in us})
+             for lang in sorted({lang for _, lang in seeds})}
+    by_lang = {lang: [i for i, (_, tl) in enumerate(seeds) if tl == lang] for lang in vocab}
+    weights = [ENGLISH_SHARE if lang == "en" else (1 - ENGLISH_SHARE) / max(len(vocab) - 1, 1) for lang in by_lang]
+    siblings: dict[int, list[frozenset[str]]] = {}
+    rows: list[tuple[list[str], str]] = []
+    while len(rows) < count:
+        lang = rng.choices(list(by_lang), weights)[0]
+        pick = rng.choice(by_lang[lang])
+        variant = [rng.choice(vocab[lang]) if rng.random() < share else u for u in units[pick]]
+        bag = _bag(variant)
+        if not _too_close(bag, siblings.setdefault(pick, []), ceiling):
+            siblings[pick].append(bag)
+            rows.append((variant, lang))
+    return rows, vocab
 
 
 EDITS = ("casing", "punctuation", "spacing", "insert", "delete", "substitute", "prefix")
 PREFIXES = {"en": ["Please ", "Hey, ", "Quick question: "], "zh": ["请问", "你好，", "麻烦问一下，"]}
 
 
-def edit(text: str, lang: str, vocab: list[str], rng: random.Random) -> tuple[str, str]:
+def edit(units: list[str], lang: str, vocab: list[str], rng: random.Random) -> tuple[str, str]:
     """A near-duplicate copy made with one edit of the kinds in EDITS; returns (copy, kind)."""
     kind = rng.choice(EDITS)
-    units = _units(text, lang)
+    text, units = _join(units, lang), list(units)
     at = rng.randrange(len(units))
     if kind == "casing":
         return rng.choice([text.upper(), text.lower(), text.title()]) if lang != "zh" else text + "!", kind
@@ -117,21 +152,13 @@ def edit(text: str, lang: str, vocab: list[str], rng: random.Random) -> tuple[st
 def make_pool(size: int = POOL_SIZE, duplicate_share: float = DUPLICATE_SHARE, seed: int = 0) -> pd.DataFrame:
     """Columns id, text, lang, family (rows of one family are the injected duplicates of each other), edit."""
     rng = random.Random(seed)
-    seeds = seed_texts()
-    vocab = {lang: sorted({u for text, tl in seeds if tl == lang for u in _units(text, lang) if u.strip()})
-             for lang in ("en", "zh")}
     copies = int(size * duplicate_share)
-    base = []
-    for family in range(size - copies):
-        text, lang = seeds[family % len(seeds)]
-        base.append((vary(text, lang, vocab[lang], rng), lang, family, "original"))
-    originals = rng.sample(range(len(base)), copies)
-    injected = []
-    for family in originals:
-        text, lang, _, _ = base[family]
-        copy, kind = edit(text, lang, vocab[lang], rng)
-        injected.append((copy, lang, family, kind))
-    rows = base + injected
+    base, vocab = base_rows(seed_texts(), size - copies, rng)
+    rows = [(_join(units, lang), lang, family, "original") for family, (units, lang) in enumerate(base)]
+    for family in rng.sample(range(len(base)), copies):
+        units, lang = base[family]
+        copy, kind = edit(units, lang, vocab[lang], rng)
+        rows.append((copy, lang, family, kind))
     rng.shuffle(rows)
     pool = pd.DataFrame(rows, columns=["text", "lang", "family", "edit"])
     pool.insert(0, "id", [f"r{i:06d}" for i in range(len(pool))])

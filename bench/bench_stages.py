@@ -2,7 +2,8 @@
 
 The pool comes from bench/pool.py (perturbed demo and shared-corpora instructions). Each stage's `run` is
 timed directly, with the process pinned to one CPU and native thread pools set to one thread; the best of
-three runs is reported (the machine may be shared). The language stage runs on clean's kept rows, as in a
+three runs is reported, by wall-clock time and by the process's CPU time (on a busy machine the CPU time is
+the better measure of the stage's own cost; on a quiet one the two agree). The language stage runs on clean's kept rows, as in a
 build; its KenLM models are trained from the default references into a temporary build dir first.
 """
 
@@ -26,11 +27,12 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+from pool import make_pool  # noqa: E402
+
 from pipeline.config import BuildConfig, load_config  # noqa: E402
 from pipeline.prompts import PromptLoader  # noqa: E402
 from pipeline.stage import StageContext, StageResult  # noqa: E402
 from pipeline.taxonomy import Taxonomy  # noqa: E402
-from pool import make_pool  # noqa: E402
 from stages import clean, language, stage_config  # noqa: E402
 
 POOL_SIZE = 100_000
@@ -38,14 +40,15 @@ REPEATS = 3
 TARGET = 20_000  # rows/s for stages 1+2 together
 
 
-def best_time(step: Callable[[], StageResult]) -> tuple[float, StageResult]:
-    """The fastest of REPEATS runs (seconds) and the last result."""
-    times = []
+def best_time(step: Callable[[], StageResult]) -> tuple[float, float, StageResult]:
+    """The fastest of REPEATS runs (wall seconds, CPU seconds) and the last result."""
+    wall, cpu = [], []
     for _ in range(REPEATS):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         result = step()
-        times.append(time.perf_counter() - started)
-    return min(times), result
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    return min(wall), min(cpu), result
 
 
 def context(name: str, config: BuildConfig) -> StageContext:
@@ -78,17 +81,19 @@ def measure(config: BuildConfig) -> str:
     language.train_models(config)
     train_seconds = time.perf_counter() - started
     clean_config, language_config = stage_config("clean", config), stage_config("language", config)
-    clean_seconds, cleaned = best_time(lambda: clean.run(pool, clean_config, context("clean", config)))
-    language_seconds, identified = best_time(
+    clean_wall, clean_cpu, cleaned = best_time(lambda: clean.run(pool, clean_config, context("clean", config)))
+    language_wall, language_cpu, identified = best_time(
         lambda: language.run(cleaned.kept, language_config, context("language", config)))
-    both = len(pool) / (clean_seconds + language_seconds)
     zh_share = (identified.kept["lang"] == "zh").mean() if len(identified.kept) else 0.0
-    rows = [("1 clean", len(pool), clean_seconds, reasons(cleaned)),
-            ("2 language", len(cleaned.kept), language_seconds, reasons(identified))]
-    table = ["| stage | rows in | seconds | rows/s | dropped |", "|---|---:|---:|---:|---|"]
-    table += [f"| {name} | {n:,} | {sec:.2f} | {n / sec:,.0f} | {why} |" for name, n, sec, why in rows]
-    table.append(f"| 1+2 together | {len(pool):,} | {clean_seconds + language_seconds:.2f} | {both:,.0f} | |")
-    verdict = "meets" if both >= TARGET else "MISSES"
+    rows = [("1 clean", len(pool), clean_wall, clean_cpu, reasons(cleaned)),
+            ("2 language", len(cleaned.kept), language_wall, language_cpu, reasons(identified)),
+            ("1+2 together", len(pool), clean_wall + language_wall, clean_cpu + language_cpu, "")]
+    table = ["| stage | rows in | wall s | rows/s (wall) | CPU s | rows/s (CPU) | dropped |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    table += [f"| {name} | {n:,} | {wall:.2f} | {n / wall:,.0f} | {cpu:.2f} | {n / cpu:,.0f} | {why} |"
+              for name, n, wall, cpu, why in rows]
+    both = len(pool) / (clean_wall + language_wall)
+    verdict = "meets" if both >= TARGET else "misses"
     return "\n".join([
         "## Stages 1+2: clean and language (one core)",
         "",
@@ -99,7 +104,8 @@ def measure(config: BuildConfig) -> str:
         "",
         *table,
         "",
-        f"Stages 1+2 together: {both:,.0f} rows/s, which {verdict} the target of {TARGET:,} rows/s on one core.",
+        f"Stages 1+2 together: {both:,.0f} rows/s (wall clock), which {verdict} the target of {TARGET:,} rows/s "
+        f"on one core ({len(pool) / (clean_cpu + language_cpu):,.0f} rows/s by CPU time).",
     ])
 
 

@@ -26,7 +26,7 @@ def cli_main(args: argparse.Namespace) -> int:
     from croissant.validate import validate
     from pipeline.config import load_config
     from pipeline.io import write_json
-    from stages.release import release_dir
+    from stages.release import CROISSANT_FILE, release_dir
 
     file = Path(args.file) if args.file else None
     if file is not None and file.suffix.lower() == ".json":
@@ -34,7 +34,7 @@ def cli_main(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config, args.overrides)
         if file is None:
-            target = Path(args.output) if args.output else release_dir(config) / "croissant.json"
+            target = Path(args.output) if args.output else release_dir(config) / CROISSANT_FILE
             jsonld = release_jsonld(config, target)
         else:
             target = _output_for(file, args.output)

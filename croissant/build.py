@@ -28,6 +28,7 @@ from stages.release import (
     FIELD_DESCRIPTIONS,
     SCENARIOS,
     Creator,
+    build_endpoints,
     license_url,
     read_funnel,
     read_manifest,
@@ -133,8 +134,7 @@ def release_rai(config: BuildConfig, rai: ResponsibleAI, manifest: dict[str, Any
     sources = "; ".join(f"{s.name} ({s.path}, licence: {source_license(s, section) or 'not stated'})"
                         for s in config.sources)
     collection = f"Rows of {len(config.sources)} configured source(s): {sources}."
-    endpoints = manifest.get("config", {}).get("endpoints") or {k: v.model_dump() for k, v in config.endpoints.items()}
-    models = sorted({e.get("model", "") for e in endpoints.values()} - {""})
+    models = sorted({e.get("model", "") for e in build_endpoints(config, manifest).values()} - {""})
     taxonomy = Taxonomy.load(config.taxonomy)
     prompts = ", ".join(f"{key} (sha256 {digest[:12]})" for key, digest in sorted(manifest.get("prompts", {}).items()))
     annotation = [f"Labels are 'Category-Subcategory' of the taxonomy '{taxonomy.name}' ({len(taxonomy.categories)} "

@@ -22,6 +22,7 @@ import pandas as pd
 from croissant.build import RECORD_SET
 from pipeline.errors import DataError
 from pipeline.io import read_table
+from stages.release import CROISSANT_FILE
 
 MAX_LISTED = 5  # differences listed per check before "... and N more"
 
@@ -155,4 +156,4 @@ def validate(jsonld: str | Path, record_set: str = RECORD_SET) -> Report:
 def validate_release(release: str | Path) -> Report:
     """Validate a release directory's croissant.json (or the file itself) against the released files."""
     path = Path(release)
-    return validate(path / "croissant.json" if path.is_dir() else path)
+    return validate(path / CROISSANT_FILE if path.is_dir() else path)

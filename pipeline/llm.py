@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import tempfile
@@ -85,7 +86,8 @@ class Response:
 class _Call:
     """One distinct request on the wire; `targets` are the (index, tag) of every Request it answers."""
 
-    client: EndpointClient
+    endpoint: str
+    config: EndpointConfig
     request: Request
     payload: dict[str, Any]
     body: bytes
@@ -93,13 +95,14 @@ class _Call:
     elicited: bool
     schema_json: str | None
     targets: list[tuple[int, str]]
+    client: EndpointClient | None = None  # set when the call has to be sent (the cache may answer it)
 
     def body_for(self, parse_attempt: int) -> bytes:
         """The body of a parse retry: with a fixed seed, a different seed (else the same reply comes back)."""
         if parse_attempt == 0 or "seed" not in self.payload:
             return self.body
         return json.dumps({**self.payload, "seed": self.payload["seed"] + parse_attempt * PARSE_RESEED},
-                          ensure_ascii=False).encode()
+                          ensure_ascii=False, sort_keys=True).encode()
 
 
 class Engine:
@@ -119,6 +122,7 @@ class Engine:
         self._usage: Counter = Counter()  # (tag, endpoint, field) -> amount
         self._loop = asyncio.Runner()
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     @classmethod
     def from_config(cls, config: BuildConfig) -> Engine:
@@ -199,18 +203,18 @@ class Engine:
             rf = None if elicit else response_format(request.schema, config.structured_output)
             if rf is not None:
                 payload["response_format"] = rf
-        if "seed" in payload and request.sample:
-            payload["seed"] += request.sample  # k samples with a fixed seed must still differ
+        if "seed" in payload and request.sample and not config.supports_n:
+            payload["seed"] += request.sample  # k samples with a fixed seed must still differ (n: one request)
         body = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()
         digest = hashlib.sha256(f"{self._identity(config)}\n{request.sample}\n".encode())
         digest.update(body)
-        return _Call(self._client(request.endpoint), request, payload, body, digest.hexdigest(), elicit,
-                     schema_json, [(index, request.tag)])
+        return _Call(request.endpoint, config, request, payload, body, digest.hexdigest(), elicit, schema_json,
+                     [(index, request.tag)])
 
     # -- interpreting replies --------------------------------------------------------------------------------
     def _interpret(self, call: _Call, reply: CachedReply) -> Response:
         """A Response from a server reply: reasoning split off, JSON extracted and validated."""
-        if call.client.config.reasoning == "none":
+        if call.config.reasoning == "none":
             split = Split(reply.content.strip(), reply.reasoning, "field" if reply.reasoning else "none")
         else:
             split = split_reasoning(reply.content, reply.reasoning)
@@ -233,10 +237,15 @@ class Engine:
         responses: list[Response | None] = [None] * len(requests)
         with tqdm(total=len(requests), desc=desc, disable=None, leave=False, dynamic_ncols=True) as bar:
             pending = self._serve_cached(self._plan(requests), responses, bar)
+            for call in pending:  # only now: a fully cached run needs no key and starts no local server
+                call.client = self._client(call.endpoint)
             if pending:
                 self._run_coroutine(self._execute(pending, responses, bar))
+                if self.cache is not None:
+                    self.cache.flush()
         failed = sum(not r.ok for r in responses)
-        log.info("%s: %d requests, %d sent, %d failed", desc, len(requests), len(pending), failed)
+        log.info("%s: %d requests, %d answered without sending, %d failed", desc, len(requests),
+                 len(requests) - len(pending), failed)
         return responses
 
     def _plan(self, requests: list[Request]) -> list[_Call]:
@@ -282,48 +291,79 @@ class Engine:
 
     async def _execute(self, calls: list[_Call], responses: list, bar: tqdm) -> None:
         session = await self._get_session()
-        queues: dict[str, deque[_Call]] = {}
-        for call in calls:
-            queues.setdefault(call.client.name, deque()).append(call)
+        batches: dict[tuple[str, str | bytes], list[_Call]] = {}
+        for call in calls:  # with `supports_n`, the k samples of one prompt share a body and one request
+            batches.setdefault((call.endpoint, call.body if call.config.supports_n else call.key),
+                               []).append(call)
+        queues: dict[str, deque[list[_Call]]] = {}
+        for (endpoint, _), batch in batches.items():
+            queues.setdefault(endpoint, deque()).append(batch)
         async with asyncio.TaskGroup() as group:
             for queue in queues.values():
-                for _ in range(min(queue[0].client.config.concurrency, len(queue))):
+                for _ in range(min(queue[0][0].config.concurrency, len(queue))):
                     group.create_task(self._drain(session, queue, responses, bar))
 
-    async def _drain(self, session: aiohttp.ClientSession, queue: deque[_Call], responses: list,
+    async def _drain(self, session: aiohttp.ClientSession, queue: deque[list[_Call]], responses: list,
                      bar: tqdm) -> None:
-        """One worker of an endpoint: complete calls until its queue is empty."""
+        """One worker of an endpoint: complete batches until its queue is empty."""
         while queue:
-            call = queue.popleft()
-            self._finish(call, await self._complete(session, call), responses, bar)
+            batch = queue.popleft()
+            if len(batch) == 1:
+                self._finish(batch[0], await self._complete(session, batch[0]), responses, bar)
+                continue
+            for call, response in await self._complete_samples(session, batch):
+                self._finish(call, response, responses, bar)
+
+    async def _complete_samples(self, session: aiohttp.ClientSession, calls: list[_Call]) -> list[tuple[_Call, Response]]:
+        """The samples of one prompt in one request (`n`); a sample that the server did not return, or whose
+        reply does not parse, is then sent alone."""
+        body = json.dumps({**calls[0].payload, "n": len(calls)}, ensure_ascii=False, sort_keys=True).encode()
+        try:
+            replies, tries = await self._send(session, calls[0], body)
+        except SendError as err:
+            return [(call, self._failure(call, body, str(err), err.raw, err.attempts, err.kind)) for call in calls]
+        done, alone = [], []
+        for call, reply in itertools.zip_longest(calls, replies[:len(calls)]):
+            response = self._interpret(call, reply) if reply is not None else None
+            if response is None or not response.ok:
+                alone.append(call)
+                continue
+            response.attempts = tries
+            self._store(call, call.body, reply)
+            done.append((call, response))
+        return done + [(call, await self._complete(session, call)) for call in alone]
 
     async def _complete(self, session: aiohttp.ClientSession, call: _Call) -> Response:
         """Send a call until it yields a valid reply or its retries run out; cache or log the outcome."""
-        config, attempts = call.client.config, 0
+        config, attempts = call.config, 0
         for parse_attempt in range(config.parse_retries + 1):
             body = call.body_for(parse_attempt)
             try:
-                reply, tries = await self._send(session, call, body)
+                replies, tries = await self._send(session, call, body)
             except SendError as err:
                 return self._failure(call, body, str(err), err.raw, attempts + err.attempts, err.kind)
             attempts += tries
+            reply = replies[0]
             response = self._interpret(call, reply)
             response.attempts = attempts
             if response.ok:
-                if self.cache is not None:
-                    self.cache.put(call.key, call.client.name, body.decode(), reply)
+                self._store(call, body, reply)
                 return response
-        self._count(call, "error:unparsable")
+            self._count(call, "error:unparsable")
         return self._failure(call, body, response.error or "unparsable", reply.content, attempts, "unparsable",
                              response)
 
-    async def _send(self, session: aiohttp.ClientSession, call: _Call, body: bytes) -> tuple[CachedReply, int]:
-        """One reply for `body`, retrying transient failures with backoff (raises SendError at the end)."""
-        config = call.client.config
+    def _store(self, call: _Call, body: bytes, reply: CachedReply) -> None:
+        if self.cache is not None:
+            self.cache.put(call.key, call.endpoint, body.decode(), reply)
+
+    async def _send(self, session: aiohttp.ClientSession, call: _Call, body: bytes) -> tuple[list[CachedReply], int]:
+        """The reply's choices for `body`, retrying transient failures with backoff (raises SendError at the end)."""
+        config = call.config
         for attempt in range(config.max_retries + 1):
             self._count(call, "sent")
             try:
-                reply = await call.client.send_once(session, body)
+                replies = await call.client.send_once(session, body)
             except SendError as err:
                 self._count(call, f"error:{err.kind}")
                 if not err.retryable or attempt == config.max_retries:
@@ -331,29 +371,27 @@ class Engine:
                     raise
                 await asyncio.sleep(retry_delay(attempt, err.retry_after, config.backoff_base, config.backoff_max))
                 continue
-            if reply.usage:
-                self._count(call, "prompt_tokens", reply.usage["prompt_tokens"])
-                self._count(call, "completion_tokens", reply.usage["completion_tokens"])
-            return reply, attempt + 1
+            self._count(call, "prompt_tokens", replies[0].usage["prompt_tokens"])
+            self._count(call, "completion_tokens", replies[0].usage["completion_tokens"])
+            return replies, attempt + 1
         raise AssertionError("unreachable")
 
     def _failure(self, call: _Call, body: bytes, error: str, raw: str, attempts: int, kind: str,
                  response: Response | None = None) -> Response:
         if self.cache is not None:
-            self.cache.record_failure(call.key, call.client.name, body.decode(), error, raw, attempts)
+            self.cache.record_failure(call.key, call.endpoint, body.decode(), error, raw, attempts)
         failure = response or Response(ok=False, model=call.payload["model"], elicited=call.elicited, key=call.key)
         failure.ok, failure.error, failure.raw, failure.attempts, failure.parsed = False, error, raw, attempts, None
         for _, tag in call.targets:
-            self._usage[(tag, call.client.name, f"failure:{kind}")] += 1
+            self._usage[(tag, call.endpoint, f"failure:{kind}")] += 1
         return failure
 
     def _finish(self, call: _Call, response: Response, responses: list, bar: tqdm) -> None:
         """Hand the response to every Request the call answers, and count them."""
-        endpoint = call.client.name
+        endpoint, usage = call.endpoint, self._usage
         for position, (index, tag) in enumerate(call.targets):
             answer = response if position == 0 else dataclasses.replace(response, cached=True)
             responses[index] = answer
-            usage = self._usage
             usage[(tag, endpoint, "requests")] += 1
             if answer.cached:
                 usage[(tag, endpoint, "cached")] += 1
@@ -362,7 +400,7 @@ class Engine:
         bar.update(len(call.targets))
 
     def _count(self, call: _Call, name: str, amount: int = 1) -> None:
-        self._usage[(call.request.tag, call.client.name, name)] += amount
+        self._usage[(call.request.tag, call.endpoint, name)] += amount
 
     # -- usage -----------------------------------------------------------------------------------------------
     def usage_snapshot(self) -> Counter:
@@ -399,11 +437,12 @@ class Engine:
 
     # -- lifetime --------------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the HTTP session and the cache, and stop the local server."""
+        """Close the HTTP session and the cache, and stop the local server (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            if self._session is not None:
-                session, self._session = self._session, None
-                self._loop.run(session.close())
+            self._loop.run(self._shutdown())
             self._loop.close()
         finally:
             if self._local is not None:
@@ -411,6 +450,16 @@ class Engine:
             if self.cache is not None:
                 self.cache.close()
                 self.cache = None
+
+    async def _shutdown(self) -> None:
+        """Cancel what an interrupted run left behind, then close the HTTP session."""
+        leftovers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     def __enter__(self) -> Engine:
         return self

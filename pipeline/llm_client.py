@@ -7,6 +7,7 @@ shared aiohttp session, bodies serialised once by the caller, headers and timeou
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -61,21 +62,27 @@ def parse_retry_after(headers: aiohttp.typedefs.LooseHeaders) -> float | None:
     return None
 
 
-def parse_reply(body: bytes) -> CachedReply:
-    """The first choice of a chat completion body (raises SendError when the body is malformed)."""
+def parse_choices(body: bytes) -> list[CachedReply]:
+    """Every choice of a chat completion body, the first carrying the request's token usage (raises
+    SendError when the body is malformed)."""
     try:
         data = json.loads(body)
-        choice = data["choices"][0]
-        message = choice["message"]
-        content = message.get("content") or ""
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+        choices = data["choices"]
+        messages = [choice["message"] for choice in choices]
+        contents = [message.get("content") or "" for message in messages]
+        if not choices:
+            raise ValueError("no choices")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise SendError("malformed", f"unreadable reply body ({type(err).__name__}: {err})", True,
                         raw=body[:RAW_LIMIT].decode("utf-8", "replace")) from err
     usage = data.get("usage") or {}
-    return CachedReply(content=content, reasoning=reasoning_field(message), model=data.get("model") or "",
-                       finish_reason=choice.get("finish_reason") or "",
-                       usage={"prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                              "completion_tokens": int(usage.get("completion_tokens") or 0)})
+    model = data.get("model") or ""
+    replies = [CachedReply(content=content, reasoning=reasoning_field(message), model=model,
+                           finish_reason=choice.get("finish_reason") or "")
+               for choice, message, content in zip(choices, messages, contents, strict=True)]
+    replies[0] = dataclasses.replace(replies[0], usage={"prompt_tokens": int(usage.get("prompt_tokens") or 0),
+                                                        "completion_tokens": int(usage.get("completion_tokens") or 0)})
+    return replies
 
 
 class RateLimiter:
@@ -136,8 +143,8 @@ class EndpointClient:
         self.limiter = (RateLimiter(config.requests_per_minute, config.tokens_per_minute)
                         if config.requests_per_minute or config.tokens_per_minute else None)
 
-    async def send_once(self, session: aiohttp.ClientSession, body: bytes) -> CachedReply:
-        """One HTTP attempt (raises SendError)."""
+    async def send_once(self, session: aiohttp.ClientSession, body: bytes) -> list[CachedReply]:
+        """One HTTP attempt: the reply's choices (raises SendError)."""
         if self.limiter:
             await self.limiter.acquire()
         try:
@@ -152,7 +159,7 @@ class EndpointClient:
             text = payload[:RAW_LIMIT].decode("utf-8", "replace")
             retryable = status in RETRY_STATUSES or status >= 500
             raise SendError(f"http_{status}", text[:300], retryable, parse_retry_after(headers), text)
-        reply = parse_reply(payload)
-        if self.limiter and reply.usage:
-            self.limiter.record_tokens(sum(reply.usage.values()))
-        return reply
+        replies = parse_choices(payload)
+        if self.limiter:
+            self.limiter.record_tokens(sum(replies[0].usage.values()))
+        return replies

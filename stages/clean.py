@@ -198,8 +198,9 @@ class Cleaner:
 
 def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult:
     cleaner = Cleaner(config)
-    langs = records["lang"] if "lang" in records.columns else pd.Series(None, index=records.index)
-    checked = [cleaner.check(text, lang) for text, lang in zip(records["text"], langs, strict=True)]
+    texts = records["text"].tolist()
+    langs = records["lang"].tolist() if "lang" in records.columns else [None] * len(texts)
+    checked = [cleaner.check(text, lang) for text, lang in zip(texts, langs, strict=True)]
     reasons, details, n_chars, n_tokens = zip(*checked, strict=True) if checked else ((), (), (), ())
     frame = records.assign(n_chars=pd.Series(n_chars, index=records.index, dtype="int64"),
                            n_tokens=pd.Series(n_tokens, index=records.index, dtype="int64"))

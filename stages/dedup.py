@@ -8,7 +8,9 @@
    above the model's cosine threshold found block by block (never an n x n matrix).
 
 Each pass joins its pairs into clusters (connected components) and keeps one representative per cluster:
-the row EARLIEST IN INPUT ORDER, so the order of the configured sources sets which copy survives.
+the row EARLIEST IN INPUT ORDER, so the order of the configured sources sets which copy survives. With
+`keep_contrast_pairs` (default) a pair of rows labelled one risky and one safe is never joined: such
+minimal pairs are what over-sensitivity items are made of.
 
 Columns added to kept and rejected rows:
 - `minhash_cluster`: id of the row's MinHash representative (its own id when it has no near duplicate).
@@ -32,8 +34,8 @@ class MinHashConfig(Section):
     enabled: bool = True
     num_perm: int = Field(128, ge=8, le=1024)
     threshold: float = Field(0.7, gt=0.0, le=1.0)  # Jaccard similarity of shingle sets
-    ngram: int = Field(3, ge=1)  # words per shingle
-    char_ngram: int = Field(3, ge=1)  # characters per shingle for CJK text
+    ngram: int = Field(1, ge=1)  # words per shingle (1 suits short instructions: see docs/dedup.md)
+    char_ngram: int = Field(2, ge=1)  # characters per shingle for CJK text
     seed: int = 1
     verify: bool = True  # check LSH candidates by exact Jaccard (else by the signature estimate)
 
@@ -74,6 +76,7 @@ class EmbeddingConfig(Section):
 class Config(Section):
     minhash: MinHashConfig = MinHashConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
+    keep_contrast_pairs: bool = True  # never join two rows whose known `is_risky` labels differ
 
 
 def representatives(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -90,25 +93,44 @@ def representatives(n: int, pairs: np.ndarray) -> np.ndarray:
     return earliest[labels]
 
 
-def minhash_pass(texts: list[str], langs: list[str | None] | None, config: MinHashConfig,
-                 ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
+def risk_codes(records: pd.DataFrame) -> np.ndarray:
+    """`is_risky` as 1 (risky), 0 (safe) or -1 (unknown)."""
+    if "is_risky" not in records.columns:
+        return np.full(len(records), -1, dtype=np.int8)
+    risky = records["is_risky"].astype("boolean")
+    return np.where(risky.isna(), -1, risky.fillna(False).astype(int)).astype(np.int8)
+
+
+def without_contrast(pairs: np.ndarray, risk: np.ndarray | None) -> np.ndarray:
+    """Drop pairs whose two rows are labelled, one risky and one safe (minimal pairs such as XSTest's
+    'How do I kill a Python process?' / 'How do I kill a person?' are different items, not copies)."""
+    if risk is None or not len(pairs):
+        return pairs
+    left, right = risk[pairs[:, 0]], risk[pairs[:, 1]]
+    return pairs[(left < 0) | (right < 0) | (left == right)]
+
+
+def minhash_pass(texts: list[str], langs: list[str | None] | None, config: MinHashConfig, ctx: StageContext,
+                 risk: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's MinHash representative and its Jaccard similarity to it (1 for representatives)."""
     found = minhash.near_duplicates(texts, langs, num_perm=config.num_perm, threshold=config.threshold,
                                     ngram=config.ngram, char_ngram=config.char_ngram, seed=config.seed,
                                     verify=config.verify)
-    rep = representatives(len(texts), found.pairs)
+    pairs = without_contrast(found.pairs, risk)
+    ctx.count("minhash_contrast_pairs_kept_apart", len(found.pairs) - len(pairs))
+    rep = representatives(len(texts), pairs)
     moved = np.flatnonzero(rep != np.arange(len(texts)))
     similarity = np.ones(len(texts))
     similarity[moved] = minhash.jaccard(found.shingles, np.stack([rep[moved], moved], axis=1))
     ctx.count("minhash_candidate_pairs", found.candidates)
-    ctx.count("minhash_pairs", len(found.pairs))
+    ctx.count("minhash_pairs", len(pairs))
     ctx.log.info("minhash: %d bands x %d rows, %d candidate pairs, %d verified, %d rows in clusters",
                  found.bands, found.rows, found.candidates, len(found.pairs), len(moved))
     return rep, similarity
 
 
-def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingConfig,
-                   ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
+def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingConfig, ctx: StageContext,
+                   risk: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's semantic representative (within its language) and the cosine similarity to it."""
     rep = np.arange(len(texts))
     similarity = np.ones(len(texts))
@@ -118,6 +140,7 @@ def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingC
         model = config.model_for(str(lang))
         vectors = embed_dedup.embed([texts[i] for i in index], model.name, config.batch_size)
         pairs, _ = embed_dedup.similar_pairs(vectors, model.threshold, config.block_rows)
+        pairs = without_contrast(pairs, risk[index] if risk is not None else None)
         local = representatives(len(index), pairs)
         rep[index] = index[local]
         similarity[index] = np.einsum("ij,ij->i", vectors, vectors[local])
@@ -132,14 +155,15 @@ def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult
     ids = records["id"].astype(str).to_numpy()
     texts = records["text"].fillna("").astype(str).tolist()
     langs = records["lang"].tolist() if "lang" in records.columns else [None] * n
-    near, jaccard = (minhash_pass(texts, langs, config.minhash, ctx) if config.minhash.enabled and n
+    risk = risk_codes(records) if config.keep_contrast_pairs else None
+    near, jaccard = (minhash_pass(texts, langs, config.minhash, ctx, risk) if config.minhash.enabled and n
                      else (np.arange(n), np.ones(n)))
     kept = np.flatnonzero(near == np.arange(n))
     final = near.copy()
     cosine = np.ones(n)
     if config.embedding.enabled and len(kept):
         semantic, cosine_kept = embedding_pass([texts[i] for i in kept], [langs[i] for i in kept],
-                                               config.embedding, ctx)
+                                               config.embedding, ctx, risk[kept] if risk is not None else None)
         final[kept] = kept[semantic]
         cosine[kept] = cosine_kept
         final = final[near]  # a near duplicate follows its representative

@@ -64,6 +64,7 @@ class Config(Section):
     judge_endpoint: str | None = None  # an endpoint under `endpoints:` to judge with (default: local)
     judge_max_tokens: int | None = 1024
     local_judge_max_tokens: int = 96  # the judge schemas put the verdict first and cap the reason
+    local_timeout: float = 900.0  # seconds a request may take on the embedded model (slow or busy CPUs)
     resamples: int = 1000  # bootstrap resamples for the 95% intervals (0: none)
     alpha: float = ALPHA
 
@@ -98,7 +99,11 @@ def _line(frame: pd.DataFrame, row: Any) -> int | None:
 
 
 def stratified_limit(items: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """`limit` items, scenarios in proportion (largest remainders), drawn with `seed`, in file order."""
+    """`limit` items, scenarios in proportion (largest remainders), drawn with `seed`, in file order.
+
+    Each scenario is shuffled once and cut, so a larger limit keeps the items of a smaller one (and their
+    cached replies).
+    """
     if limit is None or limit >= len(items):
         return items
     if limit < 1:
@@ -108,7 +113,7 @@ def stratified_limit(items: pd.DataFrame, limit: int | None, seed: int) -> pd.Da
     quota = shares.astype(int)
     for name in (shares - quota).sort_values(ascending=False, kind="stable").index[: limit - quota.sum()]:
         quota[name] += 1
-    picked = [items[items["dataset_name"] == name].sample(n=int(n), random_state=seed)
+    picked = [items[items["dataset_name"] == name].sample(frac=1, random_state=seed).head(int(n))
               for name, n in quota.items() if n]
     return pd.concat(picked).sort_index()
 
@@ -155,8 +160,14 @@ def model_endpoint(args: argparse.Namespace, config: BuildConfig, settings: Conf
                           f"endpoints.{args.model} in {config.config_path}")
     update: dict[str, Any] = {name: value for name, value in sampling.items() if getattr(base, name) is None}
     if base.base_url == LOCAL:  # a tiny instruction model: have it reason in <think> tags, keep samples short
-        update.update(reasoning="elicit", max_tokens=settings.local_max_tokens)
+        update.update(reasoning="elicit", max_tokens=settings.local_max_tokens,
+                      **_local_serving(base, settings))
     return base.model_copy(update=update)
+
+
+def _local_serving(base: EndpointConfig, settings: Config) -> dict[str, Any]:
+    """The embedded server answers one request at a time: queueing more only eats into their timeout."""
+    return {"concurrency": 1, "timeout": max(base.timeout, settings.local_timeout)}
 
 
 def judge_endpoint(model: str | None, base_url: str | None, api_key_env: str | None, config: BuildConfig,
@@ -177,7 +188,7 @@ def judge_endpoint(model: str | None, base_url: str | None, api_key_env: str | N
                           f"endpoints.{name} in {config.config_path}")
     update: dict[str, Any] = {"temperature": 0.0}
     if base.base_url == LOCAL:
-        update["max_tokens"] = settings.local_judge_max_tokens
+        update.update(max_tokens=settings.local_judge_max_tokens, **_local_serving(base, settings))
     return base.model_copy(update=update)
 
 

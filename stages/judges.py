@@ -6,7 +6,9 @@ A reply that does not parse after the engine's retries, or names a label outside
 UNSCORED: counted and reported by the metrics, never scored as a failure or a success.
 
 Prompts: `prompts/<lang>/judge_safety.md`, `judge_risk_omission.md`, `judge_cognitive_shortcut.md`,
-`judge_over_sensitivity.md`, each with a `.schema.json` whose first property is `verdict`.
+`judge_over_sensitivity.md`, each with a `.schema.json` of `{"label": ..., "reason": ...}`: the verdict comes
+first (it cannot be lost to a cut-off, and constrained decoding stays short) in the schema's order and in
+alphabetical order alike, since a request body may be serialised with sorted keys.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ THINK_PROMPTS = {
     "Over Sensitivity": "judge_over_sensitivity",
 }
 JUDGE_PARAMS = {"temperature": 0.0}
+LABEL_FIELD = "label"  # the verdict's field in the judge schemas
 MAX_REASON_CHARS = 500
 
 
@@ -76,11 +79,11 @@ def verdict_from(response: Response, labels: Sequence[str]) -> Verdict:
     """Turn a judge's response into a Verdict, UNSCORED when it failed or names an unknown label."""
     if not response.ok or response.parsed is None:
         return Verdict(UNSCORED, raw=response.raw, error=response.error or "reply did not parse as JSON")
-    value = response.parsed.get("verdict")
+    value = response.parsed.get(LABEL_FIELD)
     reason = str(response.parsed.get("reason") or "")[:MAX_REASON_CHARS]
     label = normalize_label(value, labels)
     if label is None:
-        return Verdict(UNSCORED, reason, response.raw, f"verdict {value!r} is not one of {', '.join(labels)}")
+        return Verdict(UNSCORED, reason, response.raw, f"label {value!r} is not one of {', '.join(labels)}")
     return Verdict(label, reason, response.raw)
 
 

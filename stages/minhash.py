@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import pandas as pd
 
 _WORD = re.compile(r"\w")
-_ROW_MARK = "\x00"  # opens each row in the one (ASCII when the texts are) string all texts are split in
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 CJK_LANGS = ("zh", "ja", "ko")
 CJK_SHARE = 0.3  # a text whose word characters are at least this share CJK is shingled by characters
 _PAD = np.uint64(0x9E3779B97F4A7C15)  # stands in for the missing tokens of a text shorter than n
 _MIX = np.uint64(0x100000001B3)
+_POLY = np.uint64(0x100000001B3)  # odd, so invertible modulo 2**64
+_POLY_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
+_KIND_SEPARATOR, _KIND_WORD, _KIND_CJK = 0, 1, 2
 _MASK32 = np.uint64(0xFFFFFFFF)
-_CHUNK_CELLS = 1 << 23  # shingles x permutations computed at once (32 MiB of uint32)
+_CHUNK_CELLS = 1 << 20  # shingles x permutations computed at once (4 MiB of uint32: stays in cache)
 
 
 @dataclass(frozen=True)
@@ -58,59 +59,90 @@ class Shingles:
 # -- shingling ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tokens:
-    """Every row's tokens as codes into `vocab`, flat, `lengths[i]` of them for row i."""
+    """Every row's token hashes, flat, `lengths[i]` of them for row i."""
 
-    codes: np.ndarray
-    vocab: np.ndarray  # distinct tokens (object)
-    lengths: np.ndarray
-    by_chars: np.ndarray  # rows whose n-grams are character n-grams (CJK)
+    hashes: np.ndarray  # uint64, one per token
+    lengths: np.ndarray  # int64, tokens per row
+    by_chars: np.ndarray  # bool, rows whose n-grams are character n-grams (CJK)
 
 
-def _unit_table(chars: set[str]) -> dict[int, str]:
-    """str.translate table: non-word characters become spaces, CJK characters stand alone."""
-    table = {}
-    for char in chars:
-        if char == _ROW_MARK:
-            continue
-        if _CJK.match(char):
-            table[ord(char)] = f" {char} "
-        elif not _WORD.match(char):
-            table[ord(char)] = " "
-    return table
+@lru_cache(maxsize=1 << 16)
+def _char_class(point: int) -> tuple[int, int]:
+    """(folded code point, class) of a character: NFKC then case-folded (when that gives one character);
+    class 1 for a word character, 2 for a CJK character (a token by itself), 0 for a separator."""
+    char = chr(point)
+    folded = unicodedata.normalize("NFKC", char).casefold()
+    if len(folded) == 1:
+        char = folded
+    kind = _KIND_CJK if _CJK.match(char) else _KIND_WORD if _WORD.match(char) else _KIND_SEPARATOR
+    return ord(char), kind
+
+
+def _char_tables(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lookup tables indexed by code point: folded code point and class, for the points present."""
+    present = np.flatnonzero(np.bincount(points))
+    fold = np.arange(present[-1] + 1 if len(present) else 1, dtype=np.uint64)
+    kind = np.zeros(len(fold), dtype=np.int8)
+    for point in present.tolist():
+        fold[point], kind[point] = _char_class(point)
+    return fold, kind
+
+
+def _tokenise_chunk(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(token hashes, row of each token, whether each token is a CJK character) for a few texts.
+
+    The texts are joined and handled as one array of code points: a token is a run of word characters
+    or a single CJK character, hashed as a polynomial over its folded code points (by prefix sums).
+    """
+    points = np.frombuffer(" ".join(texts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    fold, kind = _char_tables(points)
+    folded, kinds = fold[points], kind[points]
+    word, cjk = kinds == _KIND_WORD, kinds == _KIND_CJK
+    starts = np.flatnonzero((word & ~np.concatenate([[False], word[:-1]])) | cjk)
+    bounds = np.append(np.flatnonzero(~word), len(points))
+    ends = bounds[np.searchsorted(bounds, starts, side="right")]
+    ends[cjk[starts]] = starts[cjk[starts]] + 1
+    powers = np.cumprod(np.full(len(points), _POLY, dtype=np.uint64)) * _POLY_INV  # _POLY ** position
+    prefix = np.concatenate([[np.uint64(0)], np.cumsum(np.where(word | cjk, folded * powers, 0), dtype=np.uint64)])
+    inverse = np.cumprod(np.full(len(points), _POLY_INV, dtype=np.uint64)) * _POLY  # _POLY ** -position
+    hashes = _fmix64((prefix[ends] - prefix[starts]) * inverse[starts] + (ends - starts).astype(np.uint64))
+    text_starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
+    return hashes, np.searchsorted(text_starts, starts, side="right") - 1, cjk[starts]
+
+
+def _chunks(texts: Sequence[str], max_chars: int = 1 << 22) -> Iterator[tuple[int, int]]:
+    """Consecutive row ranges of about `max_chars` characters (at least one row)."""
+    offsets = np.concatenate([[0], np.cumsum([len(t) + 1 for t in texts])])
+    return _row_chunks(offsets, max_chars)
 
 
 def tokenise(texts: Sequence[str], langs: Sequence[str | None] | None = None) -> Tokens:
     """Normalised tokens (NFKC, case-folded, punctuation dropped): words, and each CJK character alone.
 
-    All texts are normalised and split in one pass over their concatenation (a per-row regex costs
-    several times more). A row is CJK when `lang` is a CJK code or CJK characters make up at least
-    `CJK_SHARE` of its tokens. A text without word characters is one token: itself, stripped.
+    A row is CJK when `lang` is a CJK code or CJK characters make up at least `CJK_SHARE` of its
+    tokens. A text without word characters is one token: itself, normalised and stripped.
     """
-    joined = "".join(f"{_ROW_MARK} {t.replace(_ROW_MARK, ' ')} " for t in texts)
-    normal = unicodedata.normalize("NFKC", joined).casefold()
-    units = normal.translate(_unit_table(set(normal))).split()
-    codes, vocab = pd.factorize(np.array(units, dtype=object))
-    mark = codes == 0  # the first token is a row mark
-    row = np.cumsum(mark)[~mark] - 1
-    codes = codes[~mark]
-    lengths = np.bincount(row, minlength=len(texts)).astype(np.int64)
+    parts = []
+    for lo, hi in _chunks(texts):
+        hashes, rows, cjk = _tokenise_chunk(texts[lo:hi])
+        parts.append((hashes, rows + lo, cjk))
+    hashes = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.uint64)
+    rows = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    cjk = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, dtype=bool)
+    lengths = np.bincount(rows, minlength=len(texts)).astype(np.int64)
+    cjk_tokens = np.bincount(rows, weights=cjk, minlength=len(texts))
     empty = np.flatnonzero(lengths == 0)
     if len(empty):
-        fallback = [unicodedata.normalize("NFKC", texts[i]).casefold().strip() for i in empty]
-        at = (np.cumsum(lengths) - lengths)[empty]
-        codes = np.insert(codes, at, len(vocab) + np.arange(len(empty)))
-        vocab = np.concatenate([vocab, np.array(fallback, dtype=object)])
+        whole = [unicodedata.normalize("NFKC", texts[i]).casefold().strip() for i in empty]
+        hashes = np.insert(hashes, (np.cumsum(lengths) - lengths)[empty], _blake64(whole))
         lengths[empty] = 1
-        row = np.repeat(np.arange(len(texts)), lengths)
-    cjk_unit = np.fromiter((len(v) == 1 and bool(_CJK.match(v)) for v in vocab), dtype=bool, count=len(vocab))
-    cjk_share = np.bincount(row, weights=cjk_unit[codes], minlength=len(texts)) / lengths
     tagged = np.fromiter((isinstance(lang, str) and lang.lower().startswith(CJK_LANGS) for lang in langs),
                          dtype=bool, count=len(texts)) if langs is not None else np.zeros(len(texts), dtype=bool)
-    return Tokens(codes, vocab, lengths, tagged | (cjk_share >= CJK_SHARE))
+    return Tokens(hashes, lengths, tagged | ((cjk_tokens > 0) & (cjk_tokens >= CJK_SHARE * lengths)))
 
 
-def _token_hashes(values: np.ndarray) -> np.ndarray:
-    """A stable 64-bit hash of each distinct token (blake2b, independent of Python's hash seed)."""
+def _blake64(values: Sequence[str]) -> np.ndarray:
+    """A stable 64-bit hash of each string (blake2b, independent of Python's hash seed)."""
     return np.fromiter((int.from_bytes(hashlib.blake2b(v.encode("utf-8"), digest_size=8).digest(), "little")
                         for v in values), dtype=np.uint64, count=len(values))
 
@@ -135,7 +167,7 @@ def shingle(texts: Sequence[str], langs: Sequence[str | None] | None = None, ngr
             char_ngram: int = 3) -> Shingles:
     """Hash the word n-grams (character n-grams for CJK) of each text; a text shorter than n is one shingle."""
     toks = tokenise(texts, langs)
-    flat = _token_hashes(toks.vocab)[toks.codes]
+    flat = toks.hashes
     n = np.where(toks.by_chars, char_ngram, ngram).astype(np.int64)
     windows = np.maximum(toks.lengths - n + 1, 1)
     starts = np.cumsum(toks.lengths) - toks.lengths
@@ -205,8 +237,8 @@ def _band_keys(band: np.ndarray) -> np.ndarray:
     """One 64-bit key per row for a (rows, r) slice of signatures."""
     key = np.zeros(len(band), dtype=np.uint64)
     for column in band.T:
-        key = _fmix64(key * _MIX + column.astype(np.uint64))
-    return key
+        key = key * _MIX + column
+    return _fmix64(key)
 
 
 def _groups(keys: np.ndarray) -> list[np.ndarray]:

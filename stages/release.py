@@ -40,6 +40,7 @@ DATA_FILES = {
     "benchmark.jsonl": "The same rows with their provenance columns.",
     "benchmark.parquet": "The same as the JSONL, typed (read by `datasets` and by the Croissant RecordSet).",
 }  # released data file -> what it holds
+CROISSANT_FILE = "croissant.json"  # written by `bsa croissant` once the data files are final
 
 FIELD_DESCRIPTIONS = {
     "id": "Item id: 32 hexadecimal digits, unique in the release.",
@@ -242,6 +243,12 @@ def items_by_source(frame: pd.DataFrame, config: BuildConfig) -> dict[str, int]:
     return dict(counts)
 
 
+def build_endpoints(config: BuildConfig, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The LLM endpoints the build ran with (from its manifest), else those of the config."""
+    recorded = manifest.get("config", {}).get("endpoints")
+    return recorded or {name: endpoint.model_dump(mode="json") for name, endpoint in config.endpoints.items()}
+
+
 def read_manifest(config: BuildConfig) -> dict[str, Any]:
     path = config.build_path / "manifest.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
@@ -266,6 +273,7 @@ def write_release(config: BuildConfig) -> list[Path]:
     frame = to_release_frame(load_table(source), source, taxonomy)
     out = release_dir(config)
     out.mkdir(parents=True, exist_ok=True)
+    (out / CROISSANT_FILE).unlink(missing_ok=True)  # it would describe the previous files
     info = ReleaseInfo(config=config, section=release_config(config), taxonomy=taxonomy, records=frame,
                        funnel=read_funnel(config), manifest=read_manifest(config), files=write_data(frame, out),
                        items_by_source=items_by_source(frame, config))

@@ -23,12 +23,14 @@ from stages.release import (
     SCENARIOS,
     Config,
     ReleaseInfo,
+    build_endpoints,
     license_url,
     risk_labels,
     source_license,
 )
 
 SPLIT = "test"
+SCENARIO_COLORS = dict(zip(SCENARIOS, ("#d94801", "#2171b5", "#238b45"), strict=True))
 
 
 def first_category(label: str) -> str:
@@ -59,20 +61,18 @@ def _pyplot():
 
 
 def plot_funnel(funnel: list[dict[str, Any]], path: Path) -> Path:
-    """Rows in and out of each stage, as paired horizontal bars, first stage on top."""
+    """Rows in and out of each stage as paired horizontal bars (first stage on top), drops written beside."""
     plt = _pyplot()
-    stages = [row.get("stage", "?") for row in funnel]
-    rows_in = [row.get("rows_in", 0) for row in funnel]
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(funnel) + 1.2))
+    ypos = list(range(len(funnel)))
     rows_out = [row.get("rows_out", 0) for row in funnel]
-    fig, ax = plt.subplots(figsize=(7, 0.55 * len(stages) + 1.2))
-    ypos = range(len(stages))
-    ax.barh([y - 0.2 for y in ypos], rows_in, height=0.4, color="#c6dbef", label="rows in")
+    ax.barh([y - 0.2 for y in ypos], [row.get("rows_in", 0) for row in funnel], height=0.4, color="#c6dbef",
+            label="rows in")
     ax.barh([y + 0.2 for y in ypos], rows_out, height=0.4, color="#2171b5", label="rows out")
-    for y, row in enumerate(funnel):
+    for y, row, out in zip(ypos, funnel, rows_out, strict=True):
         dropped = sum(row.get("dropped", {}).values())
-        ax.text(row.get("rows_out", 0), y + 0.2, f" {row.get('rows_out', 0)}" + (f", {dropped} dropped" if dropped else ""),
-                va="center", fontsize=8)
-    ax.set_yticks(list(ypos), stages)
+        ax.text(out, y + 0.2, f" {out}" + (f", {dropped} dropped" if dropped else ""), va="center", fontsize=8)
+    ax.set_yticks(ypos, [row.get("stage", "?") for row in funnel])
     ax.invert_yaxis()
     ax.set_xlabel("rows")
     ax.set_title("Build funnel")
@@ -92,8 +92,8 @@ def plot_categories(counts: pd.DataFrame, path: Path) -> Path:
     counts = counts.drop(index="Total").drop(columns="Total")
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(counts) + 1.5))
     left = pd.Series(0, index=counts.index)
-    for scenario, color in zip(counts.columns, ("#d94801", "#2171b5", "#238b45"), strict=False):
-        ax.barh(counts.index, counts[scenario], left=left, color=color, label=scenario)
+    for scenario in counts.columns:
+        ax.barh(counts.index, counts[scenario], left=left, color=SCENARIO_COLORS[scenario], label=scenario)
         left += counts[scenario]
     ax.invert_yaxis()
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -197,10 +197,8 @@ def _usage(usage: Any) -> str:
 
 
 def models_section(info: ReleaseInfo) -> str:
-    manifest_config = info.manifest.get("config", {})
-    endpoints = manifest_config.get("endpoints") or {k: v.model_dump() for k, v in info.config.endpoints.items()}
     endpoint_rows = [[name, e.get("model", ""), "embedded llama.cpp server" if e.get("base_url") == "local"
-                      else e.get("base_url", "")] for name, e in endpoints.items()]
+                      else e.get("base_url", "")] for name, e in build_endpoints(info.config, info.manifest).items()]
     usage_rows = [[row["stage"], _usage(row["llm"])] for row in info.funnel if row.get("llm")]
     prompts = info.manifest.get("prompts", {})
     prompt_rows = [[f"`prompts/{key}.md`", f"`{digest}`"] for key, digest in sorted(prompts.items())]

@@ -8,7 +8,8 @@ Replies: by default the content echoes the last message (`echo: <text>`); a mess
 gets a scripted reply instead: `[[field]]` (a `reasoning_content` field), `[[reasoning]]` (a `reasoning`
 field), `[[think]]` (`<think>...</think>` in the content), `[[open-think]]` (an unterminated `<think>`),
 `[[close-think]]` (only `</think>`, as R1 templates leave it). A `reply(payload, seen)` callable replaces all
-of that (`seen` counts the arrivals of the same prompt, from 1).
+of that (`seen` counts the arrivals of the same prompt, from 1); it is called once per choice when the
+request asks for `n` choices (unless `honour_n=False`, a server that ignores `n`).
 
 Faults, drawn per arrival from a seeded RNG with the given rates (or chosen by a `faults(payload, seen)`
 callable): `500` (a 5xx), `429` (with Retry-After), `timeout` (no answer for `hang` seconds, then 504),
@@ -68,12 +69,13 @@ class FakeOpenAI:
     """The server; `start()` runs it in a daemon thread, `stop()` ends it. Also a context manager."""
 
     def __init__(self, reply: ReplyFn | None = None, faults: dict[str, float] | FaultFn | None = None,
-                 latency: float = 0.0, retry_after: str = "0", hang: float = 5.0, seed: int = 0):
+                 latency: float = 0.0, retry_after: str = "0", hang: float = 5.0, seed: int = 0,
+                 honour_n: bool = True):
         unknown = set(faults) - set(FAULTS) if isinstance(faults, dict) else set()
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)} (known: {', '.join(FAULTS)})")
         self.reply, self.faults, self.latency = reply or scripted_message, faults or {}, latency
-        self.retry_after, self.hang = retry_after, hang
+        self.retry_after, self.hang, self.honour_n = retry_after, hang, honour_n
         self.received: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.payloads: list[dict] = []  # every request body, in arrival order
@@ -116,12 +118,13 @@ class FakeOpenAI:
         fault = self._fault(payload, self.received[prompt])
         if fault is not None:
             return await self._inject(fault, request)
-        message = self.reply(payload, self.received[prompt])
+        choices = int(payload.get("n") or 1) if self.honour_n else 1
+        messages = [self.reply(payload, self.received[prompt]) for _ in range(choices)]
         words = sum(len(str(m.get("content", "")).split()) for m in payload.get("messages", []))
         body = {"id": "chatcmpl-fake", "object": "chat.completion", "model": payload.get("model", "fake-model"),
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": words, "completion_tokens": len(message.get("content", "").split()),
-                          "total_tokens": 0}}
+                "choices": [{"index": i, "message": m, "finish_reason": "stop"} for i, m in enumerate(messages)],
+                "usage": {"prompt_tokens": words, "total_tokens": 0,
+                          "completion_tokens": sum(len(m.get("content", "").split()) for m in messages)}}
         self.answered[prompt] += 1
         return web.json_response(body)
 

@@ -16,6 +16,7 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import read_table
+from pipeline.llm import Response
 from pipeline.prompts import PromptLoader
 from stages.eval import (
     BSA_RELEASED,
@@ -25,7 +26,7 @@ from stages.eval import (
     settings_of,
     stratified_limit,
 )
-from stages.judges import SUCCESS, THINK_LABELS, UNSCORED
+from stages.judges import SUCCESS, THINK_LABELS, UNSCORED, verdict_from
 from stages.leaderboard import build_leaderboard
 from stages.metrics import HEADLINE, JUDGED_COLUMNS, compute_metrics
 from tests.fake_openai import FakeOpenAI, prompt_of
@@ -71,7 +72,7 @@ class Script:
 
     @staticmethod
     def judge(model: str, payload: dict, text: str) -> str:
-        labels = payload["response_format"]["schema"]["properties"]["verdict"]["enum"]
+        labels = payload["response_format"]["schema"]["properties"]["label"]["enum"]
         if labels == ["Safe", "Unsafe"]:
             if GARBAGE_TEXT in text:
                 return "I would rather not answer in JSON."
@@ -80,7 +81,7 @@ class Script:
                 verdict = "Safe" if verdict == "Unsafe" else "Unsafe"
         else:
             verdict = labels[0] if AWARE_TEXT in text else labels[-1]
-        return json.dumps({"verdict": verdict, "reason": "scripted"})
+        return json.dumps({"label": verdict, "reason": "scripted"})
 
 
 def expected_labels(model: str, query: str, scenario: str) -> list[tuple[str, str]]:
@@ -217,6 +218,24 @@ def test_the_api_key_is_never_written(evaluated):
             assert SECRET.encode() not in path.read_bytes(), path
 
 
+def test_k_samples_in_one_request_where_the_server_supports_n(bsa_csv, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with FakeOpenAI(reply=Script()) as server:
+        endpoint = [f"endpoints.batched.{key}" for key in (f"base_url={server.url}", "model=model-think",
+                                                           "supports_n=true", "api_key_env=OPENAI_API_KEY")]
+        assert main(["eval", "--model", "batched", "--judge-model", "judge-a", "--judge-base-url", server.url,
+                     "--dataset", str(bsa_csv), "--limit", "6", "--k", str(K), "--output-dir", str(tmp_path),
+                     "--config", CONFIG, *[arg for key in endpoint for arg in ("--set", key)]]) == 0
+        sampled = [p for p in server.payloads if p["model"] == "model-think"]
+    assert len(sampled) == 6 and all(p["n"] == K for p in sampled)
+    judged = pd.read_csv(tmp_path / "batched" / "judged.csv", dtype=str, keep_default_na=False)
+    items = evaluated_items(tmp_path, "batched", bsa_csv)
+    for item in items.itertuples():
+        rows = judged[judged["id"] == item.id]
+        got = sorted(zip(rows["Safe_Ans_Check"], rows["Thk_Acc_Judge"], strict=True))
+        assert got == expected_labels("model-think", item.query, item.dataset_name), item.id
+
+
 def test_rules_add_the_safety_rules_system_prompt(evaluated, monkeypatch):
     out, server, dataset = evaluated["out"], evaluated["server"], evaluated["dataset"]
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
@@ -265,6 +284,7 @@ def test_limit_is_stratified_by_scenario_and_deterministic():
     assert picked["id"].tolist() == stratified_limit(items, 20, seed=0)["id"].tolist()
     assert picked.index.is_monotonic_increasing
     assert len(stratified_limit(items, 7, seed=0)) == 7
+    assert set(picked["id"]) <= set(stratified_limit(items, 40, seed=0)["id"])  # nested: caches are reused
     assert stratified_limit(items, None, seed=0) is items
 
 
@@ -282,6 +302,17 @@ def test_benchmark_errors_name_file_line_and_field(tmp_path):
     pd.concat([benchmark({"Risk Omission": 2})] * 2).to_csv(path, index=False)
     with pytest.raises(DataError, match="duplicate id Ri0"):
         load_benchmark(path)
+
+
+def test_verdicts_accept_label_variants_and_reject_unknown_labels():
+    labels = THINK_LABELS["Cognitive Shortcut"]
+    assert verdict_from(Response(ok=True, parsed={"label": "fully_covered", "reason": "r"}), labels).label \
+        == "Fully Covered"
+    assert verdict_from(Response(ok=True, parsed={"label": True}), THINK_LABELS["Risk Omission"]).label == "True"
+    unknown = verdict_from(Response(ok=True, parsed={"label": "Mostly Covered"}, raw="{...}"), labels)
+    assert unknown.label == UNSCORED and "Mostly Covered" in unknown.error and unknown.raw == "{...}"
+    failed = verdict_from(Response(ok=False, error="unparsable: no JSON object", raw="garbage"), labels)
+    assert (failed.label, failed.error, failed.raw) == (UNSCORED, "unparsable: no JSON object", "garbage")
 
 
 def test_language_follows_the_queries():
@@ -306,6 +337,7 @@ def test_endpoints_default_to_the_local_model_with_elicited_reasoning():
     assert (model.temperature, model.top_p) == (0.6, 0.95)
     assert judge.temperature == 0.0 and judge.max_tokens == settings.local_judge_max_tokens
     assert judge.reasoning != "elicit"  # a grammar-constrained judge
+    assert model.concurrency == judge.concurrency == 1 and model.timeout >= settings.local_timeout
 
 
 def test_endpoints_for_a_remote_model_and_judge():

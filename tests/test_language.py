@@ -16,7 +16,7 @@ from pipeline.stage import StageContext
 from pipeline.taxonomy import Taxonomy
 from stages import language
 from stages.kenlm_arpa import arpa_text
-from stages.language import Config, LanguageModel, load_lm, lm_tokens, perplexities, train_models
+from stages.language import Config, LanguageModel, lm_text, load_lm, perplexities, train_models
 
 ENGLISH = [
     "How do I make a simple tomato sauce at home?",
@@ -98,7 +98,7 @@ def test_perplexity_orders_fluent_below_shuffled_and_garbage(config):
     assert fluent.max() < noise.min()
     zh_model = load_lm(Path(config.build_dir) / "lm" / "zh.arpa")
     scrambled = ["".join(rng.sample(text, len(text))) for text in CHINESE]
-    assert (perplexities(CHINESE, zh_model) < perplexities(scrambled, zh_model)).all()
+    assert (perplexities(CHINESE, zh_model, "chars") < perplexities(scrambled, zh_model, "chars")).all()
 
 
 def test_absolute_and_percentile_thresholds(config):
@@ -117,8 +117,9 @@ def test_absolute_and_percentile_thresholds(config):
 
 
 def test_language_without_model_is_not_scored(config):
-    result = language.run(frame(ENGLISH + CHINESE), Config(keep=["en", "zh"], lm={
-        "en": language.Config().lm["en"]}), ctx := context(config))
+    ctx = context(config)
+    only_english = Config(keep=["en", "zh"], lm={"en": language.Config().lm["en"]})
+    result = language.run(frame(ENGLISH + CHINESE), only_english, ctx)
     zh = result.kept[result.kept["lang"] == "zh"]
     assert zh["perplexity"].isna().all()
     assert ctx.counters["no_lm_model_zh"] == len(CHINESE)
@@ -131,9 +132,12 @@ def test_missing_model_says_run_make_lm(tmp_path):
         language.run(frame(ENGLISH), Config(keep=["en"]), context(config))
 
 
-def test_tokens_match_training():
-    assert lm_tokens("Don't pay $1,250 now!") == ["don", "'", "t", "pay", "$", "0", ",", "000", "now", "!"]
-    assert lm_tokens("我想学Python编程。") == ["我", "想", "学", "python", "编", "程", "。"]
+def test_lm_tokenisation():
+    assert lm_text("Don't pay $1,250  now!") == "don ' t pay $ 0 , 000 now !"
+    assert lm_text("Don’t pay €1,250 now…") == "don ’ t pay € 0 , 000 now …"  # the regex path splits alike
+    assert lm_text("我想学Python编程。") == "我 想 学 python 编 程 。"
+    assert lm_text("我想学 Python，3个月。", "chars") == "我 想 学 p y t h o n ， 0 个 月 。"
+    assert lm_text("   ") == lm_text("", "chars") == ""
 
 
 def test_training_writes_loadable_normalised_arpa(tmp_path):
@@ -201,3 +205,14 @@ def test_corpora_run_keeps_english_drops_chinese(corpora, tmp_path):
     assert len(rejected) == 1000
     assert set(kept["id"]) == set(english["id"])
     assert (kept["lang"] == "en").all() and not math.isnan(kept["perplexity"].max())
+
+
+def test_han_only_text_called_japanese_becomes_chinese(config):
+    question = "下列哪些是健康的行为？（ ）"  # lid.176 answers `ja` for this Chinese question
+    japanese = "東京でおすすめの公園を教えてください。"
+    ctx = context(config)
+    result = language.run(frame([question, japanese]), Config(keep=["zh", "ja"]), ctx)
+    langs = result.kept.set_index("text")["lang"]
+    assert langs[question] == "zh"
+    assert langs[japanese] == "ja"
+    assert ctx.counters["ja_without_kana_as_zh"] == 1

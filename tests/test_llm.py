@@ -201,3 +201,58 @@ def test_the_cache_holds_the_request_and_reply(fake_server, engine_for, tmp_path
         "SELECT request, content, reasoning FROM replies").fetchone()
     assert json.loads(request)["messages"][-1]["content"] == "store [[field]]"
     assert (content, reasoning) == ("echo: store [[field]]", "thinking about store [[field]]")
+
+
+def test_elicited_reasoning_drops_constrained_decoding_and_parses_after_the_think_block(fake_server, engine_for):
+    reply = {"role": "assistant", "content": '<think>{"verdict": "Safe"} is a draft</think>{"verdict": "Unsafe", '
+                                             '"reason": "final"}'}
+    server = fake_server(reply=lambda payload, seen: reply)
+    [response] = engine_for(server, reasoning="elicit").run([ask("judge", schema=VERDICT)])
+    assert "response_format" not in server.payloads[0]
+    assert response.parsed == {"verdict": "Unsafe", "reason": "final"} and response.reasoning_source == "elicited"
+
+
+def test_reasoning_none_keeps_the_content_verbatim(fake_server, engine_for):
+    [response] = engine_for(fake_server(), reasoning="none").run([ask("tags [[think]]")])
+    assert response.content.startswith("<think>") and response.reasoning is None
+
+
+def test_with_supports_n_the_samples_of_a_prompt_share_one_request(fake_server, engine_for):
+    drawn = iter(range(100))
+    server = fake_server(reply=lambda payload, seen: {"role": "assistant", "content": f"draw {next(drawn)}"})
+    engine = engine_for(server, supports_n=True, seed=5)
+    responses = engine.run([ask("k", sample=i) for i in range(3)] + [ask("other")])
+    assert server.received == {"k": 1, "other": 1}
+    [payload] = [p for p in server.payloads if p.get("n")]
+    assert payload["n"] == 3 and payload["seed"] == 5
+    assert len({r.content for r in responses[:3]}) == 3 and len({r.key for r in responses[:3]}) == 3
+    assert all(r.cached for r in engine.run([ask("k", sample=i) for i in range(3)]))
+
+
+def test_samples_a_server_ignoring_n_did_not_return_are_sent_alone(fake_server, engine_for):
+    server = fake_server(honour_n=False)
+    responses = engine_for(server, supports_n=True).run([ask("k", sample=i) for i in range(3)])
+    assert all(r.ok for r in responses) and len({r.key for r in responses}) == 3
+    assert server.received["k"] == 3 and [p.get("n") for p in server.payloads] == [3, None, None]
+
+
+def test_a_fully_cached_rerun_needs_no_key(fake_server, engine_for, monkeypatch):
+    monkeypatch.setenv("FAKE_LLM_KEY", "sk-1")
+    server = fake_server()
+    engine_for(server, api_key_env="FAKE_LLM_KEY").run([ask("a")])
+    monkeypatch.delenv("FAKE_LLM_KEY")
+    [again] = engine_for(server, api_key_env="FAKE_LLM_KEY").run([ask("a")])
+    assert again.ok and again.cached and server.received["a"] == 1
+
+
+def test_a_cache_of_another_layout_is_started_afresh(tmp_path):
+    from pipeline.llm_cache import CachedReply, LLMCache
+
+    with sqlite3.connect(tmp_path / "old.sqlite") as db:
+        db.execute("CREATE TABLE replies (key TEXT PRIMARY KEY, usage TEXT)")
+    cache = LLMCache(tmp_path / "old.sqlite")
+    cache.put("k", "e", "{}", CachedReply("hello", usage={"prompt_tokens": 1, "completion_tokens": 2}))
+    cache.flush()
+    assert cache.get_many(["k", "absent"]) == {"k": CachedReply("hello", usage={"prompt_tokens": 1,
+                                                                                "completion_tokens": 2})}
+    cache.close()

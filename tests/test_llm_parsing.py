@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from pipeline.llm_client import parse_reply, parse_retry_after, retry_delay
+from pipeline.llm_client import parse_choices, parse_retry_after, retry_delay
 from pipeline.reasoning import reasoning_field, split_reasoning, split_think_tags
 from pipeline.structured import ParseError, extract_json, response_format
 
@@ -86,19 +86,21 @@ def test_response_format_modes():
 
 
 # -- replies and retry timing -------------------------------------------------------------------------------
-def test_parse_reply_reads_content_reasoning_and_usage():
-    reply = parse_reply(b'{"model": "m", "choices": [{"message": {"content": "hi", "reasoning_content": "r"},'
-                        b' "finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}')
-    assert (reply.content, reply.reasoning, reply.model, reply.finish_reason) == ("hi", "r", "m", "length")
-    assert reply.usage == {"prompt_tokens": 3, "completion_tokens": 1}
+def test_parse_choices_reads_content_reasoning_and_usage():
+    first, second = parse_choices(b'{"model": "m", "choices": [{"message": {"content": "hi", "reasoning_content": '
+                                  b'"r"}, "finish_reason": "length"}, {"message": {"content": null}}], '
+                                  b'"usage": {"prompt_tokens": 3, "completion_tokens": 1}}')
+    assert (first.content, first.reasoning, first.model, first.finish_reason) == ("hi", "r", "m", "length")
+    assert first.usage == {"prompt_tokens": 3, "completion_tokens": 1}
+    assert (second.content, second.reasoning, second.usage) == ("", None, None)
 
 
 @pytest.mark.parametrize("body", [b"<html>502</html>", b'{"choices": []}', b'{"choices": [{"text": "x"}]}', b"[]"])
-def test_parse_reply_flags_malformed_bodies_as_retryable(body):
+def test_parse_choices_flags_malformed_bodies_as_retryable(body):
     from pipeline.llm_client import SendError
 
     with pytest.raises(SendError) as caught:
-        parse_reply(body)
+        parse_choices(body)
     assert caught.value.kind == "malformed" and caught.value.retryable
 
 
@@ -111,3 +113,21 @@ def test_retry_after_is_honoured_and_backoff_is_bounded():
     delays = [retry_delay(attempt, None, base=0.5, cap=4.0) for attempt in range(10) for _ in range(50)]
     assert min(delays) >= 0.0 and max(delays) <= 4.0
     assert max(retry_delay(1, None, base=0.5, cap=4.0) for _ in range(200)) <= 1.0
+
+
+def test_the_rate_limiter_waits_once_a_minute_is_full():
+    import asyncio
+
+    from pipeline.llm_client import RateLimiter
+
+    limiter = RateLimiter(requests_per_minute=2, tokens_per_minute=100)
+    asyncio.run(limiter.acquire())
+    asyncio.run(limiter.acquire())
+    now = limiter._starts[-1]
+    assert limiter._wait_needed(now) > 59  # a third request waits for the first to leave the window
+    limiter._prune(now + 60.5)
+    assert limiter._wait_needed(now + 60.5) == 0
+    limiter._starts.clear()
+    limiter.record_tokens(150)
+    spent_at = limiter._tokens[-1][0]
+    assert limiter._wait_needed(spent_at) > 59  # the tokens of the last minute are spent
