@@ -39,7 +39,7 @@ $(foreach i,$(shell seq $(words $(ORDER))),$(eval $(call STAGE_RULE,$(word $(i),
 
 # KenLM models, trained from the reference corpora the config names
 lm: $(BUILD)/lm/.done
-$(BUILD)/lm/.done: $(wildcard data/lm/*) $(wildcard stages/language.py) $(COMMON_DEPS)
+$(BUILD)/lm/.done: $(wildcard data/lm/*) $(wildcard stages/language.py stages/kenlm_arpa.py) $(COMMON_DEPS)
 	$(BSA) lm --config $(CONFIG) $(SETS)
 	touch $@
 

@@ -21,7 +21,7 @@ from pipeline.config import EndpointConfig, LocalServerConfig  # noqa: E402
 from pipeline.llm import Engine, Request  # noqa: E402
 from pipeline.llm_cache import CachedReply  # noqa: E402
 
-LATENCY, CONCURRENCY, REQUESTS = 0.2, 64, 2000
+LATENCY, CONCURRENCY, REQUESTS, REPEATS = 0.2, 64, 2000, 3
 LOCAL_PROMPTS = ["Explain in two sentences why the sky is blue.", "Give three tips for staying safe online.",
                  "Describe how a bicycle works.", "What should I pack for a day hike?"]
 VERDICT_SCHEMA = {"type": "object", "properties": {"verdict": {"type": "string", "enum": ["Safe", "Unsafe"]},
@@ -81,25 +81,27 @@ def throughput_section() -> str:
             endpoint = EndpointConfig(base_url=url, model="fake", concurrency=CONCURRENCY, max_tokens=64)
             with Engine({"fake": endpoint}, cache_path=Path(tmp) / "cache.sqlite") as engine:
                 timed(engine, requests_for(CONCURRENCY * 2, "warm-up"))
-                wall, cpu = timed(engine, requests_for(REQUESTS, "bench"))
+                runs = sorted(timed(engine, requests_for(REQUESTS, f"run {i}")) for i in range(REPEATS))
                 parts = cpu_parts(engine, requests_for(REQUESTS, "parts"), Path(tmp))
     finally:
         server.terminate()
         server.wait()
     ideal = CONCURRENCY / LATENCY
+    wall, cpu = runs[len(runs) // 2]  # the median run
     rate = REQUESTS / wall
+    shares = ", ".join(f"{REQUESTS / run_wall / ideal:.1%}" for run_wall, _ in runs)
     per_request = cpu / REQUESTS
     rows = [f"| {name} | {seconds * 1e3:.3f} |" for name, seconds in parts.items()]
     rest = per_request - sum(parts.values())
     return "\n".join([
         f"### Client throughput ({REQUESTS} requests, concurrency {CONCURRENCY}, server latency "
-        f"{LATENCY * 1e3:.0f} ms)",
+        f"{LATENCY * 1e3:.0f} ms; median of {REPEATS} runs)",
         "",
         "| measure | value |", "| --- | --- |",
         f"| wall time | {wall:.2f} s |",
         f"| throughput | {rate:.1f} requests/s |",
         f"| ideal (concurrency / latency) | {ideal:.0f} requests/s |",
-        f"| **share of ideal** | **{rate / ideal:.1%}** (target: at least 90%) |",
+        f"| **share of ideal** | **{rate / ideal:.1%}** (target: at least 90%; the {REPEATS} runs: {shares}) |",
         f"| client CPU | {cpu:.2f} s, {per_request * 1e3:.3f} ms per request |",
         "",
         "Where the client's CPU goes, per request (each part timed alone on the same requests):",

@@ -416,6 +416,7 @@ class Engine:
         delta.subtract(snapshot or Counter())
         report = _empty_usage()
         report.update(by_endpoint={}, by_tag={}, errors={}, failures={})
+        pairs: dict[tuple[str, str], dict[str, Any]] = {}  # (tag, endpoint): for the cost of each tag
         for (request_tag, endpoint, name), amount in delta.items():
             if not amount:
                 continue
@@ -424,15 +425,20 @@ class Engine:
                 group = report["errors"] if kind == "error" else report["failures"]
                 group[detail] = group.get(detail, 0) + amount
                 continue
+            tag_name = request_tag or tag or ""
             by_endpoint = report["by_endpoint"].setdefault(endpoint, _empty_usage())
-            by_tag = report["by_tag"].setdefault(request_tag or tag or "", _empty_usage())
-            for bucket in (report, by_endpoint, by_tag):
+            by_tag = report["by_tag"].setdefault(tag_name, _empty_usage())
+            pair = pairs.setdefault((tag_name, endpoint), _empty_usage())
+            for bucket in (report, by_endpoint, by_tag, pair):
                 bucket[name] += amount
         for endpoint, bucket in report["by_endpoint"].items():
             bucket["model"] = self.endpoint_model(endpoint)
             bucket["cost_usd"] = _cost(bucket, self.endpoints[endpoint].price_per_million)
             report["cost_usd"] += bucket["cost_usd"]
-        report["cost_usd"] = round(report["cost_usd"], 6)
+        for (tag_name, endpoint), bucket in pairs.items():
+            report["by_tag"][tag_name]["cost_usd"] += _cost(bucket, self.endpoints[endpoint].price_per_million)
+        for bucket in (report, *report["by_tag"].values()):
+            bucket["cost_usd"] = round(bucket["cost_usd"], 6)
         return report
 
     # -- lifetime --------------------------------------------------------------------------------------------

@@ -132,6 +132,8 @@ class EndpointClient:
 
     def __init__(self, name: str, config: EndpointConfig, base_url: str):
         self.name, self.config = name, config
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"endpoint '{name}': base_url '{base_url}' is not an http(s) URL (or 'local')")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.headers = {"Content-Type": "application/json"}
         if config.api_key_env:

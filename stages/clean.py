@@ -84,6 +84,11 @@ def tokens(text: str) -> list[str]:
     return text.split() if text.isascii() else _TOKEN.findall(text)
 
 
+def count_tokens(text: str) -> int:
+    """len(tokens(text)), without building the list for non-ASCII text."""
+    return len(text.split()) if text.isascii() else _TOKEN.subn("", text)[1]
+
+
 def script_lang(text: str) -> str | None:
     """`ja` for text with kana, `zh` for text mostly in Han characters, else None."""
     if text.isascii():
@@ -144,8 +149,7 @@ class Cleaner:
         if not isinstance(text, str) or not text.strip():
             return "empty", "", 0, 0
         text = text.strip()
-        words = tokens(text.casefold())
-        n_chars, n_tokens = len(text), len(words)
+        n_chars, n_tokens = len(text), count_tokens(text)
         reason, detail = self._encoding_problem(text) if not text.isascii() else (None, "")
         if reason is None:
             reason, detail = self._control_problem(text)
@@ -153,7 +157,7 @@ class Cleaner:
             key = lang if isinstance(lang, str) and lang else script_lang(text)
             reason, detail = self._length_problem(n_chars, n_tokens, self.bounds.get(key, self.bounds[None]), key)
         if reason is None:
-            reason, detail = self._repetition_problem(text, words)
+            reason, detail = self._repetition_problem(text, n_tokens)
         return reason, detail, n_chars, n_tokens
 
     def _encoding_problem(self, text: str) -> tuple[str | None, str]:
@@ -182,15 +186,21 @@ class Cleaner:
             return "too_long", f"{n_tokens} tokens > max_tokens {bounds.max_tokens}{scope}"
         return None, ""
 
-    def _repetition_problem(self, text: str, words: list[str]) -> tuple[str | None, str]:
+    def _repetition_problem(self, text: str, n_tokens: int) -> tuple[str | None, str]:
         run = self.char_run.search(text)
         if run:
             return "repetitive", f"'{run.group(1)}' repeated {len(run.group())} times"
-        limit = self.config.max_repeated_ngram_share
-        if len(words) - len(set(words)) <= limit * len(words):
-            return None, ""  # a token inside a repeated n-gram is itself a repeated token: the share cannot pass
+        # A token inside a repeated n-gram is a repeated token, whose first character is a repeated
+        # character: when either count is within the limit, the share is too (the characters are cheaper).
+        most = self.config.max_repeated_ngram_share * n_tokens
+        folded = text.casefold()
+        if not folded.isascii() and len(folded) - len(set(folded)) <= most:
+            return None, ""
+        words = tokens(folded)
+        if len(words) - len(set(words)) <= most:
+            return None, ""
         share = repeated_share(words, self.config.ngram)
-        if share > limit:
+        if share > self.config.max_repeated_ngram_share:
             return "repetitive", (f"{share:.0%} of tokens in repeated {self.config.ngram}-grams "
                                   f"> {self.config.max_repeated_ngram_share:.0%}")
         return None, ""

@@ -38,6 +38,9 @@ class MinHashConfig(Section):
     char_ngram: int = Field(2, ge=1)  # characters per shingle for CJK text
     seed: int = 1
     verify: bool = True  # check LSH candidates by exact Jaccard (else by the signature estimate)
+    # weight of missed pairs against false candidates when choosing bands x rows; the exact check removes
+    # false candidates, so the default trades more candidates for fewer misses
+    false_negative_weight: float = Field(0.9, gt=0.0, lt=1.0)
 
 
 class EmbeddingModel(Section):
@@ -58,8 +61,8 @@ class EmbeddingConfig(Section):
     batch_size: int = Field(64, ge=1)
     block_rows: int = Field(2048, ge=1)  # rows scored against the rest at a time
     models: dict[str, EmbeddingModel] = {  # by language code; `default` for every other language
-        "en": EmbeddingModel(name=embed_dedup.MINILM, threshold=0.9),
-        "default": EmbeddingModel(name=embed_dedup.USE_MULTILINGUAL, threshold=0.88),
+        "en": EmbeddingModel(name=embed_dedup.MINILM, threshold=0.82),
+        "default": EmbeddingModel(name=embed_dedup.USE_MULTILINGUAL, threshold=0.85),
     }
 
     @field_validator("models")
@@ -115,7 +118,7 @@ def minhash_pass(texts: list[str], langs: list[str | None] | None, config: MinHa
     """Each row's MinHash representative and its Jaccard similarity to it (1 for representatives)."""
     found = minhash.near_duplicates(texts, langs, num_perm=config.num_perm, threshold=config.threshold,
                                     ngram=config.ngram, char_ngram=config.char_ngram, seed=config.seed,
-                                    verify=config.verify)
+                                    verify=config.verify, false_negative_weight=config.false_negative_weight)
     pairs = without_contrast(found.pairs, risk)
     ctx.count("minhash_contrast_pairs_kept_apart", len(found.pairs) - len(pairs))
     rep = representatives(len(texts), pairs)

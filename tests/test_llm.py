@@ -168,6 +168,7 @@ def test_usage_is_counted_per_tag_and_endpoint_with_cost(fake_server, engine_for
     assert (usage["prompt_tokens"], usage["completion_tokens"]) == (2, 3)  # "echo: four five"
     assert usage["cost_usd"] == pytest.approx((2 * 1000 + 3 * 2000) / 1e6)
     assert usage["by_tag"]["relevance"]["requests"] == 1 and usage["by_tag"]["judge"]["cached"] == 1
+    assert usage["by_tag"]["relevance"]["cost_usd"] == usage["cost_usd"] and usage["by_tag"]["judge"]["cost_usd"] == 0
     assert usage["by_endpoint"]["fake"]["model"] == "fake-model"
 
 
@@ -190,6 +191,9 @@ def test_a_missing_key_or_endpoint_is_a_clear_error(fake_server, engine_for, mon
     server = fake_server()
     with pytest.raises(ConfigError, match="NO_SUCH_KEY_VAR"):
         engine_for(server, api_key_env="NO_SUCH_KEY_VAR").run([ask("x")])
+    with Engine({"bad": EndpointConfig(base_url="api.example.com/v1")}) as bad, \
+            pytest.raises(ConfigError, match="not an http"):
+        bad.run([Request("bad", [{"role": "user", "content": "x"}])])
     with pytest.raises(ConfigError, match="unknown LLM endpoint 'nope'"):
         engine_for(server).run([Request("nope", [{"role": "user", "content": "x"}])])
     assert sum(server.received.values()) == 0
@@ -256,3 +260,16 @@ def test_a_cache_of_another_layout_is_started_afresh(tmp_path):
     assert cache.get_many(["k", "absent"]) == {"k": CachedReply("hello", usage={"prompt_tokens": 1,
                                                                                 "completion_tokens": 2})}
     cache.close()
+
+
+def test_run_also_works_when_called_from_async_code(fake_server, engine_for):
+    import asyncio
+
+    engine = engine_for(fake_server())
+
+    async def caller():
+        return engine.run([ask("from a coroutine")])
+
+    [response] = asyncio.run(caller())
+    assert response.ok and response.content == "echo: from a coroutine"
+    assert engine.run([ask("and again")])[0].ok  # the engine's own loop still serves plain calls
