@@ -273,3 +273,12 @@ def test_run_also_works_when_called_from_async_code(fake_server, engine_for):
     [response] = asyncio.run(caller())
     assert response.ok and response.content == "echo: from a coroutine"
     assert engine.run([ask("and again")])[0].ok  # the engine's own loop still serves plain calls
+
+
+@pytest.mark.parametrize("fault", ["truncated", "drop", "malformed", "timeout", "429", "500"])
+def test_each_kind_of_fault_is_retried(fake_server, engine_for, fault):
+    server = fake_server(faults=lambda payload, seen: fault if seen == 1 else None, hang=2.0)
+    engine = engine_for(server, timeout=0.5)
+    [response] = engine.run([ask(f"survives {fault}")])
+    assert response.ok and response.attempts == 2 and response.content == f"echo: survives {fault}"
+    assert sum(engine.usage_since(None)["errors"].values()) == 1
