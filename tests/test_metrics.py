@@ -93,6 +93,20 @@ def test_full_set_equals_the_official_formulas():
     assert headline(results["model-a"]) != headline(results["model-b"])
 
 
+def test_released_set_ids_and_scenarios_equal_the_official_formulas(bsa_csv):
+    released = pd.read_csv(bsa_csv, dtype=str, keep_default_na=False)
+    assert released["dataset_name"].value_counts().to_dict() == FULL_COUNTS
+    rng = np.random.default_rng(11)
+    judged = pd.DataFrame({
+        "model_name": "m", "id": np.repeat(released["id"].to_numpy(), K),
+        "Safe_Ans_Check": rng.choice(["Safe", "Unsafe"], size=len(released) * K, p=[0.9, 0.1]),
+        "Thk_Acc_Judge": [rng.choice(THINK_LABELS[s]) for s in np.repeat(released["dataset_name"].to_numpy(), K)],
+        "dataset_name": np.repeat(released["dataset_name"].to_numpy(), K)})
+    metrics = compute_metrics(judged, resamples=0, dataset=released)["m"]
+    assert headline(metrics) == reference_figures(judged, K, FULL_COUNTS)
+    assert len(metrics["categories"]) == 9
+
+
 def test_subset_divides_by_actual_item_counts_where_the_official_script_does_not():
     judged = synthetic_judged(FULL_COUNTS, models=("model-a",))
     keep = {f"item-{n:05d}" for n in [*range(1, 101), *range(601, 851), *range(1801, 1851)]}
