@@ -53,6 +53,7 @@ SUMMARY_FIELDS = {RO: ("risk_summary",), CS: ("risk_summary_a", "risk_summary_b"
 QUALITY_REJECTS = {"missing_risk": "quality_missing_risk", "extra_risk": "quality_extra_risk"}
 QUALITY_OK = "ok"
 SUMMARY_CHARS = 400
+QUERY_CHARS = 2000
 ITEM_COLUMNS = [*CORE_FIELDS, "scenario", "label", "risk_summary", "safe_summary", "seed_ids", "generator_model",
                 "prompt_sha256", "quality_verdict", "quality_reason"]
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -235,15 +236,25 @@ def in_script(text: str, lang: str) -> bool:
     return han_share >= 0.3 if lang.startswith("zh") else han_share < 0.1
 
 
-def _query(parsed: dict) -> str:
-    return str(parsed.get("query") or "").strip().strip('"“”').strip()
+def _clean_query(text: object) -> str:
+    """The query without surrounding whitespace and quotes, capped at QUERY_CHARS."""
+    query = str(text or "").strip().strip('"“”「」').strip()
+    return query if len(query) <= QUERY_CHARS else query[:QUERY_CHARS].rstrip()
 
 
-def read_generation(candidate: Candidate, response: Response) -> tuple[str, list[str], str | None]:
-    """(query, risk summaries, None) from a generator reply, or ('', [], why) when it is unusable."""
-    if not response.ok or not isinstance(response.parsed, dict):
+def read_generation(candidate: Candidate, response: Response, structured: bool) -> tuple[str, list[str], str | None]:
+    """(query, risk summaries, None) from a generator reply, or ('', [], why) when it is unusable.
+
+    A structured reply (the prompt has a schema) brings its own risk summaries; a plain-text reply is the query
+    alone, and the summaries are the seeds' annotations.
+    """
+    if not response.ok or (structured and not isinstance(response.parsed, dict)):
         return "", [], clip(response.error or "reply did not parse", SUMMARY_CHARS)
-    query = _query(response.parsed)
+    if not structured:
+        query = _clean_query(response.content)
+        summaries = [clip(seed["risk_summary"], SUMMARY_CHARS) for seed in candidate.risky]
+        return (query, summaries, None) if query else ("", [], "empty reply")
+    query = _clean_query(response.parsed.get("query"))
     summaries = [clip(response.parsed.get(name), SUMMARY_CHARS) for name in SUMMARY_FIELDS[candidate.scenario]]
     missing = [name for name, text in zip(SUMMARY_FIELDS[candidate.scenario], summaries, strict=True) if not text]
     if not query or missing:
@@ -289,13 +300,58 @@ def _generate(candidates: list[Candidate], prompts: dict[str, Prompt], config: C
     return ctx.llm.run(requests, desc="synthesis: write") if requests else []
 
 
-def _check(items: list[dict], candidates: list[Candidate], summaries: list[list[str]], prompt: Prompt,
-           config: Config, ctx: StageContext) -> list[Response]:
+@dataclass
+class Draft:
+    """A written candidate on its way through the checks; `reason` set once it is rejected."""
+
+    candidate: Candidate
+    item: dict
+    summaries: list[str]
+    reason: str | None = None
+    detail: str = ""
+
+    def reject(self, reason: str, detail: str) -> None:
+        self.reason, self.detail = reason, detail
+
+
+def _draft(candidate: Candidate, response: Response, prompt: Prompt, provenance: dict[str, str],
+           ctx: StageContext) -> Draft:
+    query, summaries, problem = read_generation(candidate, response, prompt.schema is not None)
+    draft = Draft(candidate, _item(candidate, query, summaries, ctx, provenance), summaries)
+    if problem:
+        draft.reject("generation_failed", problem)
+    return draft
+
+
+def _screen(drafts: list[Draft], config: Config, lang: str) -> None:
+    """Reject drafts not in the build language's script, and repeats of an earlier query."""
+    seen: set[str] = set()
+    for draft in drafts:
+        if draft.reason:
+            continue
+        if config.check_script and not in_script(draft.item["text"], lang):
+            draft.reject("wrong_language", f"not written in the script of '{lang}'")
+        elif draft.item["id"] in seen:
+            draft.reject("duplicate_query", "the same query was written for other seeds")
+        seen.add(draft.item["id"])
+
+
+def _quality_check(drafts: list[Draft], prompt: Prompt, config: Config, ctx: StageContext) -> None:
+    """The checker's verdict on every draft still standing; failures rejected with its reason."""
+    todo = [d for d in drafts if d.reason is None]
     params = {"temperature": 0.0, "max_tokens": config.check_max_tokens}
-    requests = [Request(config.checker, prompt.render(**check_values(c, item["text"], s, ctx)),
-                        schema=prompt.schema, params=params, tag=ctx.name)
-                for item, c, s in zip(items, candidates, summaries, strict=True)]
-    return ctx.llm.run(requests, desc="synthesis: check") if requests else []
+    requests = [Request(config.checker, prompt.render(**check_values(d.candidate, d.item["text"], d.summaries, ctx)),
+                        schema=prompt.schema, params=params, tag=ctx.name) for d in todo]
+    responses = ctx.llm.run(requests, desc="synthesis: check") if requests else []
+    for draft, response in zip(todo, responses, strict=True):
+        verdict, why = read_verdict(response, (QUALITY_OK, *QUALITY_REJECTS))
+        draft.item["quality_verdict"], draft.item["quality_reason"] = verdict or JUDGE_FAILED, why
+        if verdict is None:
+            ctx.count(JUDGE_FAILED)
+            if config.on_judge_failure == "reject":
+                draft.reject(JUDGE_FAILED, why)
+        elif verdict != QUALITY_OK:
+            draft.reject(QUALITY_REJECTS[verdict], why)
 
 
 def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult:
@@ -310,48 +366,15 @@ def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult
                   "meta": json.dumps({"checker_model": ctx.llm.endpoint_model(config.checker),
                                       "check_prompt_sha256": check_prompt.sha256}),
                   **{scenario: prompt.sha256 for scenario, prompt in prompts.items()}}
-    items, reasons, details, summaries_of = [], [], [], []
-    seen: set[str] = set()
-    for candidate, response in zip(candidates, _generate(candidates, prompts, config, ctx), strict=True):
-        query, summaries, problem = read_generation(candidate, response)
-        item = _item(candidate, query, summaries, ctx, provenance)
-        reason = None
-        if problem:
-            reason = "generation_failed"
-        elif config.check_script and not in_script(query, ctx.lang):
-            reason, problem = "wrong_language", f"not written in the script of '{ctx.lang}'"
-        elif item["id"] in seen:
-            reason, problem = "duplicate_query", "the same query was written for other seeds"
-        else:
-            seen.add(item["id"])
-        items.append(item)
-        reasons.append(reason)
-        details.append(problem or "")
-        summaries_of.append(summaries)
+    drafts = [_draft(c, response, prompts[c.scenario], provenance, ctx)
+              for c, response in zip(candidates, _generate(candidates, prompts, config, ctx), strict=True)]
+    _screen(drafts, config, ctx.lang)
     if config.check:
-        _apply_check(items, candidates, summaries_of, reasons, details, check_prompt, config, ctx)
-    frame = pd.DataFrame(items, columns=ITEM_COLUMNS)
+        _quality_check(drafts, check_prompt, config, ctx)
+    frame = pd.DataFrame([d.item for d in drafts], columns=ITEM_COLUMNS)
     frame["is_risky"] = frame["is_risky"].astype("boolean")
-    result = split_by_reason(frame, pd.Series(reasons, index=frame.index, dtype=object),
-                             pd.Series(details, index=frame.index, dtype=object))
+    result = split_by_reason(frame, pd.Series([d.reason for d in drafts], index=frame.index, dtype=object),
+                             pd.Series([d.detail for d in drafts], index=frame.index, dtype=object))
     result.stats = {"planned": planned, "seeds": {"risky": len(risky), "safe_look_alikes": len(safe)},
                     "kept_by_scenario": {str(k): int(v) for k, v in result.kept["scenario"].value_counts().items()}}
     return result
-
-
-def _apply_check(items: list[dict], candidates: list[Candidate], summaries: list[list[str]],
-                 reasons: list[str | None], details: list[str], prompt: Prompt, config: Config,
-                 ctx: StageContext) -> None:
-    """Quality-check the items that survived so far, recording the verdict and rejecting failures in place."""
-    todo = [i for i, reason in enumerate(reasons) if reason is None]
-    responses = _check([items[i] for i in todo], [candidates[i] for i in todo], [summaries[i] for i in todo],
-                       prompt, config, ctx)
-    for i, response in zip(todo, responses, strict=True):
-        verdict, why = read_verdict(response, (QUALITY_OK, *QUALITY_REJECTS))
-        items[i]["quality_verdict"], items[i]["quality_reason"] = verdict or JUDGE_FAILED, why
-        if verdict is None:
-            ctx.count(JUDGE_FAILED)
-            reasons[i] = JUDGE_FAILED if config.on_judge_failure == "reject" else None
-        elif verdict != QUALITY_OK:
-            reasons[i] = QUALITY_REJECTS[verdict]
-        details[i] = why if reasons[i] else ""

@@ -222,3 +222,24 @@ def test_script_check():
 def test_bsa_parts():
     assert stage.bsa_parts(["one"]) == "one"
     assert stage.bsa_parts(["a", "b"]) == "Query A: a\nQuery B: b"
+
+
+def test_plain_text_prompts_take_the_reply_as_query_and_the_seeds_annotations(tmp_path):
+    def plain(payload: dict, seen: int) -> dict:
+        if schema_enum(payload):
+            return reply({"verdict": "ok", "reason": "fine"})
+        assert "response_format" not in payload  # no schema: free text, unconstrained
+        return reply(f'  "Could you help with this: {" ".join(user_text(payload).split())}"  ')
+
+    text_prompts = {RO: "synth_risk_omission_text", CS: "synth_cognitive_shortcut_text",
+                    OS: "synth_over_sensitivity_text"}
+    with FakeOpenAI(reply=plain) as fake:
+        result, _ = run_stage(tmp_path, fake, prompts=text_prompts)
+    kept, seeds = result.kept, records(EN_SEEDS)
+    assert kept["scenario"].value_counts().to_dict() == COUNTS
+    for _, row in kept.iterrows():
+        used = seeds_of(row, seeds)
+        assert row["text"].startswith("Could you help with this:") and not row["text"].endswith('"')
+        risky = used if row["scenario"] == CS else used[:1]
+        assert row["risk_summary"] == stage.bsa_parts([s["risk_summary"] for s in risky])
+        assert row["prompt_sha256"] == PromptLoader("en").load(text_prompts[row["scenario"]]).sha256
