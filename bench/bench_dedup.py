@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from stages import dedup, embed_dedup, minhash  # noqa: E402
 
 CORPORA = ROOT.parent / "shared" / "data" / "corpora"
-POOL_SIZE, DUPLICATE_SHARE, ENGLISH_SHARE, BASELINE_ROWS, EMBED_ROWS = 100_000, 0.10, 0.7, 10_000, 5_000
+POOL_SIZE, DUPLICATE_SHARE, ENGLISH_SHARE, BASELINE_ROWS, EMBED_ROWS = 100_000, 0.10, 0.7, 10_000, 2_000
 SETTINGS = dedup.MinHashConfig()
 ALTERNATIVES = [(2, 3, 0.6), (3, 3, 0.7)]  # (word n, CJK char n, threshold) compared with the default
 TEXT_DEDUP_VENV = Path.home() / ".cache" / "bsa-bench" / "td312"

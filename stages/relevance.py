@@ -45,7 +45,7 @@ class Config(Section):
     keep_verdicts: list[str] = ["relevant", "look_alike"]
     on_judge_failure: OnJudgeFailure = "keep"
     temperature: float = 0.0
-    max_tokens: int = 64  # verdict + one short reason
+    max_tokens: int = 96  # verdict + one short reason
 
     @field_validator("keep_verdicts")
     @classmethod

@@ -72,7 +72,7 @@ class Config(Section):
     check_script: bool = True  # reject items not written in the build language's script (Han for zh)
     temperature: float = 0.8
     max_tokens: int = 600
-    check_max_tokens: int = 64
+    check_max_tokens: int = 96
 
 
 @dataclass(frozen=True)
