@@ -34,7 +34,7 @@ from pipeline.errors import ConfigError
 from pipeline.llm_cache import CachedReply, LLMCache
 from pipeline.llm_client import EndpointClient, SendError, retry_delay
 from pipeline.reasoning import Split, split_reasoning
-from pipeline.structured import ParseError, extract_json, response_format
+from pipeline.structured import ParseError, extract_json, grammar_schema, response_format
 
 if TYPE_CHECKING:
     import aiohttp
@@ -198,7 +198,7 @@ class Engine:
         payload.update(request.params)
         schema_json = None
         if request.schema is not None:
-            schema_json = json.dumps(request.schema, sort_keys=True)
+            schema_json = json.dumps(grammar_schema(request.schema), sort_keys=True)
             # a grammar-constrained reply cannot hold <think> tags: elicited reasoning means prompt-only JSON
             rf = None if elicit else response_format(request.schema, config.structured_output)
             if rf is not None:

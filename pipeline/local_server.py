@@ -56,14 +56,18 @@ def free_port() -> int:
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the child when its parent dies (None elsewhere)."""
+    """A pre-exec hook asking Linux to SIGKILL the child when its parent dies (None elsewhere).
+
+    SIGKILL, not SIGTERM: uvicorn's graceful shutdown waits for a running generation, which on a slow
+    constrained reply took minutes here; the server holds nothing worth a graceful exit.
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class LocalServer:
