@@ -34,7 +34,7 @@ from pipeline.errors import ConfigError
 from pipeline.llm_cache import CachedReply, LLMCache
 from pipeline.llm_client import EndpointClient, SendError, retry_delay
 from pipeline.reasoning import Split, split_reasoning
-from pipeline.structured import ParseError, extract_json, grammar_schema, response_format
+from pipeline.structured import ParseError, extract_json, grammar_schema, response_format, stop_after_object
 
 if TYPE_CHECKING:
     import aiohttp
@@ -102,7 +102,7 @@ class _Call:
         if parse_attempt == 0 or "seed" not in self.payload:
             return self.body
         return json.dumps({**self.payload, "seed": self.payload["seed"] + parse_attempt * PARSE_RESEED},
-                          ensure_ascii=False, sort_keys=True).encode()
+                          ensure_ascii=False).encode()
 
 
 class Engine:
@@ -203,9 +203,12 @@ class Engine:
             rf = None if elicit else response_format(request.schema, config.structured_output)
             if rf is not None:
                 payload["response_format"] = rf
+                stop = stop_after_object(request.schema) if config.structured_output == "json_object_schema" else None
+                if stop and "stop" not in payload:
+                    payload["stop"] = stop
         if "seed" in payload and request.sample and not config.supports_n:
             payload["seed"] += request.sample  # k samples with a fixed seed must still differ (n: one request)
-        body = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode()
+        body = json.dumps(payload, ensure_ascii=False).encode()  # unsorted: a schema's property order steers grammars
         digest = hashlib.sha256(f"{self._identity(config)}\n{request.sample}\n".encode())
         digest.update(body)
         return _Call(request.endpoint, config, request, payload, body, digest.hexdigest(), elicit, schema_json,
@@ -317,7 +320,7 @@ class Engine:
     async def _complete_samples(self, session: aiohttp.ClientSession, calls: list[_Call]) -> list[tuple[_Call, Response]]:
         """The samples of one prompt in one request (`n`); a sample that the server did not return, or whose
         reply does not parse, is then sent alone."""
-        body = json.dumps({**calls[0].payload, "n": len(calls)}, ensure_ascii=False, sort_keys=True).encode()
+        body = json.dumps({**calls[0].payload, "n": len(calls)}, ensure_ascii=False).encode()
         try:
             replies, tries = await self._send(session, calls[0], body)
         except SendError as err:

@@ -114,13 +114,28 @@ def _code_hash(name: str) -> str:
     return _hash_json({n: file_sha256(sys.modules[n].__file__) for n in sorted(names)})
 
 
+def _strings(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        return set().union(*(_strings(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_strings(v) for v in value)) if value else set()
+    return set()
+
+
 def stage_fingerprint(name: str, config: BuildConfig, input_hash: str) -> str:
-    """Hash of what determines a stage's output: its code, its config, the shared settings and its input."""
-    shared = {"lang": config.lang, "seed": config.seed, "taxonomy": file_sha256(config.taxonomy),
-              "endpoints": {k: v.model_dump(mode="json") for k, v in config.endpoints.items()},
-              "local": config.llm.local.model_dump(mode="json")}
+    """Hash of what determines a stage's output: its code, its config, the shared settings and its input.
+
+    Only the endpoints a stage's section names count, so retuning a judge does not rerun the cheap filters.
+    """
     section = (stage_config(name, config).model_dump(mode="json") if name != INGEST
                else [s.model_dump(mode="json") for s in config.sources])
+    used = {k: v for k, v in config.endpoints.items() if k in _strings(section)}
+    shared = {"lang": config.lang, "seed": config.seed, "taxonomy": file_sha256(config.taxonomy),
+              "endpoints": {k: v.model_dump(mode="json") for k, v in used.items()}}
+    if any(v.base_url == "local" for v in used.values()):
+        shared["local"] = config.llm.local.model_dump(mode="json")
     return _hash_json({"stage": name, "code": _code_hash(name), "config": section, "shared": shared,
                        "input": input_hash})
 

@@ -13,7 +13,7 @@ from typing import Any
 from jsonschema.exceptions import best_match
 from jsonschema.validators import validator_for
 
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(strict=False)  # raw newlines inside strings are common in model replies
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 
 
@@ -36,6 +36,18 @@ def grammar_schema(schema: Any) -> Any:
     return schema
 
 
+def stop_after_object(schema: dict) -> list[str] | None:
+    """Stop sequences ending a grammar-constrained reply right after its object closes.
+
+    llama.cpp's JSON grammar lets up to 20 whitespace characters follow the closing brace; a model that
+    wants to go on writing emits them one at a time, each through the grammar's slow full-vocabulary path
+    (measured here: 117 s for 37 tokens, 3 s a token, against 1-2 s for the whole reply without them).
+    Only for flat objects, where `}` followed by a newline can only be the end.
+    """
+    nested = any(p.get("type") in ("object", "array") for p in schema.get("properties", {}).values())
+    return None if nested else ["}\n", "}\r", "}\t"]
+
+
 def response_format(schema: dict, mode: str) -> dict | None:
     """The `response_format` body field for a structured-output mode (None: prompt only)."""
     if mode == "json_object_schema":  # llama.cpp, vLLM: grammar-constrained
@@ -54,10 +66,12 @@ def _validator(schema_json: str) -> Any:
 
 
 def _candidates(text: str) -> Iterator[dict]:
-    """JSON objects in the text, lazily: the whole text, fenced blocks, then each outermost `{...}`."""
-    for chunk in (text, *_FENCE.findall(text)):
+    """JSON objects in the text, lazily: the whole text, fenced blocks, then each outermost `{...}`, then
+    the text with its closing brace restored (a reply cut by the `}` stop sequence, see `stop_after_object`)."""
+    closed = text + "}" if text.startswith("{") and not text.endswith("}") else text
+    for chunk in (text, *_FENCE.findall(text), closed):
         try:
-            value = json.loads(chunk)
+            value = json.loads(chunk, strict=False)
         except ValueError:
             continue
         if isinstance(value, dict):
