@@ -59,7 +59,7 @@ def read_jsonl(path: str | Path, on_error: str = "raise") -> tuple[list[dict], l
     return rows, bad
 
 
-def read_table(path: str | Path, on_error: str = "raise") -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_table(path: str | Path, on_error: str = "raise", allow_empty: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A table file as a DataFrame with a `_line` column, plus a frame of rows that could not be parsed.
 
     An empty file is an error: it almost always means a failed export upstream.
@@ -102,14 +102,14 @@ def read_table(path: str | Path, on_error: str = "raise") -> tuple[pd.DataFrame,
             raise DataError(path, f"unreadable Parquet ({err})") from err
         if "_line" not in frame.columns:
             frame["_line"] = range(1, len(frame) + 1)
-    if frame.empty and bad.empty:
+    if frame.empty and bad.empty and not allow_empty:
         raise DataError(path, "file has no rows")
     return frame, bad
 
 
 def load_table(path: str | Path) -> pd.DataFrame:
     """A table for processing (build outputs and the like), errors raised."""
-    frame, _ = read_table(path)
+    frame, _ = read_table(path, allow_empty=Path(path).suffix == ".parquet")  # a stage may keep nothing
     return frame.drop(columns=["_line"], errors="ignore") if Path(path).suffix == ".parquet" else frame
 
 

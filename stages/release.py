@@ -206,7 +206,8 @@ def to_release_frame(records: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> p
         raise DataError(path, f"missing column(s) {', '.join(missing)}: is the synthesis stage in the order?",
                         field=missing[0])
     if records.empty:
-        raise DataError(path, "no rows to release")
+        raise DataError(path, "no items survived the build: nothing to release (the stats files and the "
+                              "funnel of `bsa build` say which stage dropped them, and why)")
     frame = records.drop(columns=["_line"], errors="ignore").rename(columns=RENAMED)
     _check_rows(frame, path, taxonomy)
     rest = [c for c in PROVENANCE_COLUMNS if c in frame.columns]

@@ -69,6 +69,7 @@ class Config(Section):
     check_prompt: str = "synth_quality"
     check: bool = True  # run the quality check
     on_judge_failure: OnJudgeFailure = "keep"
+    on_check_failure: Literal["reject", "flag"] = "reject"  # flag: keep a failed item, its verdict recorded
     check_script: bool = True  # reject items not written in the build language's script (Han for zh)
     temperature: float = 0.8
     max_tokens: int = 600
@@ -351,7 +352,10 @@ def _quality_check(drafts: list[Draft], prompt: Prompt, config: Config, ctx: Sta
             if config.on_judge_failure == "reject":
                 draft.reject(JUDGE_FAILED, why)
         elif verdict != QUALITY_OK:
-            draft.reject(QUALITY_REJECTS[verdict], why)
+            if config.on_check_failure == "flag":
+                ctx.count(f"flagged_{QUALITY_REJECTS[verdict]}")
+            else:
+                draft.reject(QUALITY_REJECTS[verdict], why)
 
 
 def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult:
