@@ -51,6 +51,7 @@ class Config(Section):
     fail_rule: Literal["any", "majority"] = "majority"  # how a model's k samples make one verdict
     judge: str = "local"  # endpoint of the thinking judge
     system_prompt: str | None = None  # given to the light models, if any
+    on_too_easy: Literal["reject", "flag"] = "reject"  # flag: keep easy items, their results recorded
 
     @model_validator(mode="after")
     def _reachable(self) -> Config:
@@ -129,6 +130,10 @@ def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult
             reasons.append("difficulty_unscored" if failed + open_ >= config.min_failed else "too_easy")
         details.append(f"failed by {failed} of {len(config.models)} models ({open_} without a verdict); "
                        f"needs {config.min_failed}")
+    if config.on_too_easy == "flag":
+        for reason in filter(None, reasons):
+            ctx.count(f"flagged_{reason}")
+        reasons = [None] * len(reasons)
     result = split_by_reason(frame, pd.Series(reasons, dtype=object), pd.Series(details, dtype=object))
     result.stats = _stats(results, failed_count, config)
     return result
