@@ -10,7 +10,7 @@ BUILD ?= $(shell $(PY) -c "from pipeline.config import load_config as l; print(l
 ORDER := $(shell $(BSA) order --config $(CONFIG) $(SETS) 2>/dev/null || echo 00_ingest 01_clean 02_language 03_dedup 04_relevance 05_annotations 06_synthesis 07_difficulty)
 LAST := $(lastword $(ORDER))
 SOURCES := $(shell $(BSA) order --sources --config $(CONFIG) $(SETS) 2>/dev/null)
-COMMON_DEPS := $(CONFIG) $(wildcard configs/*.yaml configs/taxonomy/*.yaml pipeline/*.py) .venv/.setup-done
+COMMON_DEPS := $(sort $(CONFIG) $(wildcard configs/*.yaml configs/taxonomy/*.yaml pipeline/*.py)) .venv/.setup-done
 
 .PHONY: setup test build-dataset lm bench lint clean eval leaderboard spot-check release croissant
 

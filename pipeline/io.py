@@ -26,7 +26,7 @@ def table_format(path: str | Path) -> str:
     return FORMATS[suffix]
 
 
-def _decode(path: Path, raw: bytes, line_offsets: bool = False) -> str:
+def _decode(path: Path, raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
