@@ -12,6 +12,10 @@ Tokens are whitespace-delimited words, except that every Han or kana character i
 come from `per_lang[lang]` over the defaults, where `lang` is the language its source declares or, when it
 declares none, `zh` / `ja` for text written mostly in Han characters / with kana (language ID runs later).
 
+The checks run on the whole batch at once: the stripped texts become one array of code points, a lookup
+table gives each code point its character classes, and counts per row come from numpy. Only rows that a
+cheap bound cannot clear reach per-row Python (ftfy's detector, the exact n-gram count).
+
 Adds columns: `n_chars` (characters of the stripped text), `n_tokens` (tokens as above).
 """
 
@@ -20,7 +24,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -31,11 +37,14 @@ KANA = "\u3040-\u30ff\u31f0-\u31ff"
 HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 CJK = KANA + HAN  # scripts written without spaces: one character, one token
 CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
+INVALID = "\ufffd\ud800-\udfff"  # what a lossy decode leaves behind
+CONTROL = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"  # C0 and C1 controls but tab, newline and carriage return
 _TOKEN = re.compile(f"[{CJK}]|[^\\s{CJK}{CJK_PUNCT}]+")
-_HAN_CHAR = re.compile(f"[{HAN}]")
-_KANA_CHAR = re.compile(f"[{KANA}]")
-_INVALID = re.compile("[\ufffd\ud800-\udfff]")
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+# character classes, one bit each, in the lookup table of every code point (`char_classes`)
+SPACE, KANA_BIT, HAN_BIT, PUNCT, INVALID_BIT, CONTROL_BIT, SUSPECT, WORD, DIGIT = (1 << i for i in range(9))
+CASED_LIMIT = 0x20000  # no code point from here on has a case
+CHUNK_ROWS = 10_000  # rows per batch: small enough that numpy's temporaries stay in cache and on the heap
 
 
 class LengthBounds(Section):
@@ -84,19 +93,9 @@ def tokens(text: str) -> list[str]:
     return text.split() if text.isascii() else _TOKEN.findall(text)
 
 
-def count_tokens(text: str) -> int:
-    """len(tokens(text)), without building the list for non-ASCII text."""
-    return len(text.split()) if text.isascii() else _TOKEN.subn("", text)[1]
-
-
 def script_lang(text: str) -> str | None:
     """`ja` for text with kana, `zh` for text mostly in Han characters, else None."""
-    if text.isascii():
-        return None
-    if _KANA_CHAR.search(text):
-        return "ja"
-    han = len(_HAN_CHAR.findall(text))
-    return "zh" if han * 2 >= len(text) - text.count(" ") else None
+    return _script_langs(_batch([text]))[0]
 
 
 def repeated_share(words: Sequence[str], n: int) -> float:
@@ -135,83 +134,213 @@ def is_mojibake(text: str) -> bool:
     return is_bad(text)
 
 
+# -- the batch: every text as code points, every code point with its classes ---------------------------
+
+def code_points(text: str) -> np.ndarray:
+    """The text as an array of code points (lone surrogates kept)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+@lru_cache(maxsize=1)
+def char_classes() -> np.ndarray:
+    """A table of the class bits of every code point, built from the same patterns as the per-text checks."""
+    every_char = "".join(map(chr, range(0x110000)))
+    table = np.zeros(0x110000, dtype=np.uint16)
+    for bit, pattern in [(SPACE, r"\s"), (KANA_BIT, f"[{KANA}]"), (HAN_BIT, f"[{HAN}]"),
+                         (PUNCT, f"[{CJK_PUNCT}]"), (INVALID_BIT, f"[{INVALID}]"), (CONTROL_BIT, f"[{CONTROL}]"),
+                         (SUSPECT, mojibake_suspects().pattern), (WORD, r"\w"), (DIGIT, r"\d")]:
+        table[code_points("".join(re.findall(pattern, every_char)))] |= bit
+    return table
+
+
+@lru_cache(maxsize=1)
+def casefold_initials() -> np.ndarray:
+    """The first code point of each character's casefold, for code points below U+20000 (none above has case)."""
+    return np.array([ord(chr(c).casefold()[0]) for c in range(CASED_LIMIT)], dtype=np.uint32)
+
+
+@dataclass
+class _Batch:
+    """Stripped texts joined into one code point array, a newline after each (so no run or token crosses rows)."""
+
+    texts: list[str]
+    cps: np.ndarray  # code points
+    classes: np.ndarray  # class bits per code point
+    start: np.ndarray  # offset of each row's first code point
+
+    def per_row(self, mask: np.ndarray) -> np.ndarray:
+        """How many positions of each row the mask selects."""
+        edges = np.append(self.start, len(self.cps))
+        return np.diff(np.searchsorted(np.flatnonzero(mask), edges)).astype(np.int64)
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The row of each position."""
+        return np.searchsorted(self.start, positions, side="right") - 1
+
+    def first(self, mask: np.ndarray) -> dict[int, int]:
+        """Row -> offset (within its text) of the first position the mask selects, for rows it selects."""
+        positions = np.flatnonzero(mask)
+        rows = self.rows(positions)
+        firsts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1]))) if len(rows) else rows
+        return {int(rows[i]): int(positions[i] - self.start[rows[i]]) for i in firsts}
+
+
+def _batch(texts: list[str]) -> _Batch:
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1
+    cps = code_points("".join(f"{t}\n" for t in texts))
+    return _Batch(texts, cps, char_classes()[cps], np.cumsum(lengths) - lengths)
+
+
+def _script_langs(batch: _Batch) -> list[str | None]:
+    """`script_lang` of every row of a batch."""
+    non_ascii = batch.per_row(batch.cps > 127)
+    kana = batch.per_row((batch.classes & KANA_BIT) != 0)
+    han = batch.per_row((batch.classes & HAN_BIT) != 0)
+    spaces = batch.per_row(batch.cps == 32)
+    lengths = np.fromiter(map(len, batch.texts), dtype=np.int64, count=len(batch.texts))
+    zh = han * 2 >= lengths - spaces
+    return [None if not a else "ja" if k else "zh" if z else None
+            for a, k, z in zip(non_ascii, kana, zh, strict=True)]
+
+
+def _token_starts(batch: _Batch) -> np.ndarray:
+    """Positions where a token starts: every CJK character, and the first character of every other word."""
+    classes = batch.classes
+    cjk = (classes & (KANA_BIT | HAN_BIT)) != 0
+    word = (classes & (SPACE | KANA_BIT | HAN_BIT | PUNCT)) == 0
+    return cjk | (word & ~np.concatenate(([False], word[:-1])))
+
+
 class Cleaner:
-    """Checks one text at a time against a Config; built once per run (compiled patterns, resolved bounds)."""
+    """Checks texts against a Config, a batch at a time; built once per run (resolved bounds, patterns)."""
 
     def __init__(self, config: Config):
         self.config = config
         self.bounds = bounds_by_lang(config)
-        self.char_run = re.compile(f"(\\S)\\1{{{config.max_char_run},}}")
-        self.suspect = mojibake_suspects() if config.mojibake else None
 
     def check(self, text: object, lang: object) -> tuple[str | None, str, int, int]:
         """(reason or None, detail, n_chars, n_tokens) of one text."""
-        if not isinstance(text, str) or not text.strip():
-            return "empty", "", 0, 0
-        text = text.strip()
-        n_chars, n_tokens = len(text), count_tokens(text)
-        reason, detail = self._encoding_problem(text) if not text.isascii() else (None, "")
-        if reason is None:
-            reason, detail = self._control_problem(text)
-        if reason is None:
-            key = lang if isinstance(lang, str) and lang else script_lang(text)
-            reason, detail = self._length_problem(n_chars, n_tokens, self.bounds.get(key, self.bounds[None]), key)
-        if reason is None:
-            reason, detail = self._repetition_problem(text, n_tokens)
-        return reason, detail, n_chars, n_tokens
+        reasons, details, n_chars, n_tokens = self.check_all([text], [lang])
+        return reasons[0], details[0], int(n_chars[0]), int(n_tokens[0])
 
-    def _encoding_problem(self, text: str) -> tuple[str | None, str]:
-        found = _INVALID.search(text)
-        if found:
-            return "invalid_text", f"U+{ord(found.group()):04X} at character {found.start()}"
-        if self.suspect is not None and self.suspect.search(text) and is_mojibake(text):
-            return "mojibake", "ftfy detects mis-decoded text"
-        return None, ""
+    def check_all(self, texts: Sequence[object], langs: Sequence[object]
+                  ) -> tuple[list[str | None], list[str], np.ndarray, np.ndarray]:
+        """Reason (or None), detail, n_chars and n_tokens of every text."""
+        stripped = [t.strip() if isinstance(t, str) else "" for t in texts]
+        batch = _batch(stripped)
+        n_chars = np.fromiter(map(len, stripped), dtype=np.int64, count=len(stripped))
+        starts = _token_starts(batch)
+        n_tokens = batch.per_row(starts)
+        reasons: list[str | None] = [None] * len(stripped)
+        details = [""] * len(stripped)
 
-    @staticmethod
-    def _control_problem(text: str) -> tuple[str | None, str]:
-        found = _CONTROL.search(text)
-        return ("control_chars", f"U+{ord(found.group()):04X} at character {found.start()}") if found else (None, "")
+        def reject(row: int, reason: str, detail: str = "") -> None:
+            if reasons[row] is None:
+                reasons[row], details[row] = reason, detail
 
-    @staticmethod
-    def _length_problem(n_chars: int, n_tokens: int, bounds: Bounds, lang: str | None) -> tuple[str | None, str]:
-        scope = f" ({lang})" if lang else ""
-        if n_chars < bounds.min_chars:
-            return "too_short", f"{n_chars} chars < min_chars {bounds.min_chars}{scope}"
-        if n_tokens < bounds.min_tokens:
-            return "too_short", f"{n_tokens} tokens < min_tokens {bounds.min_tokens}{scope}"
-        if n_chars > bounds.max_chars:
-            return "too_long", f"{n_chars} chars > max_chars {bounds.max_chars}{scope}"
-        if n_tokens > bounds.max_tokens:
-            return "too_long", f"{n_tokens} tokens > max_tokens {bounds.max_tokens}{scope}"
-        return None, ""
+        for row in np.flatnonzero(n_chars == 0):
+            reject(row, "empty")
+        for row, at in batch.first((batch.classes & INVALID_BIT) != 0).items():
+            reject(row, "invalid_text", f"U+{batch.cps[batch.start[row] + at]:04X} at character {at}")
+        if self.config.mojibake:
+            for row in batch.first((batch.classes & SUSPECT) != 0):
+                if reasons[row] is None and is_mojibake(stripped[row]):
+                    reject(row, "mojibake", "ftfy detects mis-decoded text")
+        for row, at in batch.first((batch.classes & CONTROL_BIT) != 0).items():
+            reject(row, "control_chars", f"U+{batch.cps[batch.start[row] + at]:04X} at character {at}")
+        self._check_lengths(batch, langs, n_chars, n_tokens, reject)
+        self._check_char_runs(batch, reject)
+        self._check_ngrams(batch, starts, n_tokens, reasons, reject)
+        return reasons, details, n_chars, n_tokens
 
-    def _repetition_problem(self, text: str, n_tokens: int) -> tuple[str | None, str]:
-        run = self.char_run.search(text)
-        if run:
-            return "repetitive", f"'{run.group(1)}' repeated {len(run.group())} times"
-        # A token inside a repeated n-gram is a repeated token, whose first character is a repeated
-        # character: when either count is within the limit, the share is too (the characters are cheaper).
+    def _check_lengths(self, batch: _Batch, langs: Sequence[object], n_chars: np.ndarray,
+                       n_tokens: np.ndarray, reject) -> None:
+        keys = [lang if isinstance(lang, str) and lang else None for lang in langs]
+        if any(key is None for key in keys):
+            scripts = _script_langs(batch)
+            keys = [key if key is not None else script for key, script in zip(keys, scripts, strict=True)]
+        codes, uniques = pd.factorize(pd.Series(keys, dtype=object))
+        table = [self.bounds.get(key, self.bounds[None]) for key in uniques] + [self.bounds[None]]
+        limits = {name: np.array([getattr(b, name) for b in table], dtype=np.int64)[codes]
+                  for name in ("min_chars", "max_chars", "min_tokens", "max_tokens")}
+        out = ((n_chars < limits["min_chars"]) | (n_tokens < limits["min_tokens"])
+               | (n_chars > limits["max_chars"]) | (n_tokens > limits["max_tokens"]))
+        for row in np.flatnonzero(out):
+            problem = _length_problem(int(n_chars[row]), int(n_tokens[row]), table[codes[row]], keys[row])
+            if problem is not None:
+                reject(row, *problem)
+
+    def _check_char_runs(self, batch: _Batch, reject) -> None:
+        """A run of the same non-space character longer than `max_char_run`."""
+        cps, limit = batch.cps, self.config.max_char_run
+        # covered[i]: the `span` characters after position i all equal it; the span doubles up to the limit
+        covered, span = cps[1:] == cps[:-1], 1
+        while span < limit and len(covered):
+            step = min(span, limit - span)
+            covered, span = covered[:-step] & covered[step:], span + step
+        if not len(covered):
+            return
+        long = np.zeros(len(cps), dtype=bool)
+        long[:len(covered)] = covered & ((batch.classes[:len(covered)] & SPACE) == 0)
+        for row, at in batch.first(long).items():
+            position = int(batch.start[row] + at)
+            end = position + 1
+            while end < len(cps) and cps[end] == cps[position]:
+                end += 1
+            reject(row, "repetitive", f"'{chr(cps[position])}' repeated {end - position} times")
+
+    def _check_ngrams(self, batch: _Batch, starts: np.ndarray, n_tokens: np.ndarray,
+                      reasons: list[str | None], reject) -> None:
+        """A share of tokens inside repeated n-grams above the limit.
+
+        A token inside a repeated n-gram repeats an earlier token, so its (casefolded) first character
+        repeats an earlier token's: rows where tokens minus distinct first characters is within the limit
+        cannot exceed it and skip the exact count.
+        """
         most = self.config.max_repeated_ngram_share * n_tokens
-        folded = text.casefold()
-        if not folded.isascii() and len(folded) - len(set(folded)) <= most:
-            return None, ""
-        words = tokens(folded)
-        if len(words) - len(set(words)) <= most:
-            return None, ""
-        share = repeated_share(words, self.config.ngram)
-        if share > self.config.max_repeated_ngram_share:
-            return "repetitive", (f"{share:.0%} of tokens in repeated {self.config.ngram}-grams "
-                                  f"> {self.config.max_repeated_ngram_share:.0%}")
-        return None, ""
+        positions = np.flatnonzero(starts)
+        initials = batch.cps[positions]
+        cased = initials < CASED_LIMIT
+        initials[cased] = casefold_initials()[initials[cased]]
+        rows = np.repeat(np.arange(len(n_tokens), dtype=np.int64), n_tokens)  # token starts come in row order
+        pairs = np.sort((rows << 21) | initials)
+        new_pair = np.concatenate(([True], pairs[1:] != pairs[:-1])) if len(pairs) else np.zeros(0, dtype=bool)
+        distinct = np.bincount(pairs[new_pair] >> 21, minlength=len(n_tokens))
+        for row in np.flatnonzero(n_tokens - distinct > most):
+            if reasons[row] is not None:
+                continue
+            words = tokens(batch.texts[row].casefold())
+            if len(words) - len(set(words)) <= most[row]:
+                continue
+            share = repeated_share(words, self.config.ngram)
+            if share > self.config.max_repeated_ngram_share:
+                reject(row, "repetitive", f"{share:.0%} of tokens in repeated {self.config.ngram}-grams "
+                                          f"> {self.config.max_repeated_ngram_share:.0%}")
+
+
+def _length_problem(n_chars: int, n_tokens: int, bounds: Bounds, lang: str | None) -> tuple[str, str] | None:
+    scope = f" ({lang})" if lang else ""
+    if n_chars < bounds.min_chars:
+        return "too_short", f"{n_chars} chars < min_chars {bounds.min_chars}{scope}"
+    if n_tokens < bounds.min_tokens:
+        return "too_short", f"{n_tokens} tokens < min_tokens {bounds.min_tokens}{scope}"
+    if n_chars > bounds.max_chars:
+        return "too_long", f"{n_chars} chars > max_chars {bounds.max_chars}{scope}"
+    if n_tokens > bounds.max_tokens:
+        return "too_long", f"{n_tokens} tokens > max_tokens {bounds.max_tokens}{scope}"
+    return None
 
 
 def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult:
-    cleaner = Cleaner(config)
     texts = records["text"].tolist()
     langs = records["lang"].tolist() if "lang" in records.columns else [None] * len(texts)
-    checked = [cleaner.check(text, lang) for text, lang in zip(texts, langs, strict=True)]
-    reasons, details, n_chars, n_tokens = zip(*checked, strict=True) if checked else ((), (), (), ())
+    cleaner, checked = Cleaner(config), []
+    for begin in range(0, len(texts), CHUNK_ROWS):
+        checked.append(cleaner.check_all(texts[begin:begin + CHUNK_ROWS], langs[begin:begin + CHUNK_ROWS]))
+    reasons = [reason for chunk in checked for reason in chunk[0]]
+    details = [detail for chunk in checked for detail in chunk[1]]
+    n_chars = np.concatenate([chunk[2] for chunk in checked]) if checked else np.zeros(0, dtype=np.int64)
+    n_tokens = np.concatenate([chunk[3] for chunk in checked]) if checked else np.zeros(0, dtype=np.int64)
     frame = records.assign(n_chars=pd.Series(n_chars, index=records.index, dtype="int64"),
                            n_tokens=pd.Series(n_tokens, index=records.index, dtype="int64"))
     return split_by_reason(frame, pd.Series(reasons, index=records.index, dtype=object),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -37,10 +37,19 @@ from pipeline.config import BuildConfig, Section
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import write_text
 from pipeline.stage import StageContext, StageResult, split_by_reason
-from stages.clean import CJK, HAN, KANA
+from stages.clean import (
+    CHUNK_ROWS,
+    DIGIT,
+    HAN,
+    HAN_BIT,
+    KANA,
+    KANA_BIT,
+    SPACE,
+    WORD,
+    char_classes,
+    code_points,
+)
 
-_WORD_TOKEN = re.compile(f"[{CJK}]|[^\\W{CJK}]+|[^\\w\\s]")
-_DIGIT = re.compile(r"\d")
 _KANA = re.compile(f"[{KANA}]")
 _HAN = re.compile(f"[{HAN}]")
 LABEL_PREFIX = "__label__"
@@ -72,18 +81,37 @@ class Config(Section):
     max_perplexity_percentile: float | None = Field(None, gt=0, lt=100)  # per language, e.g. 98
 
 
-def lm_text(text: str, unit: str = "words") -> str:
-    """The text as the space-separated tokens a KenLM model is trained and scored on.
+def lm_texts(texts: Sequence[str], unit: str = "words") -> tuple[list[str], np.ndarray]:
+    """Each text as the tokens a KenLM model is trained and scored on, space-separated, and their number.
 
     Lowercased, digits folded to 0. `words`: words and punctuation marks split apart (each Han/kana
-    character a token of its own); `chars`: every non-space character a token.
+    character a token of its own); `chars`: every non-space character a token. The whole batch is done at
+    once: the texts become one array of code points, and a token boundary becomes a space. The strings may
+    hold runs of spaces (KenLM and `str.split` skip them); `lm_text` gives the single-spaced form.
     """
-    text = text.lower()
-    if _DIGIT.search(text):  # most texts have none: searching is cheaper than substituting
-        text = _DIGIT.sub("0", text)
-    if unit == "chars":
-        return " ".join("".join(text.split()))
-    return " ".join(_WORD_TOKEN.findall(text))
+    lowered = "\n".join(t.replace("\n", " ") if "\n" in t else t for t in texts).lower()
+    if not lowered:
+        return [""] * len(texts), np.zeros(len(texts), dtype=np.int64)
+    cps = code_points(lowered)
+    classes = char_classes()[cps]
+    space = (classes & SPACE) != 0
+    alone = ~space if unit == "chars" else ((classes & (KANA_BIT | HAN_BIT)) != 0) | ((classes & (WORD | SPACE)) == 0)
+    folded = np.where((classes & DIGIT) != 0, ord("0"), np.where(space, ord(" "), cps)).astype(np.uint32)
+    folded[cps == ord("\n")] = ord("\n")  # the row separators
+    width = 1 + 2 * alone.astype(np.int64)  # a character that stands alone gets a space on each side
+    ends = np.cumsum(width)
+    spaced = np.full(int(ends[-1]), ord(" "), dtype=np.uint32)
+    spaced[ends - width + alone] = folded
+    word = ~space & ~alone
+    starts = alone | (word & ~np.concatenate(([False], word[:-1])))
+    edges = np.append(np.flatnonzero(cps == ord("\n")), len(cps))
+    counts = np.diff(np.concatenate(([0], np.searchsorted(np.flatnonzero(starts), edges))))
+    return spaced.tobytes().decode("utf-32-le", "surrogatepass").split("\n"), counts
+
+
+def lm_text(text: str, unit: str = "words") -> str:
+    """One text as single-spaced KenLM tokens (see `lm_texts`)."""
+    return " ".join(lm_texts([text], unit)[0][0].split())
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -111,7 +139,7 @@ def train_models(config: BuildConfig) -> list[Path]:
     written = []
     for lang, spec in section.lm.items():
         sentences = read_reference(Path(spec.reference))
-        written.append(write_text(arpa_text((lm_text(s, spec.unit).split() for s in sentences), spec.order),
+        written.append(write_text(arpa_text((line.split() for line in lm_texts(sentences, spec.unit)[0]), spec.order),
                                   spec.path(lang, config.build_dir)))
     return written
 
@@ -129,16 +157,21 @@ def bundled_lid_model() -> Path:
 
 
 def identify(texts: list[str], model_path: Path, max_chars: int = 100) -> tuple[list[str], np.ndarray]:
-    """The most likely language of each text (its first `max_chars`) and its probability, in one batch."""
+    """The most likely language of each text (its first `max_chars`) and its probability, in one batch.
+
+    Each distinct head is predicted once (pools repeat instructions, and fastText's cost is per character).
+    """
     import fasttext
 
     if not texts:
         return [], np.zeros(0)
+    heads = pd.Series([text[:max_chars].replace("\n", " ") for text in texts], dtype=object)
+    codes, distinct = pd.factorize(heads)
     model = fasttext.load_model(str(model_path))
-    labels, probs = model.predict([text[:max_chars].replace("\n", " ") for text in texts], k=1,
-                                  on_unicode_error="replace")
-    return ([label[0].removeprefix(LABEL_PREFIX) for label in labels],
-            np.array([p[0] for p in probs], dtype=float).clip(0.0, 1.0))
+    labels, probs = model.predict(distinct.tolist(), k=1, on_unicode_error="replace")
+    langs = np.array([label[0].removeprefix(LABEL_PREFIX) for label in labels], dtype=object)
+    scores = np.array([p[0] for p in probs], dtype=float).clip(0.0, 1.0)
+    return langs[codes].tolist(), scores[codes]
 
 
 def fold_labels(labels: list[str], texts: list[str], aliases: dict[str, str]) -> tuple[list[str], Counter]:
@@ -197,14 +230,15 @@ def load_lm(path: Path):
     return kenlm.Model(str(path), settings)
 
 
-def perplexities(texts: Iterable[str], model, unit: str = "words") -> np.ndarray:
+def perplexities(texts: Sequence[str], model, unit: str = "words") -> np.ndarray:
     """Per-text perplexity, with sentence boundaries, on the model's tokenisation."""
     out = []
-    for text in texts:
-        tokens = lm_text(text, unit)
-        predictions = tokens.count(" ") + 2 if tokens else 1  # every token, then </s>
-        out.append(10.0 ** (-model.score(tokens, bos=True, eos=True) / predictions))
-    return np.array(out, dtype=float)
+    for begin in range(0, len(texts), CHUNK_ROWS):
+        tokens, counts = lm_texts(texts[begin:begin + CHUNK_ROWS], unit)
+        log10_probs = np.fromiter((model.score(line, bos=True, eos=True) for line in tokens), dtype=float,
+                                  count=len(tokens))
+        out.append(10.0 ** (-log10_probs / (counts + 1)))  # every token is predicted, then </s>
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def score_languages(frame: pd.DataFrame, config: Config, ctx: StageContext) -> pd.Series:
