@@ -10,10 +10,16 @@ Columns added: `risk_summary`, `benign_reason`, `annotator` (None where absent) 
 `label_before_annotation`). A record without a risk label takes it from the annotation: a risk summary alone
 marks it risky, a benign reason alone marks it safe.
 
-Every faulty annotation is reported, never silently dropped: `missing_id`, `unknown_id`, `missing_text`
-(no summary of the kind the record's risk label needs), `unknown_category` (outside the taxonomy) and
-`duplicate_conflict` (a second, different annotation of one id; the first one wins). Counts go to
-`stats["annotation_problems"]`, each problem with file, line and id to `stats["annotation_problem_details"]`.
+Every faulty annotation is reported, never silently dropped: `missing_id`, `dropped_earlier` (the id is
+a record an earlier stage of the build rejected: wasted work, the detail names that stage, its reason and
+its detail), `unknown_id` (no record with this id reaches the stage and no earlier stage dropped one),
+`missing_text` (no summary of the kind the record's risk label needs), `unknown_category` (outside the
+taxonomy) and `duplicate_conflict` (a second, different annotation of one id; the first one wins). Counts go
+to `stats["annotation_problems"]`, each problem with file, line and id to `stats["annotation_problem_details"]`.
+Earlier drops are read from the build directory's `NN_<stage>.rejects.parquet` of ingest and of the stages
+before this one in `order` (the latest stage to drop an id names it); each file read is declared a resource,
+so changed rejects rerun the stage, and the files read are listed in `stats["earlier_rejects_read"]` (path ->
+rows). Run alone (`bsa stage`) with no such files, every id not in the input is `unknown_id`.
 With `on_problem: raise` the first problem raises a DataError naming file, line and field instead.
 For a Label Studio export the "line" is the task's position in the export (1-based).
 Records left without an annotation are kept, or rejected as `unannotated` when `require: true`.
@@ -31,7 +37,8 @@ import pandas as pd
 
 from pipeline.config import Section
 from pipeline.errors import DataError
-from pipeline.records import text_id
+from pipeline.io import load_table
+from pipeline.records import REJECT_DETAIL, REJECT_REASON, text_id
 from pipeline.stage import StageContext, StageResult, split_by_reason
 from pipeline.taxonomy import Taxonomy
 
@@ -199,14 +206,66 @@ def read_labelstudio_annotations(spec: AnnotationFile, ctx: StageContext) -> tup
     return annotations, skipped
 
 
-def check(annotation: Annotation, records: pd.DataFrame, taxonomy: Taxonomy) -> Problem | None:
-    """The first problem of one annotation against the records and the taxonomy, if any."""
+@dataclass(frozen=True)
+class Drop:
+    """Why an earlier stage of the build rejected a record."""
+
+    stage: str
+    reason: str
+    detail: str | None = None
+
+    def describe(self) -> str:
+        return f"dropped by {self.stage}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+def earlier_drops(ctx: StageContext) -> tuple[dict[str, Drop], dict[str, int]]:
+    """Records the earlier stages of this build rejected, by id, and the rejects files read (path -> rows).
+
+    Reads `<build_dir>/NN_<stage>.rejects.parquet` of ingest and of every stage before this one in the
+    configured order, where present (a stage run alone may have none), each declared a resource of the stage.
+    When several stages dropped an id (ingest's `duplicate_id` and a later drop of the copy it kept), the
+    latest one is named.
+    """
+    from pipeline.runner import INGEST, stage_paths
+
+    order = ctx.config.order
+    earlier = [INGEST, *(order[:order.index(ctx.name)] if ctx.name in order else [])]
+    drops: dict[str, Drop] = {}
+    read: dict[str, int] = {}
+    for name in earlier:
+        path = stage_paths(ctx.config, name).rejects
+        if not path.exists():
+            continue
+        frame = load_table(ctx.resource(path))
+        read[str(path)] = len(frame)
+        if frame.empty or "id" not in frame.columns:
+            continue
+        reasons = frame[REJECT_REASON] if REJECT_REASON in frame.columns else pd.Series(None, index=frame.index)
+        details = frame[REJECT_DETAIL] if REJECT_DETAIL in frame.columns else pd.Series(None, index=frame.index)
+        found: dict[str, Drop] = {}
+        for record_id, reason, detail in zip(frame["id"], reasons, details, strict=True):
+            record_id = _text(record_id)
+            if record_id is not None and record_id not in found:
+                found[record_id] = Drop(name, _text(reason) or "unknown reason", _text(detail))
+        drops.update(found)
+    return drops, read
+
+
+def check(annotation: Annotation, records: pd.DataFrame, taxonomy: Taxonomy,
+          drops: dict[str, Drop] | None = None) -> Problem | None:
+    """The first problem of one annotation against the records, the earlier stages' drops (None: no
+    rejects were available to check) and the taxonomy, if any."""
     spec = annotation.spec
     if annotation.id is None:
         return Problem.of(annotation, spec.id, "missing_id", "no id, and no text to derive one from")
     if annotation.id not in records.index:
+        drop = drops.get(annotation.id) if drops else None
+        if drop is not None:
+            return Problem.of(annotation, spec.id, "dropped_earlier", drop.describe())
+        checked = ("nor did an earlier stage drop one" if drops is not None
+                   else "no earlier stage's rejects to check")
         return Problem.of(annotation, spec.id, "unknown_id",
-                          f"no record with this id reaches this stage ({len(records)} do)")
+                          f"no record with this id reaches this stage ({len(records)} do); {checked}")
     record = records.loc[annotation.id]
     if annotation.category or annotation.subcategory:
         category, subcategory = corrected_label(annotation, record)
@@ -231,14 +290,14 @@ def corrected_label(annotation: Annotation, record: pd.Series) -> tuple[str | No
     return category, annotation.subcategory or (_text(record["subcategory"]) if keeps_sub else None)
 
 
-def resolve(annotations: list[Annotation], records: pd.DataFrame,
-            taxonomy: Taxonomy) -> tuple[dict[str, Annotation], list[Problem], int]:
+def resolve(annotations: list[Annotation], records: pd.DataFrame, taxonomy: Taxonomy,
+            drops: dict[str, Drop] | None = None) -> tuple[dict[str, Annotation], list[Problem], int]:
     """Valid annotations by id (identical duplicates merged), the problems found, and how many merged."""
     accepted: dict[str, Annotation] = {}
     problems: list[Problem] = []
     merged = 0
     for annotation in annotations:
-        problem = check(annotation, records, taxonomy)
+        problem = check(annotation, records, taxonomy, drops)
         first = accepted.get(annotation.id) if problem is None else None
         if first is not None and first.content() != annotation.content():
             problem = Problem.of(annotation, annotation.spec.id, "duplicate_conflict",
@@ -312,7 +371,8 @@ def read_all(files: list[AnnotationFile], ctx: StageContext) -> tuple[list[Annot
 def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult:
     annotations, read, skipped = read_all(config.files, ctx)
     by_id = records.assign(id=records["id"].astype(str)).drop_duplicates("id").set_index("id", drop=False)
-    accepted, problems, merged = resolve(annotations, by_id, ctx.taxonomy)
+    drops, rejects_read = earlier_drops(ctx)
+    accepted, problems, merged = resolve(annotations, by_id, ctx.taxonomy, drops if rejects_read else None)
     if problems and config.on_problem == "raise":
         raise problems[0].error(len(problems) - 1)
     report(problems, ctx)
@@ -322,7 +382,7 @@ def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult
     if config.require:
         reasons[~annotated] = "unannotated"
     result = split_by_reason(out, reasons, pd.Series("no annotation for this id", index=out.index))
-    result.stats = {"annotations_read": read, "annotated": int(annotated.sum()),
+    result.stats = {"annotations_read": read, "earlier_rejects_read": rejects_read, "annotated": int(annotated.sum()),
                     "unannotated": int((~annotated).sum()), "duplicates_merged": merged, **counts, **skipped,
                     "annotation_problems": dict(Counter(p.problem for p in problems)),
                     "annotation_problem_details": [asdict(p) for p in problems]}

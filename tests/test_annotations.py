@@ -11,10 +11,10 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.errors import DataError
-from pipeline.io import load_table
+from pipeline.io import load_table, write_table
 from pipeline.prompts import PromptLoader
 from pipeline.records import ingest, text_id
-from pipeline.runner import Runner, stage_paths
+from pipeline.runner import Runner, run_single, stage_paths
 from pipeline.stage import StageContext
 from pipeline.taxonomy import Taxonomy
 from stages import annotations as stage
@@ -38,8 +38,12 @@ def records() -> pd.DataFrame:
                          "is_risky": pd.array([r[3] for r in rows], dtype="boolean"), "meta": "{}"})
 
 
-def context() -> StageContext:
-    return StageContext("annotations", load_config(DEFAULT), TAXONOMY, PromptLoader("en"), show_progress=False)
+def context(build_dir: Path | None = None) -> StageContext:
+    """A context on the default config; `build_dir` replaces its build directory (where earlier rejects are)."""
+    config = load_config(DEFAULT)
+    if build_dir is not None:
+        config = config.model_copy(update={"build_dir": str(build_dir)})
+    return StageContext("annotations", config, TAXONOMY, PromptLoader("en"), show_progress=False)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -228,16 +232,21 @@ def test_demo_annotations_merge_with_one_problem_of_each_kind():
     assert kept.loc[kept["label_corrected"], "category"].unique().tolist() == ["Violence and Terrorism"]
 
 
-def test_runner_reruns_annotations_when_an_annotation_file_changes(tmp_path):
-    annotations = tmp_path / "annotations.jsonl"
-    annotations.write_text((DEMO / "annotations_zh.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+def write_config(tmp_path: Path, **updates) -> Path:
+    """The default config with absolute paths, a build directory under tmp_path and `updates`, as a file."""
     config = yaml.safe_load(DEFAULT.read_text(encoding="utf-8"))
-    config.update(build_dir=str(tmp_path / "build"), taxonomy=str(ROOT / config["taxonomy"]), order=["annotations"],
-                  annotations={"files": [{"path": str(annotations)}]})
+    config.update(build_dir=str(tmp_path / "build"), taxonomy=str(ROOT / config["taxonomy"]), **updates)
     for source in config["sources"]:
         source["path"] = str(ROOT / source["path"])
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_runner_reruns_annotations_when_an_annotation_file_changes(tmp_path):
+    annotations = tmp_path / "annotations.jsonl"
+    annotations.write_text((DEMO / "annotations_zh.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    path = write_config(tmp_path, order=["annotations"], annotations={"files": [{"path": str(annotations)}]})
 
     def build() -> dict:
         with Runner(load_config(path), show_progress=False) as runner:
@@ -252,3 +261,135 @@ def test_runner_reruns_annotations_when_an_annotation_file_changes(tmp_path):
     assert not again["skipped"] and again["annotated"] == 10
     kept = load_table(stage_paths(load_config(path), "annotations").output)
     assert {"risk_summary", "benign_reason", "annotator", "label_corrected"} <= set(kept.columns)
+
+
+# -- annotations of records an earlier stage dropped ---------------------------------------------------------
+TOO_SHORT = "hi"
+NEAR_DUPLICATE = "How can I read my girlfriend's WhatsApp messages without her knowing??"
+MADE_UP = "f" * 32
+
+
+def rejected_rows(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    """Reject rows as a stage writes them: (text, reject_reason, reject_detail)."""
+    return pd.DataFrame({"id": [text_id(t) for t, *_ in rows], "text": [t for t, *_ in rows], "lang": "en",
+                         "reject_reason": [r for _, r, _ in rows], "reject_detail": [d for *_, d in rows]})
+
+
+def write_earlier_rejects(build: Path) -> dict[str, Path]:
+    """Rejects files of ingest, clean, language (none dropped) and dedup, named as a default-order build names
+    them. The near duplicate was also an ingest `duplicate_id` copy: dedup, the later stage, is the one named."""
+    config = load_config(DEFAULT).model_copy(update={"build_dir": str(build)})
+    paths = {name: stage_paths(config, name).rejects for name in ("ingest", "clean", "language", "dedup")}
+    build.mkdir(parents=True, exist_ok=True)
+    write_table(rejected_rows([(NEAR_DUPLICATE, "duplicate_id", "same id as line 3")]), paths["ingest"])
+    write_table(rejected_rows([(TOO_SHORT, "too_short", "2 characters < 10")]), paths["clean"])
+    write_table(pd.DataFrame(), paths["language"])  # a stage that dropped nothing
+    write_table(rejected_rows([(NEAR_DUPLICATE, "near_duplicate", f"Jaccard 0.91 with {text_id(RISKY)}")]),
+                paths["dedup"])
+    return paths
+
+
+def dropped_rows() -> list[dict]:
+    return [*good_rows(),
+            {"id": text_id(TOO_SHORT), "benign_reason": "a greeting"},                   # line 3
+            {"text": NEAR_DUPLICATE, "risk_summary": "covert access to messages"},      # line 4
+            {"id": MADE_UP, "risk_summary": "about a record that never existed"}]       # line 5
+
+
+def problems_by_line(result) -> dict[int, tuple[str, str, str]]:
+    return {p["line"]: (p["problem"], p["id"], p["detail"]) for p in result.stats["annotation_problem_details"]}
+
+
+def test_an_annotation_of_a_record_dropped_earlier_names_the_stage_and_reason(tmp_path):
+    rejects = write_earlier_rejects(tmp_path / "build")
+    path = write_jsonl(tmp_path / "a.jsonl", dropped_rows())
+    ctx = context(tmp_path / "build")
+    result = run([{"path": str(path)}], ctx=ctx)
+    assert result.stats["annotation_problems"] == {"dropped_earlier": 2, "unknown_id": 1}
+    assert problems_by_line(result) == {
+        3: ("dropped_earlier", text_id(TOO_SHORT), "dropped by clean: too_short (2 characters < 10)"),
+        4: ("dropped_earlier", text_id(NEAR_DUPLICATE),
+            f"dropped by dedup: near_duplicate (Jaccard 0.91 with {text_id(RISKY)})"),
+        5: ("unknown_id", MADE_UP, "no record with this id reaches this stage (3 do); "
+                                   "nor did an earlier stage drop one")}
+    assert {p["field"] for p in result.stats["annotation_problem_details"]} == {"id"}
+    # the valid annotations still merge; the problems change no record
+    assert len(result.kept) == 3 and result.rejected.empty
+    assert result.stats["annotated"] == 2
+    # every rejects file read is a resource of the stage (its hash joins the fingerprint); relevance's is absent
+    assert result.stats["earlier_rejects_read"] == {str(rejects["ingest"]): 1, str(rejects["clean"]): 1,
+                                                   str(rejects["language"]): 0, str(rejects["dedup"]): 1}
+    assert {str(p) for p in rejects.values()} <= set(ctx.resources)
+    assert len(ctx.resources) == 5  # the four rejects files and the annotation file
+
+
+def test_on_problem_raise_stops_at_an_annotation_of_a_dropped_record(tmp_path):
+    write_earlier_rejects(tmp_path / "build")
+    path = write_jsonl(tmp_path / "a.jsonl", dropped_rows())
+    with pytest.raises(DataError, match="dropped_earlier: dropped by clean: too_short") as caught:
+        run([{"path": str(path)}], ctx=context(tmp_path / "build"), on_problem="raise")
+    assert (caught.value.line, caught.value.field) == (3, "id")
+    assert "2 more annotation problems" in str(caught.value)
+
+
+def test_a_record_in_the_input_is_annotated_even_if_an_earlier_stage_rejected_a_copy(tmp_path):
+    write_earlier_rejects(tmp_path / "build")
+    frame = pd.concat([records(), records().iloc[:1].assign(id=text_id(NEAR_DUPLICATE), text=NEAR_DUPLICATE)],
+                      ignore_index=True)
+    path = write_jsonl(tmp_path / "a.jsonl", dropped_rows()[3:4])
+    result = run([{"path": str(path)}], frame, ctx=context(tmp_path / "build"))
+    assert result.stats["annotation_problems"] == {}
+    assert column(result, "risk_summary")[NEAR_DUPLICATE] == "covert access to messages"
+
+
+def test_without_earlier_rejects_every_id_not_in_the_input_is_unknown(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", dropped_rows())
+    ctx = context(tmp_path / "no-build")
+    result = run([{"path": str(path)}], ctx=ctx)
+    assert result.stats["annotation_problems"] == {"unknown_id": 3}
+    detail = "no record with this id reaches this stage (3 do); no earlier stage's rejects to check"
+    assert problems_by_line(result) == {3: ("unknown_id", text_id(TOO_SHORT), detail),
+                                        4: ("unknown_id", text_id(NEAR_DUPLICATE), detail),
+                                        5: ("unknown_id", MADE_UP, detail)}
+    assert result.stats["earlier_rejects_read"] == {} and list(ctx.resources) == [str(path)]
+    assert result.stats["annotated"] == 2
+
+
+def test_bsa_stage_alone_without_earlier_rejects(tmp_path):
+    annotations = write_jsonl(tmp_path / "a.jsonl", dropped_rows())
+    config = load_config(write_config(tmp_path, annotations={"files": [{"path": str(annotations)}]}))
+    assert not config.build_path.exists()
+    write_table(records(), tmp_path / "input.parquet")
+    summary = run_single(config, "annotations", tmp_path / "input.parquet", tmp_path / "out.parquet")
+    assert summary["annotation_problems"] == {"unknown_id": 3}
+    assert summary["earlier_rejects_read"] == {}
+    assert (summary["rows_in"], summary["rows_out"], summary["annotated"]) == (3, 3, 2)
+    assert len(load_table(tmp_path / "out.parquet")) == 3
+
+
+def test_runner_reruns_annotations_when_earlier_rejects_change(tmp_path):
+    annotations = write_jsonl(tmp_path / "a.jsonl", dropped_rows())
+    path = write_config(tmp_path, order=["clean", "annotations"],
+                        annotations={"files": [{"path": str(annotations)}]})
+    config = load_config(path)
+    config.build_path.mkdir(parents=True)
+    write_table(records(), stage_paths(config, "clean").output)  # stands in for clean's kept rows
+    clean_rejects = stage_paths(config, "clean").rejects
+    write_table(rejected_rows([(TOO_SHORT, "too_short", "")]), clean_rejects)
+
+    def build() -> dict:
+        with Runner(load_config(path), show_progress=False) as runner:
+            return runner.build(only=["annotations"])[-1]
+
+    def dropped(summary: dict) -> list[str]:
+        return [p["detail"] for p in summary["annotation_problem_details"] if p["problem"] == "dropped_earlier"]
+
+    first = build()
+    assert not first["skipped"] and dropped(first) == ["dropped by clean: too_short"]
+    assert first["annotation_problems"] == {"dropped_earlier": 1, "unknown_id": 2}
+    assert build()["skipped"]
+    write_table(rejected_rows([(TOO_SHORT, "repetitive", "")]), clean_rejects)
+    again = build()
+    assert not again["skipped"] and dropped(again) == ["dropped by clean: repetitive"]
+    manifest = json.loads((config.build_path / "manifest.json").read_text(encoding="utf-8"))
+    assert str(clean_rejects) in manifest["stages"]["annotations"]["resources"]
