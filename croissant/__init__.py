@@ -2,6 +2,7 @@
 
 `bsa croissant`             describe build/release/ in build/release/croissant.json, then validate it
 `bsa croissant FILE.csv`    describe a BSA-format CSV (facts from flags, a SOURCE.txt beside it, or the config)
+                            in <build_dir>/croissant/<CSV stem>/croissant.json: nothing is written beside the CSV
 `bsa croissant FILE.json`   validate existing Croissant metadata against its files
 
 Validation (`croissant.validate`) = mlcroissant's checks + every file's sha256 + the records against the CSV.
@@ -12,12 +13,24 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.errors import DataError
 
+if TYPE_CHECKING:
+    from pipeline.config import BuildConfig
 
-def _output_for(csv: Path, output: str | None) -> Path:
-    return Path(output) if output else csv.with_name(f"{csv.stem}.croissant.json")
+
+def default_output(csv: Path, config: BuildConfig) -> Path:
+    """Where `bsa croissant FILE.csv` writes without --output: `<build_dir>/croissant/<CSV stem>/croissant.json`.
+
+    Never beside the CSV, which may sit in a read-only or shared folder (../shared/data/bsa/). The metadata
+    refers to the CSV by its path relative to this folder (no copy), so validation reads and checksums the
+    very file described. Describing another CSV with the same name replaces the metadata.
+    """
+    from stages.release import CROISSANT_FILE
+
+    return config.build_path / "croissant" / csv.stem / CROISSANT_FILE
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -37,14 +50,15 @@ def cli_main(args: argparse.Namespace) -> int:
             target = Path(args.output) if args.output else release_dir(config) / CROISSANT_FILE
             jsonld = release_jsonld(config, target)
         else:
-            target = _output_for(file, args.output)
+            target = Path(args.output) if args.output else default_output(file, config)
             flags = {key: getattr(args, key, None) for key in ("name", "license", "citation")}
             jsonld = csv_jsonld(file, target, config, flags)
         try:
             write_json(jsonld, target)
         except OSError as err:
             raise DataError(target, f"cannot write the metadata ({err.strerror}): choose another --output") from err
-        print(f"wrote {target}")
+        described = "" if file is None else f" (describing {file} as {jsonld['distribution'][0]['contentUrl']})"
+        print(f"wrote {target}{described}")
     report = validate(target)
     print(report.summary())
     return 0 if report.ok else 1

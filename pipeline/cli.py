@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("croissant", help="write and validate Croissant metadata for a BSA-format CSV")
     p.add_argument("file", nargs="?", help="a BSA-format CSV (default: the build's release), "
                                            "or a Croissant JSON file to validate only")
-    p.add_argument("--output", help="where to write the JSON-LD (default: beside the file)")
+    p.add_argument("--output", help="where to write the JSON-LD (default: <build_dir>/croissant/<CSV stem>/"
+                                    "croissant.json for a CSV, the release's croissant.json without FILE)")
     p.add_argument("--name", help="dataset name (default: SOURCE.txt beside the CSV, else the file name)")
     p.add_argument("--license", help="licence, SPDX id or URL (default: SOURCE.txt, else release.license)")
     p.add_argument("--citation", help="how to cite the dataset (default: SOURCE.txt, else release.citation)")

@@ -62,7 +62,11 @@ def read_jsonl(path: str | Path, on_error: str = "raise") -> tuple[list[dict], l
 def read_table(path: str | Path, on_error: str = "raise", allow_empty: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A table file as a DataFrame with a `_line` column, plus a frame of rows that could not be parsed.
 
-    An empty file is an error: it almost always means a failed export upstream.
+    `_line` says where a row sits in the file, for error messages, in every format: the physical line for
+    JSON Lines (blank lines skipped), the record's line counting the header as line 1 for CSV/TSV (equal to
+    the physical line unless an earlier value spans lines), and the 1-based row number for JSON and Parquet,
+    which have no lines to speak of. A Parquet file that already holds `_line` (ingest's rejects keep the line
+    of their source) keeps it. An empty file is an error: it almost always means a failed export upstream.
     """
     path = Path(path)
     if not path.exists():
@@ -108,9 +112,13 @@ def read_table(path: str | Path, on_error: str = "raise", allow_empty: bool = Fa
 
 
 def load_table(path: str | Path) -> pd.DataFrame:
-    """A table for processing (build outputs and the like), errors raised."""
-    frame, _ = read_table(path, allow_empty=Path(path).suffix == ".parquet")  # a stage may keep nothing
-    return frame.drop(columns=["_line"], errors="ignore") if Path(path).suffix == ".parquet" else frame
+    """A table for processing (build outputs and the like), errors raised: `read_table`'s frame, `_line`
+    included whatever the format. An empty Parquet file is allowed (a stage may keep nothing).
+
+    Code that hands the rows on as records (the runner, to a stage) drops `_line` itself.
+    """
+    frame, _ = read_table(path, allow_empty=Path(path).suffix.lower() == ".parquet")
+    return frame
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import json
 import re
 import unicodedata
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import SourceConfig
@@ -99,15 +100,8 @@ def ingest_source(source: SourceConfig, taxonomy: Taxonomy | None = None) -> tup
         records["category"] = records["category"].map(lambda v: source.category_map.get(v, v) if v else v)
     # a `Category-Subcategory` label in the category column fills both fields
     if taxonomy is not None:
-        def split_label(row: pd.Series) -> pd.Series:
-            cat = row["category"]
-            if isinstance(cat, str) and cat not in taxonomy.categories and "-" in cat:
-                major, minor = Taxonomy.split(cat)
-                if taxonomy.is_valid(major, minor):
-                    row["category"], row["subcategory"] = major, minor
-            return row
-
-        records = records.apply(split_label, axis=1) if len(records) else records
+        records["category"], records["subcategory"] = split_labels(records["category"], records["subcategory"],
+                                                                   taxonomy)
     records["source"] = source.name
     records["_line"] = raw["_line"].values
     extra = [c for c in raw.columns if c not in used]
@@ -125,6 +119,41 @@ def ingest_source(source: SourceConfig, taxonomy: Taxonomy | None = None) -> tup
         rejects.append(_reject(records[bad_text], "missing_text", f"column '{source.text}' is empty"))
         records = records[~bad_text]
     return records, (pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame())
+
+
+def split_labels(category: pd.Series, subcategory: pd.Series,
+                 taxonomy: Taxonomy) -> tuple[pd.Series, pd.Series]:
+    """Category and subcategory columns with each `Category-Subcategory` label of the taxonomy split in two.
+
+    Vectorised with pandas string methods, with `Taxonomy.split`'s rule: strip, split on the first '-'
+    (a subcategory may hold hyphens), strip both parts. A value is split only when it is a string that is not
+    itself a category, holds a '-', and whose parts are valid together (`Taxonomy.is_valid`; `Rumors-`, with
+    an empty subcategory, is valid and gives subcategory ''). Anything else is left as it was: missing and
+    non-string values, labels outside the taxonomy and BSA's two-line Cognitive Shortcut labels
+    (`Query A: Cat-Sub\\nQuery B: Cat-Sub`), which stay whole in `category`; ingest raises no error for them
+    (the release checks labels strictly, naming file, row and field).
+    """
+    try:
+        has_dash = category.str.contains("-", regex=False, na=False)  # False for missing values, bytes, numbers
+        is_text = category.str.strip().notna()  # NaN for anything without str.strip (lists, numbers, ...)
+    except AttributeError:  # no string values at all (a non-text default, say): nothing to split
+        return category, subcategory
+    positions = np.flatnonzero((has_dash & is_text).to_numpy())  # by position: the index may repeat labels
+    candidates = category.iloc[positions]
+    outside = ~candidates.isin(list(taxonomy.categories)).to_numpy()
+    positions, candidates = positions[outside], candidates.iloc[outside]
+    if not len(positions):
+        return category, subcategory
+    parts = candidates.str.strip().str.partition("-")
+    major, minor = parts[0].str.strip().to_numpy(dtype=object), parts[2].str.strip().to_numpy(dtype=object)
+    allowed = [(cat, sub) for cat, subs in taxonomy.categories.items() for sub in ["", *subs]]
+    valid = pd.MultiIndex.from_arrays([major, minor]).isin(allowed)
+    if not valid.any():
+        return category, subcategory
+    category, subcategory = category.astype(object), subcategory.astype(object)  # copies
+    category.iloc[positions[valid]] = major[valid]
+    subcategory.iloc[positions[valid]] = minor[valid]
+    return category, subcategory
 
 
 def _plain(value: object) -> object:

@@ -221,7 +221,7 @@ class Runner:
         section = stage_config(name, self.config)
 
         def compute(ctx: StageContext) -> StageResult:
-            records = load_table(input_path)
+            records = load_table(input_path).drop(columns=["_line"])  # a stage sees records, not file positions
             return module.run(records, section, ctx)
 
         return self._run(name, paths, fingerprint, {"input": str(input_path), "input_sha256": input_hash},

@@ -161,6 +161,43 @@ def test_describes_a_bsa_csv_with_flags_and_multiline_rows(config, tmp_path):
     assert report.records == len(frame)  # compare_rows checked every value, the two-line labels included
 
 
+def listing(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under a folder with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_without_output_a_csv_is_described_in_the_build_dir_not_beside_it(config, tmp_path, capsys):
+    shared = tmp_path / "shared" / "data"
+    shared.mkdir(parents=True)
+    frame = write_bsa_csv(shared / "items.csv")
+    before = listing(shared)
+    shared.chmod(0o555)  # read-only, as ../shared is (root ignores the bit: the listing below is the proof)
+    try:
+        assert cli_main(croissant_args(shared / "items.csv")) == 0
+    finally:
+        shared.chmod(0o755)
+    assert listing(shared) == before  # nothing written, nothing touched beside the CSV
+    target = config.build_path / "croissant" / "items" / "croissant.json"
+    out = capsys.readouterr().out
+    assert f"wrote {target} (describing {shared / 'items.csv'} as ../../../shared/data/items.csv)" in out
+    jsonld = json.loads(target.read_text())
+    assert [d["contentUrl"] for d in jsonld["distribution"]] == ["../../../shared/data/items.csv"]
+    assert (target.parent / jsonld["distribution"][0]["contentUrl"]).resolve() == (shared / "items.csv").resolve()
+    report = validate(target)  # mlcroissant's checks, the CSV's sha256, every record against the CSV
+    assert report.ok, report.summary()
+    assert (report.files_checked, report.records) == (1, len(frame))
+    assert f"{report.records} records loaded" in out
+
+
+def test_explicit_output_is_still_honoured(config, tmp_path):
+    write_bsa_csv(tmp_path / "items.csv")
+    output = tmp_path / "elsewhere" / "meta.json"
+    assert cli_main(croissant_args(tmp_path / "items.csv", output)) == 0
+    assert json.loads(output.read_text())["distribution"][0]["contentUrl"] == "../items.csv"
+    assert not (config.build_path / "croissant").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["items.csv"]
+
+
 def test_not_a_bsa_csv_is_a_clear_error(config, tmp_path):
     (tmp_path / "x.csv").write_text("id,query\n1,hello\n")
     with pytest.raises(DataError, match="column.* risk_summary, dataset_name, label missing"):
@@ -187,3 +224,22 @@ def test_describes_the_released_bsa_dataset(config, bsa_csv, tmp_path, capsys):
     assert jsonld["license"] == "https://creativecommons.org/licenses/by-nc/4.0/"  # from SOURCE.txt
     assert "Beyond Safe Answers" in jsonld["citeAs"] and jsonld["url"] == "https://github.com/OpenStellarTeam/BSA"
     assert validate(output).records == len(pd.read_csv(bsa_csv))
+
+
+@pytest.mark.shared
+def test_describes_the_released_bsa_dataset_without_writing_beside_it(config, bsa_csv, capsys):
+    before = listing(bsa_csv.parent)
+    try:
+        assert cli_main(croissant_args(bsa_csv)) == 0
+        assert listing(bsa_csv.parent) == before
+    finally:  # should a regression write there anyway (root ignores the read-only bit), leave no trace
+        for name in set(listing(bsa_csv.parent)) - set(before):
+            (bsa_csv.parent / name).unlink(missing_ok=True)
+    target = config.build_path / "croissant" / "dataset" / "croissant.json"
+    assert f"wrote {target}" in capsys.readouterr().out
+    report = validate(target)
+    assert report.ok, report.summary()
+    assert (report.files_checked, report.records) == (1, 2000)
+    jsonld = json.loads(target.read_text())
+    assert jsonld["license"] == "https://creativecommons.org/licenses/by-nc/4.0/"  # SOURCE.txt is still read
+    assert (target.parent / jsonld["distribution"][0]["contentUrl"]).resolve() == bsa_csv.resolve()

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.config import SourceConfig, load_config
 from pipeline.errors import DataError
-from pipeline.records import CORE_FIELDS, ingest, ingest_source, normalize_text, text_id
+from pipeline.records import CORE_FIELDS, ingest, ingest_source, normalize_text, split_labels, text_id
 from pipeline.taxonomy import Taxonomy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +89,78 @@ def test_repeated_ids_across_sources_are_rejected_after_the_first(tmp_path):
     assert rejects["reject_reason"].tolist() == ["duplicate_id"]
     assert rejects["reject_detail"].tolist() == ["same id as a row of a"]
     assert rejects["source"].tolist() == ["b"]
+
+
+# -- `Category-Subcategory` labels, split without a per-row apply -------------------------------------------
+def reference_split(category: object, subcategory: object) -> tuple[object, object]:
+    """The row-by-row rule ingest applied before it was vectorised (kept here as the reference)."""
+    if isinstance(category, str) and category not in TAXONOMY.categories and "-" in category:
+        major, minor = Taxonomy.split(category)
+        if TAXONOMY.is_valid(major, minor):
+            return major, minor
+    return category, subcategory
+
+
+PAIR = ("Query A: Rumors-Rumors with Negative Impact\nQuery B: Pornography-Child Pornography")
+LABELS = [  # (category value, subcategory value, expected category, expected subcategory)
+    ("Rumors-Rumors with Negative Impact", None, "Rumors", "Rumors with Negative Impact"),
+    (" Rumors - Rumors with Negative Impact ", "old", "Rumors", "Rumors with Negative Impact"),
+    ("Specially Regulated Items-Military and Police-Controlled Items", None,  # the FIRST '-' splits
+     "Specially Regulated Items", "Military and Police-Controlled Items"),
+    ("Pornography-Child Pornography\n", None, "Pornography", "Child Pornography"),  # stripped like Taxonomy.split
+    ("Rumors-", "old", "Rumors", ""),  # a valid category with an empty subcategory: split, subcategory ''
+    ("Rumors", "old", "Rumors", "old"),  # a category alone: left as it is
+    # malformed or foreign labels are left exactly as they were (no error at ingest; the release checks labels)
+    ("Rumors-Nope", "old", "Rumors-Nope", "old"),  # unknown subcategory
+    ("Cybercrime-Piracy", None, "Cybercrime-Piracy", None),  # unknown category
+    ("pornography-child pornography", None, "pornography-child pornography", None),  # case matters
+    ("Rumors--Rumors with Negative Impact", None, "Rumors--Rumors with Negative Impact", None),
+    (PAIR, None, PAIR, None),  # BSA's two-line Cognitive Shortcut label stays whole
+    ("-", None, "-", None),
+    ("", "old", "", "old"),
+    ("   ", None, "   ", None),
+    (None, "old", None, "old"),
+    (5, None, 5, None),
+    (b"Rumors-Rumors with Negative Impact", None, b"Rumors-Rumors with Negative Impact", None),  # bytes: not text
+]
+
+
+def test_split_labels_splits_taxonomy_labels_and_leaves_everything_else():
+    category = pd.Series([c for c, _, _, _ in LABELS], dtype=object)
+    subcategory = pd.Series([s for _, s, _, _ in LABELS], dtype=object)
+    got_category, got_subcategory = split_labels(category, subcategory, TAXONOMY)
+    assert got_category.tolist() == [c for _, _, c, _ in LABELS]
+    assert got_subcategory.tolist() == [s for _, _, _, s in LABELS]
+    assert [reference_split(c, s) for c, s, _, _ in LABELS] == [(c, s) for _, _, c, s in LABELS]
+    assert category.tolist() == [c for c, _, _, _ in LABELS]  # the inputs are not modified
+
+
+def test_split_labels_with_missing_values_string_dtypes_repeated_index_and_no_text():
+    for dtype in (object, "str", "string"):
+        category = pd.Series(["Rumors-Rumors with Negative Impact", None, "Rumors-x"], dtype=dtype)
+        got = split_labels(category, pd.Series([None] * 3, dtype=object), TAXONOMY)
+        assert got[0].tolist()[::2] == ["Rumors", "Rumors-x"] and pd.isna(got[0].tolist()[1])
+        assert got[1].tolist() == ["Rumors with Negative Impact", None, None]
+    repeated = pd.Series(["Rumors-", "Pornography-Child Pornography", "x"], index=[7, 7, 7], dtype=object)
+    got = split_labels(repeated, pd.Series(["a", "b", "c"], index=[7, 7, 7], dtype=object), TAXONOMY)
+    assert got[0].tolist() == ["Rumors", "Pornography", "x"] and got[1].tolist() == ["", "Child Pornography", "c"]
+    numbers = pd.Series([1, 2])  # no string at all (a numeric default): nothing to split
+    assert split_labels(numbers, pd.Series([None, None]), TAXONOMY)[0] is numbers
+    empty = pd.Series([], dtype=object)
+    assert split_labels(empty, empty, TAXONOMY)[0].empty
+
+
+def test_labels_split_through_ingest_keep_every_other_field_and_line(tmp_path):
+    cases = [case for case in LABELS if not isinstance(case[0], bytes)]  # JSON has no bytes
+    rows = [{"text": f"text {i}", "label": c, "sub": s} for i, (c, s, _, _) in enumerate(cases)]
+    config = source(tmp_path, "labels.jsonl", jsonl(*rows), category="label", subcategory="sub")
+    records, rejects = ingest([config], TAXONOMY)
+    assert rejects.empty
+    expected = [("5" if c == 5 else c, s) for _, _, c, s in cases]  # a mapped column arrives as text
+    got = list(zip(records["category"], records["subcategory"], strict=True))
+    assert [(None if pd.isna(c) else c, None if pd.isna(s) else s) for c, s in got] == expected
+    assert records["_line"].tolist() == list(range(1, len(rows) + 1))
+    assert records["text"].tolist() == [row["text"] for row in rows]
 
 
 # -- bad input ----------------------------------------------------------------------------------------------
@@ -228,3 +300,47 @@ def test_bsa_release_loads_with_its_labels_split(bsa_csv):
     assert all(TAXONOMY.is_valid(c, s) for c, s in zip(single["category"], single["subcategory"], strict=True))
     assert single["subcategory"].notna().all()
     assert records.loc[scenario == "Cognitive Shortcut", "category"].str.startswith("Query A: ").all()
+
+
+@pytest.mark.shared
+def test_bsa_labels_split_exactly_as_row_by_row(bsa_csv):
+    config = SourceConfig(name="bsa", path=str(bsa_csv), text="query", id="id", category="label")
+    records, _ = ingest([config], TAXONOMY)
+    by_id = records.set_index("id")
+    known = {  # id: (line, category, subcategory)
+        "7aa26e4c933d4fc73edffc574995c99a": (2, "Offense and Prejudice", "Abuse and Hate Speech"),
+        "0ad571ab7411abb479329217bd82f60c": (10, "Specially Regulated Items", "Military and Police-Controlled Items"),
+        "d91e05c03855c45c7e294ee4e3ee689b": (19, "Specially Regulated Items",
+                                             "Psychotropic / Narcotic / Pathogenic Controlled Substances"),
+        "00363136da443d7c97081d9861bd8c94": (602, "Query A: Ethics and Morality-Disturbing or Unhealthy Scenes\n"
+                                                  "Query B: Ethics and Morality-AI Ethics", None),
+        "013e05fd32ce97bbd2b58bf175fb6de4": (1802, "Pornography", "Child Pornography"),
+        "af68f69a72f8102b8d1a321ea95c1466": (2001, "Offense and Prejudice", "Abuse and Hate Speech"),
+    }
+    for record_id, (line, category, subcategory) in known.items():
+        row = by_id.loc[record_id]
+        assert (row["_line"], row["category"], row["subcategory"]) == (line, category, subcategory), record_id
+    paired = records["category"].str.startswith("Query A: ")
+    assert int(paired.sum()) == 1200 and records.loc[paired, "subcategory"].isna().all()
+    assert records.loc[~paired, "category"].value_counts().to_dict() == {
+        "Offense and Prejudice": 248, "Property Infringement": 127, "Violence and Terrorism": 86,
+        "Invasion of Privacy and Confidentiality": 81, "Physical and Mental Health": 81,
+        "Specially Regulated Items": 70, "Pornography": 45, "Ethics and Morality": 33, "Rumors": 29}
+    assert records.loc[~paired].groupby(["category", "subcategory"]).size().to_dict() == {
+        ("Ethics and Morality", "AI Ethics"): 23, ("Ethics and Morality", "Disturbing or Unhealthy Scenes"): 10,
+        ("Invasion of Privacy and Confidentiality", "Invasion of Corporate Trade Secrets"): 1,
+        ("Invasion of Privacy and Confidentiality", "Invasion of Personal Privacy"): 80,
+        ("Offense and Prejudice", "Abuse and Hate Speech"): 135,
+        ("Offense and Prejudice", "Discrimination and Prejudice"): 113,
+        ("Physical and Mental Health", "Mental Health"): 62,
+        ("Physical and Mental Health", "Personal Physical Health"): 19,
+        ("Pornography", "Child Pornography"): 45, ("Property Infringement", "Economic Crimes"): 116,
+        ("Property Infringement", "Intellectual Property"): 11, ("Rumors", "Rumors with Negative Impact"): 29,
+        ("Specially Regulated Items", "Controlled Items for Illegal Use"): 16,
+        ("Specially Regulated Items", "Military and Police-Controlled Items"): 4,
+        ("Specially Regulated Items", "Psychotropic / Narcotic / Pathogenic Controlled Substances"): 50,
+        ("Violence and Terrorism", "Terrorism"): 1, ("Violence and Terrorism", "Violent Content"): 85}
+    # and row for row what the per-row rule gives on the raw labels
+    raw = pd.read_csv(bsa_csv, dtype=str, keep_default_na=False)["label"]
+    assert list(zip(records["category"], records["subcategory"], strict=True)) == [
+        reference_split(label, None) for label in raw]

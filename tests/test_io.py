@@ -141,8 +141,47 @@ def test_write_then_read_round_trips(tmp_path, suffix):
 def test_parquet_round_trip_keeps_nullable_booleans(tmp_path):
     frame = pd.DataFrame({"is_risky": pd.array([True, None, False], dtype="boolean")})
     back = load_table(write_table(frame, tmp_path / "b.parquet"))
-    assert list(back.columns) == ["is_risky"]  # no `_line` added to build outputs
+    assert list(back.columns) == ["is_risky", "_line"]  # `_line` as for every format (the row number)
+    assert back["_line"].tolist() == [1, 2, 3]
     assert back["is_risky"].tolist()[0] is True and pd.isna(back["is_risky"][1])
+
+
+# -- `_line`: where a row sits in its file, in every format ----------------------------------------------
+LINES = {".jsonl": [1, 2, 3], ".csv": [2, 3, 4], ".tsv": [2, 3, 4], ".json": [1, 2, 3], ".parquet": [1, 2, 3]}
+
+
+@pytest.mark.parametrize("suffix", list(LINES))
+def test_read_table_and_load_table_both_number_rows_in_every_format(tmp_path, suffix):
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "text": ["one", "two", "three"]})
+    path = write_table(frame, tmp_path / f"t{suffix}")
+    read, _ = read_table(path)
+    loaded = load_table(path)
+    assert list(read.columns) == list(loaded.columns) == ["id", "text", "_line"]
+    assert read["_line"].tolist() == loaded["_line"].tolist() == LINES[suffix]
+    assert loaded[["id", "text"]].to_dict(orient="records") == frame.to_dict(orient="records")
+
+
+def test_parquet_line_is_the_row_number_in_the_file(tmp_path):
+    path = write_table(pd.DataFrame({"text": [f"row {i}" for i in range(5)]}), tmp_path / "p.parquet")
+    frame = load_table(path)
+    assert dict(zip(frame["text"], frame["_line"], strict=True)) == {
+        "row 0": 1, "row 1": 2, "row 2": 3, "row 3": 4, "row 4": 5}
+
+
+def test_a_stored_line_column_is_kept(tmp_path):
+    # ingest's rejects are written with the line of their source: reading them back must not renumber it
+    rejects = pd.DataFrame({"_line": [5, 9], "reject_reason": ["malformed_json", "missing_text"]})
+    path = write_table(rejects, tmp_path / "00_ingest.rejects.parquet")
+    assert read_table(path)[0]["_line"].tolist() == [5, 9]
+    assert load_table(path)["_line"].tolist() == [5, 9]
+
+
+def test_an_empty_parquet_loads_with_its_columns_but_read_table_refuses_it(tmp_path):
+    path = write_table(pd.DataFrame({"id": pd.Series(dtype=object)}), tmp_path / "kept.parquet")
+    empty = load_table(path)  # a stage may keep nothing
+    assert len(empty) == 0 and list(empty.columns) == ["id", "_line"]
+    with pytest.raises(DataError, match="file has no rows"):
+        read_table(path)
 
 
 def test_jsonl_writes_missing_values_as_null(tmp_path):

@@ -20,7 +20,7 @@ import stages
 from pipeline.cli import main as bsa
 from pipeline.config import load_config
 from pipeline.errors import DataError
-from pipeline.io import load_table
+from pipeline.io import load_table, write_table
 from pipeline.runner import Runner, funnel_table, stage_paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,6 +203,24 @@ def test_cli_stage_runs_on_a_raw_csv(fake, project, tmp_path, capsys):
     rejects = pd.read_parquet(tmp_path / "out" / "kept.rejects.parquet")
     assert rejects["reject_reason"].tolist() == ["too_short"]
     assert json.loads((tmp_path / "out" / "kept.stats.json").read_text())["rows_in"] == 2
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_a_stage_never_sees_line_numbers_whatever_its_input_format(fake, project, tmp_path, capsys, suffix):
+    # a table of records (core fields present) goes to the stage as it is: `_line`, which every format now
+    # carries when read, is the file's business and must not reach the stage or its outputs
+    records = pd.DataFrame({"id": ["a1", "b2", "c3"], "text": ["How do I kill a Python process?", "hi",
+                                                               "Write a poem about spring rain."],
+                            "lang": "en", "source": "pool", "category": "", "subcategory": "", "is_risky": "false"})
+    table = write_table(records, tmp_path / f"records{suffix}")
+    out = tmp_path / "out" / "kept.parquet"
+    assert bsa(["stage", "fake", "--input", str(table), "--output", str(out), "--config", str(project)]) == 0, \
+        capsys.readouterr().err
+    assert fake.CALLS  # the stage ran
+    kept, rejects = pd.read_parquet(out), pd.read_parquet(tmp_path / "out" / "kept.rejects.parquet")
+    assert "_line" not in kept.columns and "_line" not in rejects.columns
+    assert kept["id"].tolist() == ["a1", "c3"] and rejects["id"].tolist() == ["b2"]
+    assert json.loads((tmp_path / "out" / "kept.stats.json").read_text())["rows_in"] == 3
 
 
 def test_cli_reports_bad_input_as_one_clean_line(fake, project, tmp_path, capsys):
