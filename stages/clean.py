@@ -22,7 +22,7 @@ Adds columns: `n_chars` (characters of the stripped text), `n_tokens` (tokens as
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -40,6 +40,8 @@ CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
 INVALID = "\ufffd\ud800-\udfff"  # what a lossy decode leaves behind
 CONTROL = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"  # C0 and C1 controls but tab, newline and carriage return
 _TOKEN = re.compile(f"[{CJK}]|[^\\s{CJK}{CJK_PUNCT}]+")
+
+Reject = Callable[[int, str, str], None]  # (row, reason, detail): records the row's first problem
 
 # character classes, one bit each, in the lookup table of every code point (`char_classes`)
 SPACE, KANA_BIT, HAN_BIT, PUNCT, INVALID_BIT, CONTROL_BIT, SUSPECT, WORD, DIGIT = (1 << i for i in range(9))
@@ -239,7 +241,7 @@ class Cleaner:
                 reasons[row], details[row] = reason, detail
 
         for row in np.flatnonzero(n_chars == 0):
-            reject(row, "empty")
+            reject(row, "empty", "")
         for row, at in batch.first((batch.classes & INVALID_BIT) != 0).items():
             reject(row, "invalid_text", f"U+{batch.cps[batch.start[row] + at]:04X} at character {at}")
         if self.config.mojibake:
@@ -254,7 +256,7 @@ class Cleaner:
         return reasons, details, n_chars, n_tokens
 
     def _check_lengths(self, batch: _Batch, langs: Sequence[object], n_chars: np.ndarray,
-                       n_tokens: np.ndarray, reject) -> None:
+                       n_tokens: np.ndarray, reject: Reject) -> None:
         keys = [lang if isinstance(lang, str) and lang else None for lang in langs]
         if any(key is None for key in keys):
             scripts = _script_langs(batch)
@@ -270,7 +272,7 @@ class Cleaner:
             if problem is not None:
                 reject(row, *problem)
 
-    def _check_char_runs(self, batch: _Batch, reject) -> None:
+    def _check_char_runs(self, batch: _Batch, reject: Reject) -> None:
         """A run of the same non-space character longer than `max_char_run`."""
         cps, limit = batch.cps, self.config.max_char_run
         # covered[i]: the `span` characters after position i all equal it; the span doubles up to the limit
@@ -290,7 +292,7 @@ class Cleaner:
             reject(row, "repetitive", f"'{chr(cps[position])}' repeated {end - position} times")
 
     def _check_ngrams(self, batch: _Batch, starts: np.ndarray, n_tokens: np.ndarray,
-                      reasons: list[str | None], reject) -> None:
+                      reasons: list[str | None], reject: Reject) -> None:
         """A share of tokens inside repeated n-grams above the limit.
 
         A token inside a repeated n-gram repeats an earlier token, so its (casefolded) first character
