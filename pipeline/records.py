@@ -97,7 +97,8 @@ def ingest_source(source: SourceConfig, taxonomy: Taxonomy | None = None) -> tup
         records["is_risky"] = pd.NA
     records["is_risky"] = records["is_risky"].astype("boolean")
     if source.category_map:
-        records["category"] = records["category"].map(lambda v: source.category_map.get(v, v) if v else v)
+        records["category"] = records["category"].map(
+            lambda v: source.category_map.get(v, v) if isinstance(v, str) else v)  # missing stays missing
     # a `Category-Subcategory` label in the category column fills both fields
     if taxonomy is not None:
         records["category"], records["subcategory"] = split_labels(records["category"], records["subcategory"],

@@ -75,6 +75,21 @@ def test_constant_risk_category_map_query_and_limit(tmp_path):
     assert records["subcategory"].tolist()[0] == "Violent Content"
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_category_map_leaves_missing_categories_missing(tmp_path, suffix):
+    content = (jsonl({"goal": "a prompt about knives", "kind": "violence"}, {"goal": "a prompt with no kind"},
+                     {"goal": "a prompt with a blank kind", "kind": ""})
+               if suffix == ".jsonl" else
+               "goal,kind\na prompt about knives,violence\na prompt with no kind,\n")
+    config = source(tmp_path, f"mapped{suffix}", content, text="goal", category="kind",
+                    category_map={"violence": "Violence and Terrorism-Violent Content"})
+    records, rejects = ingest([config], TAXONOMY)
+    assert rejects.empty
+    assert records["category"].iloc[0] == "Violence and Terrorism"
+    assert records["subcategory"].iloc[0] == "Violent Content"
+    assert all(pd.isna(v) or v == "" for v in records["category"].iloc[1:])
+
+
 def test_an_id_column_is_kept_as_text(tmp_path):
     config = source(tmp_path, "x.csv", "id,prompt\n007,first\n8,second\n", text="prompt", id="id")
     records, _ = ingest([config])
