@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -32,21 +31,27 @@ from pydantic import Field
 
 from pipeline.config import Section
 from pipeline.stage import StageContext, StageResult, split_by_reason
+from stages.charclass import (
+    CASED_LIMIT,
+    CHUNK_ROWS,
+    CJK,
+    CJK_PUNCT,
+    CONTROL_BIT,
+    HAN_BIT,
+    INVALID_BIT,
+    KANA_BIT,
+    PUNCT,
+    SPACE,
+    SUSPECT,
+    casefold_initials,
+    char_classes,
+    code_points,
+)
 
-KANA = "\u3040-\u30ff\u31f0-\u31ff"
-HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-CJK = KANA + HAN  # scripts written without spaces: one character, one token
-CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"
-INVALID = "\ufffd\ud800-\udfff"  # what a lossy decode leaves behind
-CONTROL = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"  # C0 and C1 controls but tab, newline and carriage return
 _TOKEN = re.compile(f"[{CJK}]|[^\\s{CJK}{CJK_PUNCT}]+")
 
 Reject = Callable[[int, str, str], None]  # (row, reason, detail): records the row's first problem
 
-# character classes, one bit each, in the lookup table of every code point (`char_classes`)
-SPACE, KANA_BIT, HAN_BIT, PUNCT, INVALID_BIT, CONTROL_BIT, SUSPECT, WORD, DIGIT = (1 << i for i in range(9))
-CASED_LIMIT = 0x20000  # no code point from here on has a case
-CHUNK_ROWS = 10_000  # rows per batch: small enough that numpy's temporaries stay in cache and on the heap
 
 
 class LengthBounds(Section):
@@ -117,18 +122,6 @@ def repeated_share(words: Sequence[str], n: int) -> float:
     return repeated / len(words)
 
 
-def mojibake_suspects() -> re.Pattern[str]:
-    """The characters without which ftfy's detector cannot fire: a cheap test that skips it for most text.
-
-    Every pattern of `ftfy.badness.BADNESS_RE` needs a character of its categories or one of its literal
-    non-ASCII letters; both sets are read from ftfy, so the shortcut follows ftfy's own definition.
-    """
-    from ftfy.badness import BADNESS_RE, MOJIBAKE_CATEGORIES
-
-    literal = {c for c in BADNESS_RE.pattern if ord(c) > 127}
-    return re.compile(f"[{''.join(MOJIBAKE_CATEGORIES.values())}{''.join(sorted(literal))}]")
-
-
 def is_mojibake(text: str) -> bool:
     """ftfy's judgement: does the text contain character sequences typical of mis-decoded UTF-8?"""
     from ftfy.badness import is_bad
@@ -137,29 +130,6 @@ def is_mojibake(text: str) -> bool:
 
 
 # -- the batch: every text as code points, every code point with its classes ---------------------------
-
-def code_points(text: str) -> np.ndarray:
-    """The text as an array of code points (lone surrogates kept)."""
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-
-
-@lru_cache(maxsize=1)
-def char_classes() -> np.ndarray:
-    """A table of the class bits of every code point, built from the same patterns as the per-text checks."""
-    every_char = "".join(map(chr, range(0x110000)))
-    table = np.zeros(0x110000, dtype=np.uint16)
-    for bit, pattern in [(SPACE, r"\s"), (KANA_BIT, f"[{KANA}]"), (HAN_BIT, f"[{HAN}]"),
-                         (PUNCT, f"[{CJK_PUNCT}]"), (INVALID_BIT, f"[{INVALID}]"), (CONTROL_BIT, f"[{CONTROL}]"),
-                         (SUSPECT, mojibake_suspects().pattern), (WORD, r"\w"), (DIGIT, r"\d")]:
-        table[code_points("".join(re.findall(pattern, every_char)))] |= bit
-    return table
-
-
-@lru_cache(maxsize=1)
-def casefold_initials() -> np.ndarray:
-    """The first code point of each character's casefold, for code points below U+20000 (none above has case)."""
-    return np.array([ord(chr(c).casefold()[0]) for c in range(CASED_LIMIT)], dtype=np.uint32)
-
 
 @dataclass
 class _Batch:

@@ -37,7 +37,7 @@ from pipeline.config import BuildConfig, Section
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import write_text
 from pipeline.stage import StageContext, StageResult, split_by_reason
-from stages.clean import (
+from stages.charclass import (
     CHUNK_ROWS,
     DIGIT,
     HAN,

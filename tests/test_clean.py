@@ -66,6 +66,24 @@ def test_each_reason_fires(text, reason):
     assert reason_of(text) == reason
 
 
+def test_a_batch_gives_each_row_what_it_gets_alone(monkeypatch):
+    texts = [*CLEAN_TEXTS, "", None, "Please help me right now!!!!!!!!!!!!!!!!!!!!", "Help me " + "a" * 16 + " please", "Help me " + "a" * 15 + " please",
+             "buy now buy now buy now buy now buy now", "How do I reset my\x00 router password?",
+             "Donâ€™t forget to bring your umbrella tomorrow.", "请帮我请帮我请帮我请帮我请帮我", "今天天气很好",
+             "x" * 1999 + " y z", "Where can I buy a \ufffd\ufffd charger for my phone?", "THE the The tHe cat sat"]
+    alone = [Cleaner(Config()).check(text, None) for text in texts]
+    monkeypatch.setattr(clean, "CHUNK_ROWS", 4)  # several chunks, rows of one check on both sides of a border
+    result = run_clean(texts)
+    together = pd.concat([result.kept, result.rejected]).set_index("id").loc[[str(i) for i in range(len(texts))]]
+    for (reason, detail, n_chars, n_tokens), (_, row) in zip(alone, together.iterrows(), strict=True):
+        assert (row.get("reject_reason") if isinstance(row.get("reject_reason"), str) else None) == reason
+        assert (row.get("reject_detail") if isinstance(row.get("reject_detail"), str) else "") == detail
+        assert (row["n_chars"], row["n_tokens"]) == (n_chars, n_tokens)
+    assert together.loc["9", "reject_reason"] == "repetitive"  # 16 'a': a run over the limit of 15
+    assert together.loc["9", "reject_detail"] == "'a' repeated 16 times"
+    assert pd.isna(together.loc["10", "reject_reason"])  # 15 'a': within the limit
+
+
 def test_reasons_and_details_in_rejects():
     result = run_clean(["A clean sentence about the weather today.", "", "Hi there"])
     assert list(result.kept["id"]) == ["0"]
@@ -112,7 +130,7 @@ def test_mojibake_shortcut_agrees_with_ftfy():
     from ftfy import fix_text
     from ftfy.badness import is_bad
 
-    from stages.clean import mojibake_suspects
+    from stages.charclass import mojibake_suspects
 
     suspects = mojibake_suspects()
     samples = [t.encode("utf-8").decode(codec, errors="replace")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ from pipeline.stage import StageContext
 from pipeline.taxonomy import Taxonomy
 from stages import language
 from stages.kenlm_arpa import arpa_text
-from stages.language import Config, LanguageModel, lm_text, load_lm, perplexities, train_models
+from stages.language import Config, LanguageModel, lm_text, lm_texts, load_lm, perplexities, train_models
 
 ENGLISH = [
     "How do I make a simple tomato sauce at home?",
@@ -138,6 +139,31 @@ def test_lm_tokenisation():
     assert lm_text("我想学Python编程。") == "我 想 学 python 编 程 。"
     assert lm_text("我想学 Python，3个月。", "chars") == "我 想 学 p y t h o n ， 0 个 月 。"
     assert lm_text("   ") == lm_text("", "chars") == ""
+
+
+TOKENISE_CASES = ["Don't pay $1,250  now!", "line one\nline two", "", "  ", "ΣΑΣ ΟΔΟΣ", "İstanbul x²³ ①② ٣",
+                  "x\u3000y\xa0z\u2028w", "😀 hi 𠀀𠀁", "tab\there\x1fx", "我想学 Python，3个月。", "東京でお茶を",
+                  "snake_case and CamelCase_2", "a\u0301 combining"]
+
+
+def reference_tokens(text: str, unit: str) -> str:
+    """The tokenisation rule written as regular expressions, one text at a time."""
+    from stages.charclass import CJK
+
+    text = re.sub(r"\d", "0", text.lower())
+    if unit == "chars":
+        return " ".join("".join(text.split()))
+    return " ".join(re.findall(f"[{CJK}]|[^\\W{CJK}]+|[^\\w\\s]", text))
+
+
+@pytest.mark.parametrize("unit", ["words", "chars"])
+def test_batch_tokenisation_equals_the_per_text_rule(unit):
+    lines, counts = lm_texts(TOKENISE_CASES, unit)
+    assert len(lines) == len(counts) == len(TOKENISE_CASES)
+    for text, line, count in zip(TOKENISE_CASES, lines, counts, strict=True):
+        expected = reference_tokens(text, unit)
+        assert line.split() == expected.split(), text
+        assert count == len(expected.split()), text
 
 
 def test_training_writes_loadable_normalised_arpa(tmp_path):
