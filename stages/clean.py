@@ -53,7 +53,6 @@ _TOKEN = re.compile(f"[{CJK}]|[^\\s{CJK}{CJK_PUNCT}]+")
 Reject = Callable[[int, str, str], None]  # (row, reason, detail): records the row's first problem
 
 
-
 class LengthBounds(Section):
     """Length bounds for one language; a field left unset inherits the stage default."""
 
