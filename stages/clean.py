@@ -306,7 +306,7 @@ def run(records: pd.DataFrame, config: Config, ctx: StageContext) -> StageResult
     texts = records["text"].tolist()
     langs = records["lang"].tolist() if "lang" in records.columns else [None] * len(texts)
     cleaner, checked = Cleaner(config), []
-    for begin in range(0, len(texts), CHUNK_ROWS):
+    for begin in ctx.progress(range(0, len(texts), CHUNK_ROWS), desc=f"clean ({CHUNK_ROWS:,} rows a step)"):
         checked.append(cleaner.check_all(texts[begin:begin + CHUNK_ROWS], langs[begin:begin + CHUNK_ROWS]))
     reasons = [reason for chunk in checked for reason in chunk[0]]
     details = [detail for chunk in checked for detail in chunk[1]]
