@@ -58,7 +58,7 @@ class EmbeddingModel(Section):
 
 class EmbeddingConfig(Section):
     enabled: bool = True
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)  # MiniLM on 2 CPU cores: 32 ran about a fifth faster than 64, 128 slower
     block_rows: int = Field(2048, ge=1)  # rows scored against the rest at a time
     models: dict[str, EmbeddingModel] = {  # by language code; `default` for every other language
         "en": EmbeddingModel(name=embed_dedup.MINILM, threshold=0.82),

