@@ -5,7 +5,9 @@ BSA ?= .venv/bin/bsa
 CONFIG ?= configs/default.yaml
 SET ?=
 SETS := $(foreach s,$(SET),--set $(s))
-BUILD ?= $(shell $(PY) -c "from pipeline.config import load_config as l; print(l('$(CONFIG)').build_dir)" 2>/dev/null || echo build)
+# the configured build dir, read once (`:=`: a recursive variable would start Python at every use)
+BUILD ?= $(shell $(PY) -c "import sys; from pipeline.config import load_config as l; print(l(sys.argv[1], sys.argv[2:]).build_dir)" '$(CONFIG)' $(SET) 2>/dev/null || echo build)
+BUILD := $(BUILD)
 # stage files in the configured order, e.g. "00_ingest 01_clean 02_language ..."
 ORDER := $(shell $(BSA) order --config $(CONFIG) $(SETS) 2>/dev/null || echo 00_ingest 01_clean 02_language 03_dedup 04_relevance 05_annotations 06_synthesis 07_difficulty)
 LAST := $(lastword $(ORDER))
