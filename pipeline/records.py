@@ -147,8 +147,9 @@ def split_labels(category: pd.Series, subcategory: pd.Series,
         return category, subcategory
     parts = candidates.str.strip().str.partition("-")
     major, minor = parts[0].str.strip().to_numpy(dtype=object), parts[2].str.strip().to_numpy(dtype=object)
-    allowed = [(cat, sub) for cat, subs in taxonomy.categories.items() for sub in ["", *subs]]
-    valid = pd.MultiIndex.from_arrays([major, minor]).isin(allowed)
+    pairs = list(zip(major, minor, strict=True))
+    known = {pair for pair in set(pairs) if taxonomy.is_valid(*pair)}  # each distinct label checked once
+    valid = np.fromiter((pair in known for pair in pairs), dtype=bool, count=len(pairs))
     if not valid.any():
         return category, subcategory
     category, subcategory = category.astype(object), subcategory.astype(object)  # copies

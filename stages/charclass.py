@@ -8,6 +8,7 @@ control and replacement characters, ftfy's mojibake characters), so numpy and `r
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -58,3 +59,39 @@ def char_classes() -> np.ndarray:
 def casefold_initials() -> np.ndarray:
     """The first code point of each character's casefold, for code points below U+20000 (none above has case)."""
     return np.array([ord(chr(c).casefold()[0]) for c in range(CASED_LIMIT)], dtype=np.uint32)
+
+
+@dataclass
+class Batch:
+    """Texts joined into one code point array, a newline after each (so no run or token crosses rows)."""
+
+    texts: list[str]
+    lengths: np.ndarray  # characters of each text
+    cps: np.ndarray  # code points
+    classes: np.ndarray  # class bits of each code point
+    start: np.ndarray  # offset of each text's first code point
+
+    @classmethod
+    def of(cls, texts: list[str]) -> Batch:
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        cps = code_points("".join(f"{t}\n" for t in texts))
+        return cls(texts, lengths, cps, char_classes()[cps], np.cumsum(lengths + 1) - (lengths + 1))
+
+    def per_row(self, mask: np.ndarray) -> np.ndarray:
+        """How many positions of each text the mask selects."""
+        edges = np.append(self.start, len(self.cps))
+        return np.diff(np.searchsorted(np.flatnonzero(mask), edges)).astype(np.int64)
+
+    def first(self, mask: np.ndarray) -> dict[int, int]:
+        """Text -> offset (within it) of the first position the mask selects, for the texts it selects."""
+        positions = np.flatnonzero(mask)
+        rows = np.searchsorted(self.start, positions, side="right") - 1
+        firsts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1]))) if len(rows) else rows
+        return {int(rows[i]): int(positions[i] - self.start[rows[i]]) for i in firsts}
+
+
+def token_starts(alone: np.ndarray, separator: np.ndarray) -> np.ndarray:
+    """Positions where a token starts: every character that stands alone, and the first of every run of
+    characters that are neither alone nor separators."""
+    word = ~separator & ~alone
+    return alone | (word & ~np.concatenate(([False], word[:-1])))

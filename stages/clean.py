@@ -43,9 +43,9 @@ from stages.charclass import (
     PUNCT,
     SPACE,
     SUSPECT,
+    Batch,
     casefold_initials,
-    char_classes,
-    code_points,
+    token_starts,
 )
 
 _TOKEN = re.compile(f"[{CJK}]|[^\\s{CJK}{CJK_PUNCT}]+")
@@ -101,7 +101,7 @@ def tokens(text: str) -> list[str]:
 
 def script_lang(text: str) -> str | None:
     """`ja` for text with kana, `zh` for text mostly in Han characters, else None."""
-    return _script_langs(_batch([text]))[0]
+    return _script_langs(Batch.of([text]))[0]
 
 
 def repeated_share(words: Sequence[str], n: int) -> float:
@@ -128,58 +128,17 @@ def is_mojibake(text: str) -> bool:
     return is_bad(text)
 
 
-# -- the batch: every text as code points, every code point with its classes ---------------------------
+# -- the checks, on a Batch (stages/charclass.py) of texts ------------------------------------------------
 
-@dataclass
-class _Batch:
-    """Stripped texts joined into one code point array, a newline after each (so no run or token crosses rows)."""
-
-    texts: list[str]
-    cps: np.ndarray  # code points
-    classes: np.ndarray  # class bits per code point
-    start: np.ndarray  # offset of each row's first code point
-
-    def per_row(self, mask: np.ndarray) -> np.ndarray:
-        """How many positions of each row the mask selects."""
-        edges = np.append(self.start, len(self.cps))
-        return np.diff(np.searchsorted(np.flatnonzero(mask), edges)).astype(np.int64)
-
-    def rows(self, positions: np.ndarray) -> np.ndarray:
-        """The row of each position."""
-        return np.searchsorted(self.start, positions, side="right") - 1
-
-    def first(self, mask: np.ndarray) -> dict[int, int]:
-        """Row -> offset (within its text) of the first position the mask selects, for rows it selects."""
-        positions = np.flatnonzero(mask)
-        rows = self.rows(positions)
-        firsts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1]))) if len(rows) else rows
-        return {int(rows[i]): int(positions[i] - self.start[rows[i]]) for i in firsts}
-
-
-def _batch(texts: list[str]) -> _Batch:
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1
-    cps = code_points("".join(f"{t}\n" for t in texts))
-    return _Batch(texts, cps, char_classes()[cps], np.cumsum(lengths) - lengths)
-
-
-def _script_langs(batch: _Batch) -> list[str | None]:
+def _script_langs(batch: Batch) -> list[str | None]:
     """`script_lang` of every row of a batch."""
     non_ascii = batch.per_row(batch.cps > 127)
     kana = batch.per_row((batch.classes & KANA_BIT) != 0)
     han = batch.per_row((batch.classes & HAN_BIT) != 0)
     spaces = batch.per_row(batch.cps == 32)
-    lengths = np.fromiter(map(len, batch.texts), dtype=np.int64, count=len(batch.texts))
-    zh = han * 2 >= lengths - spaces
+    zh = han * 2 >= batch.lengths - spaces
     return [None if not a else "ja" if k else "zh" if z else None
             for a, k, z in zip(non_ascii, kana, zh, strict=True)]
-
-
-def _token_starts(batch: _Batch) -> np.ndarray:
-    """Positions where a token starts: every CJK character, and the first character of every other word."""
-    classes = batch.classes
-    cjk = (classes & (KANA_BIT | HAN_BIT)) != 0
-    word = (classes & (SPACE | KANA_BIT | HAN_BIT | PUNCT)) == 0
-    return cjk | (word & ~np.concatenate(([False], word[:-1])))
 
 
 class Cleaner:
@@ -198,9 +157,10 @@ class Cleaner:
                   ) -> tuple[list[str | None], list[str], np.ndarray, np.ndarray]:
         """Reason (or None), detail, n_chars and n_tokens of every text."""
         stripped = [t.strip() if isinstance(t, str) else "" for t in texts]
-        batch = _batch(stripped)
-        n_chars = np.fromiter(map(len, stripped), dtype=np.int64, count=len(stripped))
-        starts = _token_starts(batch)
+        batch = Batch.of(stripped)
+        n_chars = batch.lengths
+        cjk = (batch.classes & (KANA_BIT | HAN_BIT)) != 0
+        starts = token_starts(cjk, (batch.classes & (SPACE | PUNCT)) != 0)  # CJK punctuation is not a token
         n_tokens = batch.per_row(starts)
         reasons: list[str | None] = [None] * len(stripped)
         details = [""] * len(stripped)
@@ -224,7 +184,7 @@ class Cleaner:
         self._check_ngrams(batch, starts, n_tokens, reasons, reject)
         return reasons, details, n_chars, n_tokens
 
-    def _check_lengths(self, batch: _Batch, langs: Sequence[object], n_chars: np.ndarray,
+    def _check_lengths(self, batch: Batch, langs: Sequence[object], n_chars: np.ndarray,
                        n_tokens: np.ndarray, reject: Reject) -> None:
         keys = [lang if isinstance(lang, str) and lang else None for lang in langs]
         if any(key is None for key in keys):
@@ -241,7 +201,7 @@ class Cleaner:
             if problem is not None:
                 reject(row, *problem)
 
-    def _check_char_runs(self, batch: _Batch, reject: Reject) -> None:
+    def _check_char_runs(self, batch: Batch, reject: Reject) -> None:
         """A run of the same non-space character longer than `max_char_run`."""
         cps, limit = batch.cps, self.config.max_char_run
         # covered[i]: the `span` characters after position i all equal it; the span doubles up to the limit
@@ -260,7 +220,7 @@ class Cleaner:
                 end += 1
             reject(row, "repetitive", f"'{chr(cps[position])}' repeated {end - position} times")
 
-    def _check_ngrams(self, batch: _Batch, starts: np.ndarray, n_tokens: np.ndarray,
+    def _check_ngrams(self, batch: Batch, starts: np.ndarray, n_tokens: np.ndarray,
                       reasons: list[str | None], reject: Reject) -> None:
         """A share of tokens inside repeated n-grams above the limit.
 

@@ -37,18 +37,7 @@ from pipeline.config import BuildConfig, Section
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import write_text
 from pipeline.stage import StageContext, StageResult, split_by_reason
-from stages.charclass import (
-    CHUNK_ROWS,
-    DIGIT,
-    HAN,
-    HAN_BIT,
-    KANA,
-    KANA_BIT,
-    SPACE,
-    WORD,
-    char_classes,
-    code_points,
-)
+from stages.charclass import CHUNK_ROWS, DIGIT, HAN, HAN_BIT, KANA, KANA_BIT, SPACE, WORD, Batch, token_starts
 
 _KANA = re.compile(f"[{KANA}]")
 _HAN = re.compile(f"[{HAN}]")
@@ -89,24 +78,20 @@ def lm_texts(texts: Sequence[str], unit: str = "words") -> tuple[list[str], np.n
     once: the texts become one array of code points, and a token boundary becomes a space. The strings may
     hold runs of spaces (KenLM and `str.split` skip them); `lm_text` gives the single-spaced form.
     """
-    lowered = "\n".join(t.replace("\n", " ") if "\n" in t else t for t in texts).lower()
-    if not lowered:
-        return [""] * len(texts), np.zeros(len(texts), dtype=np.int64)
-    cps = code_points(lowered)
-    classes = char_classes()[cps]
+    if not texts:
+        return [], np.zeros(0, dtype=np.int64)
+    batch = Batch.of([text.lower() for text in texts])
+    cps, classes = batch.cps, batch.classes
     space = (classes & SPACE) != 0
     alone = ~space if unit == "chars" else ((classes & (KANA_BIT | HAN_BIT)) != 0) | ((classes & (WORD | SPACE)) == 0)
     folded = np.where((classes & DIGIT) != 0, ord("0"), np.where(space, ord(" "), cps)).astype(np.uint32)
-    folded[cps == ord("\n")] = ord("\n")  # the row separators
+    folded[batch.start + batch.lengths] = ord("\n")  # the newline after each text (inner ones became spaces)
     width = 1 + 2 * alone.astype(np.int64)  # a character that stands alone gets a space on each side
     ends = np.cumsum(width)
     spaced = np.full(int(ends[-1]), ord(" "), dtype=np.uint32)
     spaced[ends - width + alone] = folded
-    word = ~space & ~alone
-    starts = alone | (word & ~np.concatenate(([False], word[:-1])))
-    edges = np.append(np.flatnonzero(cps == ord("\n")), len(cps))
-    counts = np.diff(np.concatenate(([0], np.searchsorted(np.flatnonzero(starts), edges))))
-    return spaced.tobytes().decode("utf-32-le", "surrogatepass").split("\n"), counts
+    lines = spaced.tobytes().decode("utf-32-le", "surrogatepass").split("\n")[:-1]
+    return lines, batch.per_row(token_starts(alone, space))
 
 
 def lm_text(text: str, unit: str = "words") -> str:
