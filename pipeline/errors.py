@@ -19,3 +19,8 @@ class DataError(BsaError):
         where = self.path + (f":{line}" if line is not None else "")
         what = f" field '{field}':" if field else ""
         super().__init__(f"{where}:{what} {message}")
+
+
+class EndpointDown(BsaError):
+    """An LLM endpoint cannot answer (refused, unknown host, bad key, unknown model, a dead local server):
+    the run stops at once instead of recording every request as failed."""

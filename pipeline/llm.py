@@ -8,8 +8,12 @@ reasoning split, structured output, usage and cost, and the embedded local llama
 
 Every request ends exactly once, as a result or as a recorded failure (its error and raw text). Results are
 cached by a hash of what determines the reply (endpoint URL, model, messages, sampling parameters, schema,
-sample index), so a rerun, or another stage asking the same thing, sends nothing twice; failures are not
-cached, so the next run retries only those.
+sample index; not how the schema is asked for, which is negotiated), so a rerun, or another stage asking the
+same thing, sends nothing twice; failures are not cached, so the next run retries only those.
+
+An endpoint that cannot answer at all (refused connections or an unknown host for `down_after` seconds,
+`down_after_requests` 401/403/404 replies in a row, a local server dead beyond its restarts) stops the run
+with EndpointDown, naming the endpoint and the cause, instead of failing every request.
 """
 
 from __future__ import annotations
@@ -30,17 +34,27 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from pipeline.config import EndpointConfig, LocalServerConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, EndpointDown
 from pipeline.llm_cache import CachedReply, LLMCache
-from pipeline.llm_client import EndpointClient, SendError, retry_delay
+from pipeline.llm_client import CONNECTION_KINDS, EndpointClient, EndpointHealth, SendError, retry_delay
 from pipeline.reasoning import Split, split_reasoning
-from pipeline.structured import ParseError, extract_json, grammar_schema, response_format, stop_after_object
+from pipeline.structured import (
+    CONSTRAINED,
+    FALLBACK,
+    ParseError,
+    extract_json,
+    first_form,
+    grammar_schema,
+    rejects_response_format,
+    response_format,
+    stop_after_object,
+)
 
 if TYPE_CHECKING:
     import aiohttp
 
     from pipeline.config import BuildConfig
-    from pipeline.local_server import LocalServer
+    from pipeline.local_server import LocalServer, ServerWatch
 
 log = logging.getLogger("bsa.llm")
 LOCAL = "local"
@@ -70,6 +84,7 @@ class Response:
     content: str = ""  # the answer, reasoning removed
     reasoning: str | None = None
     reasoning_source: str = "none"  # "field" | "think_tags" | "elicited" | "none"
+    reasoning_shape: str = "none"  # pipeline.reasoning.Split.shape: "unterminated" means it never finished
     parsed: dict | None = None  # the JSON object, when a schema was given and the reply parsed
     error: str | None = None  # why it failed (after all retries)
     raw: str = ""  # the raw reply text
@@ -84,25 +99,25 @@ class Response:
 
 @dataclass(slots=True)
 class _Call:
-    """One distinct request on the wire; `targets` are the (index, tag) of every Request it answers."""
+    """One distinct request; `targets` are the (index, tag) of every Request it answers. `payload` is what
+    determines the reply (the cache key hashes it); the body on the wire adds the negotiated structured-output
+    form (`Engine._wire`)."""
 
     endpoint: str
     config: EndpointConfig
     request: Request
     payload: dict[str, Any]
-    body: bytes
+    body: bytes  # the payload serialised: the k samples of a prompt share it (`supports_n`)
     key: str
     elicited: bool
     schema_json: str | None
     targets: list[tuple[int, str]]
     client: EndpointClient | None = None  # set when the call has to be sent (the cache may answer it)
 
-    def body_for(self, parse_attempt: int) -> bytes:
-        """The body of a parse retry: with a fixed seed, a different seed (else the same reply comes back)."""
-        if parse_attempt == 0 or "seed" not in self.payload:
-            return self.body
-        return json.dumps({**self.payload, "seed": self.payload["seed"] + parse_attempt * PARSE_RESEED},
-                          ensure_ascii=False).encode()
+    @property
+    def structured(self) -> bool:
+        """Whether the request asks the server for JSON (elicited reasoning needs free text: prompt only)."""
+        return self.schema_json is not None and not self.elicited
 
 
 class Engine:
@@ -117,6 +132,9 @@ class Engine:
         self.log_dir = Path(log_dir) if log_dir else (Path(cache_path).parent if cache_path else None)
         self._clients: dict[str, EndpointClient] = {}
         self._local: LocalServer | None = None
+        self._watch: ServerWatch | None = None
+        self._forms: dict[str, str] = {}  # endpoint -> structured-output form in use (negotiated)
+        self._health: dict[str, EndpointHealth] = {}
         self._local_model_name: str | None = None
         self._elicit_instruction: str | None = None
         self._usage: Counter = Counter()  # (tag, endpoint, field) -> amount
@@ -147,9 +165,34 @@ class Engine:
         client = self._clients.get(name)
         if client is None:
             config = self._endpoint(name)
-            base_url = self._local_server().start() if config.base_url == LOCAL else config.base_url
+            base_url = self._start_local() if config.base_url == LOCAL else config.base_url
             client = self._clients[name] = EndpointClient(name, config, base_url)
+            self._health[name] = EndpointHealth(name, config, base_url)
         return client
+
+    def _start_local(self) -> str:
+        """Start the embedded server (once) and the watch that restarts it or declares it dead."""
+        server = self._local_server()
+        base_url = server.start()
+        if self._watch is None:
+            from pipeline.local_server import ServerWatch
+
+            self._watch = ServerWatch(server, self._local_moved)
+        return base_url
+
+    def _local_moved(self, base_url: str) -> None:
+        """Point every local endpoint's client at a restarted server's new port."""
+        for name, client in self._clients.items():
+            if self.endpoints[name].base_url == LOCAL:
+                client.set_base_url(base_url)
+
+    def _workers(self, config: EndpointConfig) -> int:
+        """Requests in flight at once: the local server's slots for `local`, else the endpoint's concurrency."""
+        return self.local_config.parallel if config.base_url == LOCAL else config.concurrency
+
+    def structured_form(self, name: str) -> str:
+        """The structured-output form in use for an endpoint (negotiated during the run)."""
+        return self._forms.setdefault(name, first_form(self._endpoint(name).structured_output))
 
     def endpoint_model(self, name: str) -> str:
         """The model an endpoint serves (for provenance): the GGUF file name for the local model."""
@@ -196,33 +239,43 @@ class Engine:
                                    "messages": self._messages(request.messages, elicit)}
         payload.update({name: getattr(config, name) for name in SAMPLING_FIELDS if getattr(config, name) is not None})
         payload.update(request.params)
-        schema_json = None
-        if request.schema is not None:
-            schema_json = json.dumps(grammar_schema(request.schema), sort_keys=True)
-            # a grammar-constrained reply cannot hold <think> tags: elicited reasoning means prompt-only JSON
-            rf = None if elicit else response_format(request.schema, config.structured_output)
-            if rf is not None:
-                payload["response_format"] = rf
-                stop = stop_after_object(request.schema) if config.structured_output == "json_object_schema" else None
-                if stop and "stop" not in payload:
-                    payload["stop"] = stop
+        schema_json = json.dumps(grammar_schema(request.schema), sort_keys=True) if request.schema else None
         if "seed" in payload and request.sample and not config.supports_n:
             payload["seed"] += request.sample  # k samples with a fixed seed must still differ (n: one request)
         body = json.dumps(payload, ensure_ascii=False).encode()  # unsorted: a schema's property order steers grammars
-        digest = hashlib.sha256(f"{self._identity(config)}\n{request.sample}\n".encode())
+        digest = hashlib.sha256(f"{self._identity(config)}\n{request.sample}\n{schema_json}\n".encode())
         digest.update(body)
         return _Call(request.endpoint, config, request, payload, body, digest.hexdigest(), elicit, schema_json,
                      [(index, request.tag)])
+
+    def _wire(self, call: _Call, parse_attempt: int = 0, n: int | None = None) -> bytes:
+        """The body to send: the payload with the endpoint's structured-output form, a parse retry's seed
+        (a fixed seed would bring the same reply back) and `n`."""
+        extra: dict[str, Any] = {}
+        if call.structured:
+            form = self.structured_form(call.endpoint)
+            rf = response_format(call.request.schema, form)
+            if rf is not None:
+                extra["response_format"] = rf
+            stop = stop_after_object(call.request.schema) if form in CONSTRAINED else None
+            if stop and "stop" not in call.payload:
+                extra["stop"] = stop
+        if parse_attempt and "seed" in call.payload:
+            extra["seed"] = call.payload["seed"] + parse_attempt * PARSE_RESEED
+        if n is not None:
+            extra["n"] = n
+        return json.dumps({**call.payload, **extra}, ensure_ascii=False).encode() if extra else call.body
 
     # -- interpreting replies --------------------------------------------------------------------------------
     def _interpret(self, call: _Call, reply: CachedReply) -> Response:
         """A Response from a server reply: reasoning split off, JSON extracted and validated."""
         if call.config.reasoning == "none":
-            split = Split(reply.content.strip(), reply.reasoning, "field" if reply.reasoning else "none")
+            split = Split(reply.content.strip(), reply.reasoning, *(("field",) * 2 if reply.reasoning else ("none",) * 2))
         else:
             split = split_reasoning(reply.content, reply.reasoning)
         source = "elicited" if call.elicited and split.source == "think_tags" else split.source
         response = Response(ok=True, content=split.content, reasoning=split.reasoning, reasoning_source=source,
+                            reasoning_shape=split.shape,
                             raw=reply.content, usage=dict(reply.usage or {}), model=reply.model or call.payload["model"],
                             finish_reason=reply.finish_reason, elicited=call.elicited, key=call.key)
         if call.schema_json is not None:
@@ -243,9 +296,13 @@ class Engine:
             for call in pending:  # only now: a fully cached run needs no key and starts no local server
                 call.client = self._client(call.endpoint)
             if pending:
-                self._run_coroutine(self._execute(pending, responses, bar))
-                if self.cache is not None:
-                    self.cache.flush()
+                try:
+                    self._run_coroutine(self._execute(pending, responses, bar))
+                except BaseExceptionGroup as group:
+                    raise _first_of(group) from None
+                finally:
+                    if self.cache is not None:
+                        self.cache.flush()  # what finished before a stop is kept
         failed = sum(not r.ok for r in responses)
         log.info("%s: %d requests, %d answered without sending, %d failed", desc, len(requests),
                  len(requests) - len(pending), failed)
@@ -302,9 +359,11 @@ class Engine:
         for (endpoint, _), batch in batches.items():
             queues.setdefault(endpoint, deque()).append(batch)
         async with asyncio.TaskGroup() as group:
-            for queue in queues.values():
-                for _ in range(min(queue[0][0].config.concurrency, len(queue))):
-                    group.create_task(self._drain(session, queue, responses, bar))
+            drains = [group.create_task(self._drain(session, queue, responses, bar))
+                      for queue in queues.values() for _ in range(min(self._workers(queue[0][0].config), len(queue)))]
+            if self._watch is not None and any(self.endpoints[name].base_url == LOCAL for name in queues):
+                watcher = group.create_task(self._watch.watch(session))
+                group.create_task(_cancel_when_done(watcher, drains))
 
     async def _drain(self, session: aiohttp.ClientSession, queue: deque[list[_Call]], responses: list,
                      bar: tqdm) -> None:
@@ -320,11 +379,11 @@ class Engine:
     async def _complete_samples(self, session: aiohttp.ClientSession, calls: list[_Call]) -> list[tuple[_Call, Response]]:
         """The samples of one prompt in one request (`n`); a sample that the server did not return, or whose
         reply does not parse, is then sent alone."""
-        body = json.dumps({**calls[0].payload, "n": len(calls)}, ensure_ascii=False).encode()
         try:
-            replies, tries = await self._send(session, calls[0], body)
+            replies, tries, body = await self._send(session, calls[0], n=len(calls))
         except SendError as err:
-            return [(call, self._failure(call, body, str(err), err.raw, err.attempts, err.kind)) for call in calls]
+            return [(call, self._failure(call, call.body, str(err), err.raw, err.attempts, err.kind))
+                    for call in calls]
         done, alone = [], []
         for call, reply in itertools.zip_longest(calls, replies[:len(calls)]):
             response = self._interpret(call, reply) if reply is not None else None
@@ -332,19 +391,18 @@ class Engine:
                 alone.append(call)
                 continue
             response.attempts = tries
-            self._store(call, call.body, reply)
+            self._store(call, body, reply)
             done.append((call, response))
         return done + [(call, await self._complete(session, call)) for call in alone]
 
     async def _complete(self, session: aiohttp.ClientSession, call: _Call) -> Response:
         """Send a call until it yields a valid reply or its retries run out; cache or log the outcome."""
-        config, attempts = call.config, 0
+        config, attempts, body = call.config, 0, call.body
         for parse_attempt in range(config.parse_retries + 1):
-            body = call.body_for(parse_attempt)
             try:
-                replies, tries = await self._send(session, call, body)
+                replies, tries, body = await self._send(session, call, parse_attempt)
             except SendError as err:
-                return self._failure(call, body, str(err), err.raw, attempts + err.attempts, err.kind)
+                return self._failure(call, call.body, str(err), err.raw, attempts + err.attempts, err.kind)
             attempts += tries
             reply = replies[0]
             response = self._interpret(call, reply)
@@ -360,24 +418,51 @@ class Engine:
         if self.cache is not None:
             self.cache.put(call.key, call.endpoint, body.decode(), reply)
 
-    async def _send(self, session: aiohttp.ClientSession, call: _Call, body: bytes) -> tuple[list[CachedReply], int]:
-        """The reply's choices for `body`, retrying transient failures with backoff (raises SendError at the end)."""
-        config = call.config
-        for attempt in range(config.max_retries + 1):
+    async def _send(self, session: aiohttp.ClientSession, call: _Call, parse_attempt: int = 0,
+                    n: int | None = None) -> tuple[list[CachedReply], int, bytes]:
+        """The reply's choices and the body that got them, retrying transient failures with backoff (raises
+        SendError at the end). Asking again in the next structured-output form, or after the local server
+        was restarted, spends no retry; an endpoint found down raises EndpointDown."""
+        config, health, attempt = call.config, self._health[call.endpoint], 0
+        local = self._watch if config.base_url == LOCAL else None
+        while True:
+            form = self.structured_form(call.endpoint) if call.structured else None
+            body = self._wire(call, parse_attempt, n)
+            generation = local.generation if local else 0
             self._count(call, "sent")
             try:
                 replies = await call.client.send_once(session, body)
             except SendError as err:
                 self._count(call, f"error:{err.kind}")
+                if form is not None and self._fall_back(call, err, form):
+                    continue
+                if local and err.kind in CONNECTION_KINDS and await local.recover(generation):
+                    continue
+                health.failed(err)
                 if not err.retryable or attempt == config.max_retries:
                     err.attempts = attempt + 1
                     raise
                 await asyncio.sleep(retry_delay(attempt, err.retry_after, config.backoff_base, config.backoff_max))
+                attempt += 1
                 continue
+            health.answered()
             self._count(call, "prompt_tokens", replies[0].usage["prompt_tokens"])
             self._count(call, "completion_tokens", replies[0].usage["completion_tokens"])
-            return replies, attempt + 1
-        raise AssertionError("unreachable")
+            return replies, attempt + 1, body
+
+    def _fall_back(self, call: _Call, err: SendError, sent: str) -> bool:
+        """After a 400 that rejects the structured-output form `sent`: move the endpoint to the next form (once,
+        whichever request saw it first) and say so; True when the request should be asked again."""
+        if not rejects_response_format(err.status, err.raw):
+            return False
+        if self.structured_form(call.endpoint) != sent:
+            return True  # another request already moved on: ask again in the current form
+        if sent not in FALLBACK:
+            return False
+        self._forms[call.endpoint] = FALLBACK[sent]
+        log.warning("endpoint '%s' rejected response_format %s (%s): using %s from now on", call.endpoint, sent,
+                    err.detail[:200], FALLBACK[sent])
+        return True
 
     def _failure(self, call: _Call, body: bytes, error: str, raw: str, attempts: int, kind: str,
                  response: Response | None = None) -> Response:
@@ -436,12 +521,16 @@ class Engine:
                 bucket[name] += amount
         for endpoint, bucket in report["by_endpoint"].items():
             bucket["model"] = self.endpoint_model(endpoint)
+            if endpoint in self._forms:
+                bucket["structured_output"] = self._forms[endpoint]
             bucket["cost_usd"] = _cost(bucket, self.endpoints[endpoint].price_per_million)
             report["cost_usd"] += bucket["cost_usd"]
         for (tag_name, endpoint), bucket in pairs.items():
             report["by_tag"][tag_name]["cost_usd"] += _cost(bucket, self.endpoints[endpoint].price_per_million)
         for bucket in (report, *report["by_tag"].values()):
             bucket["cost_usd"] = round(bucket["cost_usd"], 6)
+        if self._watch is not None and self._watch.events:
+            report["local_server_events"] = list(self._watch.events)
         return report
 
     # -- lifetime --------------------------------------------------------------------------------------------
@@ -475,6 +564,21 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _cancel_when_done(watcher: asyncio.Task, drains: list[asyncio.Task]) -> None:
+    """Stop the local server's watch once every worker is done."""
+    await asyncio.wait(drains)
+    watcher.cancel()
+
+
+def _first_of(group: BaseExceptionGroup) -> BaseException:
+    """The exception to raise for a failed task group: an EndpointDown first, else the first error."""
+    down = group.subgroup(EndpointDown)
+    leaves = down if down is not None else group
+    while isinstance(leaves, BaseExceptionGroup):
+        leaves = leaves.exceptions[0]
+    return leaves
 
 
 def _empty_usage() -> dict[str, Any]:

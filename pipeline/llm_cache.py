@@ -24,11 +24,12 @@ log = logging.getLogger("bsa.llm.cache")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
     key TEXT PRIMARY KEY, endpoint TEXT, model TEXT, request TEXT, content TEXT, reasoning TEXT,
-    finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL);
+    finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, reasoning_tokens INTEGER,
+    created REAL);
 CREATE TABLE IF NOT EXISTS failures (
     key TEXT PRIMARY KEY, endpoint TEXT, request TEXT, error TEXT, raw TEXT, attempts INTEGER, updated REAL);
 """
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _CHUNK = 500  # keys per SELECT (SQLite's variable limit is 999 on old builds)
 _PUT, _FAIL, _FLUSH, _STOP = "put", "fail", "flush", "stop"  # messages to the writer thread
 COALESCE = 0.005  # seconds the writer lets writes gather before a commit (fewer wake-ups and commits)
@@ -84,10 +85,12 @@ class LLMCache:
         for start in range(0, len(keys), _CHUNK):
             chunk = keys[start:start + _CHUNK]
             rows = self._db.execute(
-                "SELECT key, content, reasoning, model, finish_reason, prompt_tokens, completion_tokens "
-                f"FROM replies WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-            for key, content, reasoning, model, finish_reason, prompt, completion in rows:
+                "SELECT key, content, reasoning, model, finish_reason, prompt_tokens, completion_tokens, "
+                f"reasoning_tokens FROM replies WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            for key, content, reasoning, model, finish_reason, prompt, completion, thought in rows:
                 usage = None if prompt is None else {"prompt_tokens": prompt, "completion_tokens": completion}
+                if usage is not None and thought is not None:
+                    usage["reasoning_tokens"] = thought
                 found[key] = CachedReply(content, reasoning, model, finish_reason, usage)
         return found
 
@@ -96,7 +99,7 @@ class LLMCache:
         usage = reply.usage or {}
         self._pending.put((_PUT, (key, endpoint, reply.model, request, reply.content, reply.reasoning,
                                   reply.finish_reason, usage.get("prompt_tokens"), usage.get("completion_tokens"),
-                                  time.time())))
+                                  usage.get("reasoning_tokens"), time.time())))
 
     def record_failure(self, key: str, endpoint: str, request: str, error: str, raw: str, attempts: int) -> None:
         """Log a request that failed after all retries (the next run sends it again)."""
@@ -141,7 +144,7 @@ class LLMCache:
         with db:
             db.execute("BEGIN")
             db.executemany("INSERT OR REPLACE INTO failures VALUES (?,?,?,?,?,?,?)", fails)
-            db.executemany("INSERT OR REPLACE INTO replies VALUES (?,?,?,?,?,?,?,?,?,?)", puts)
+            db.executemany("INSERT OR REPLACE INTO replies VALUES (?,?,?,?,?,?,?,?,?,?,?)", puts)
             db.executemany("DELETE FROM failures WHERE key = ?", [(row[0],) for row in puts])
 
     def failures(self) -> list[dict]:

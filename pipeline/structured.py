@@ -48,12 +48,33 @@ def stop_after_object(schema: dict) -> list[str] | None:
     return None if nested else ["}\n", "}\r", "}\t"]
 
 
-def response_format(schema: dict, mode: str) -> dict | None:
-    """The `response_format` body field for a structured-output mode (None: prompt only)."""
-    if mode == "json_object_schema":  # llama.cpp, vLLM: grammar-constrained
+# The ways of asking a server for JSON, and what to try next when it rejects one with a 400 (`auto` starts
+# from json_schema): json_schema (OpenAI, vLLM, SGLang, llama-server), json_object_schema (llama.cpp's
+# `{"type": "json_object", "schema": ...}`), json_object (JSON mode without a schema), none (prompt only;
+# the reply's JSON is found and validated all the same).
+FALLBACK = {"json_schema": "json_object", "json_object_schema": "json_object", "json_object": "none"}
+CONSTRAINED = frozenset({"json_schema", "json_object_schema"})  # decoding follows the schema's grammar
+_REJECTS_FORMAT = re.compile(r"response_format|json_schema|json_object|structured|schema|grammar", re.IGNORECASE)
+
+
+def first_form(setting: str) -> str:
+    """The form to start from for an endpoint's `structured_output` setting."""
+    return "json_schema" if setting == "auto" else setting
+
+
+def rejects_response_format(status: int, body: str) -> bool:
+    """Whether an error reply refuses the request's `response_format` (not the request as a whole)."""
+    return status in (400, 422) and bool(_REJECTS_FORMAT.search(body))
+
+
+def response_format(schema: dict, form: str) -> dict | None:
+    """The `response_format` body field for a form (None: prompt only). Length bounds are never sent."""
+    if form == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "reply", "schema": grammar_schema(schema)}}
+    if form == "json_object_schema":
         return {"type": "json_object", "schema": grammar_schema(schema)}
-    if mode == "json_schema":  # OpenAI style
-        return {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}
+    if form == "json_object":
+        return {"type": "json_object"}
     return None
 
 

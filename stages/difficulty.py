@@ -10,7 +10,8 @@ An item is kept when at least `min_failed` models fail it. Otherwise it is rejec
 `difficulty_unscored` when the models without a verdict could still have reached `min_failed`.
 
 The models' reasoning is what is judged: point `models` at reasoning models (or an endpoint with
-`reasoning: elicit`); an empty reasoning is judged as identifying no risk.
+`reasoning: elicit`); a sample without reasoning gets its scenario's failure label by rule (the judge is not
+asked), so it fails.
 
 Adds columns:
     difficulty_failed   how many models failed the item

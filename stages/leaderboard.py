@@ -1,6 +1,7 @@
 """`bsa leaderboard`: gather `results/*/metrics.json` into `leaderboard.md`, `leaderboard.csv` and
 `leaderboard.png`, beside BSA's published figures (`data/reference/bsa_published.csv`, cited in the `.md`
-beside it) when a run used BSA's released set.
+beside it) when a run used BSA's released set. A run judged by the embedded toy model has its judge marked
+" (toy)".
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from stages.metrics import HEADLINE, markdown_table
 
 PUBLISHED = PROJECT_ROOT / "data" / "reference" / "bsa_published.csv"
 OURS, THEIRS = "this project", "BSA (published)"
+TOY = " (toy)"  # after the judge of a run judged by the embedded model: its figures measure nothing
 COLUMNS = ["model", "source", "benchmark", "items", "k", "judge", *HEADLINE]
 
 
@@ -29,7 +31,8 @@ def result_row(path: Path) -> dict[str, Any]:
         metrics = json.loads(path.read_text(encoding="utf-8"))
         run = metrics["run"]
         return {"model": metrics["model"], "source": OURS, "benchmark": run["benchmark"],
-                "items": metrics["items"], "k": metrics["k"], "judge": run["judge"],
+                "items": metrics["items"], "k": metrics["k"],
+                "judge": f"{run['judge']}{TOY if run.get('judge_is_toy') else ''}",
                 **{name: metrics[name] for name in HEADLINE}}
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(path, f"not a metrics.json written by `bsa eval` ({err!r})") from err
@@ -60,6 +63,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                   "follow the released script's formula). "
                   "Rows of this project with fewer than 2000 items ran on a subset of the released set, and "
                   "every row's figures depend on its judge: compare with care.", ""]
+    if any(str(row["judge"]).endswith(TOY) for row in rows):
+        lines += [f"A judge marked '{TOY.strip()}' is the embedded SmolLM2-135M: its verdicts test the "
+                  "pipeline, and those rows are not a measurement of their model.", ""]
     return "\n".join(lines)
 
 

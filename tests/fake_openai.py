@@ -9,10 +9,18 @@ gets a scripted reply instead: `[[field]]` (a `reasoning_content` field), `[[rea
 field), `[[think]]` (`<think>...</think>` in the content), `[[open-think]]` (an unterminated `<think>`),
 `[[close-think]]` (only `</think>`, as R1 templates leave it). A `reply(payload, seen)` callable replaces all
 of that (`seen` counts the arrivals of the same prompt, from 1); it is called once per choice when the
-request asks for `n` choices (unless `honour_n=False`, a server that ignores `n`).
+request asks for `n` choices (unless `honour_n=False`, a server that ignores `n`). A reply message may carry
+`finish_reason` (default "stop") and `reasoning_tokens` (sent as `usage.completion_tokens_details`); both are
+taken out of the message.
+
+Structured output: `accepts` names the `response_format` forms the server takes (`json_schema`,
+`json_object_schema` (llama.cpp's `{"type": "json_object", "schema": ...}`), `json_object`); a request in
+another form gets a 400 that names `response_format`, as OpenAI, vLLM and llama.cpp answer. A request
+without `response_format` is always taken.
 
 Faults, drawn per arrival from a seeded RNG with the given rates (or chosen by a `faults(payload, seen)`
-callable): `500` (a 5xx), `429` (with Retry-After), `timeout` (no answer for `hang` seconds, then 504),
+callable): `500` (a 5xx), `429` (with Retry-After), `401`, `403`, `404` (a bad key, no access, an unknown
+model), `timeout` (no answer for `hang` seconds, then 504),
 `malformed` (200 with a body that is not a chat completion), `truncated` (the connection drops mid-body),
 `drop` (the connection closes before any reply).
 
@@ -35,7 +43,8 @@ from typing import Any
 
 from aiohttp import web
 
-FAULTS = ("500", "429", "timeout", "malformed", "truncated", "drop")
+FAULTS = ("500", "429", "401", "403", "404", "timeout", "malformed", "truncated", "drop")
+FORMS = ("json_schema", "json_object_schema", "json_object")
 MALFORMED_BODIES = (b'{"choices": [{"message": {"content": "cut', b"<html>Bad Gateway</html>",
                     b'{"id": "x", "object": "chat.completion"}', b'{"choices": []}')
 ReplyFn = Callable[[dict, int], dict]
@@ -46,6 +55,24 @@ def prompt_of(payload: dict) -> str:
     """The text that identifies a request: its last message's content."""
     messages = payload.get("messages") or [{}]
     return str(messages[-1].get("content", ""))
+
+
+def response_format_form(payload: dict) -> str | None:
+    """The structured-output form a request asks for (one of FORMS), None without `response_format`."""
+    rf = payload.get("response_format")
+    if not isinstance(rf, dict):
+        return None
+    if rf.get("type") == "json_object":
+        return "json_object_schema" if "schema" in rf else "json_object"
+    return str(rf.get("type"))
+
+
+def request_schema(payload: dict) -> dict:
+    """The JSON schema a request asks its reply to follow, in whichever form it asks ({} when none)."""
+    rf = payload.get("response_format")
+    if not isinstance(rf, dict):
+        return {}
+    return (rf.get("json_schema") or {}).get("schema") or rf.get("schema") or {}
 
 
 def scripted_message(payload: dict, seen: int) -> dict:
@@ -70,12 +97,14 @@ class FakeOpenAI:
 
     def __init__(self, reply: ReplyFn | None = None, faults: dict[str, float] | FaultFn | None = None,
                  latency: float = 0.0, retry_after: str = "0", hang: float = 5.0, seed: int = 0,
-                 honour_n: bool = True):
+                 honour_n: bool = True, accepts: tuple[str, ...] = FORMS):
         unknown = set(faults) - set(FAULTS) if isinstance(faults, dict) else set()
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)} (known: {', '.join(FAULTS)})")
         self.reply, self.faults, self.latency = reply or scripted_message, faults or {}, latency
         self.retry_after, self.hang, self.honour_n = retry_after, hang, honour_n
+        self.accepts = tuple(accepts)
+        self.rejected_forms: Counter[str] = Counter()  # response_format forms answered with a 400
         self.received: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.payloads: list[dict] = []  # every request body, in arrival order
@@ -115,22 +144,37 @@ class FakeOpenAI:
         self.authorizations[request.headers.get("Authorization", "")] += 1
         if self.latency:
             await asyncio.sleep(self.latency)
+        form = response_format_form(payload)
+        if form is not None and form not in self.accepts:
+            self.rejected_forms[form] += 1
+            return web.json_response({"error": {"message": f"Invalid parameter: 'response_format' of type "
+                                                           f"'{form}' is not supported with this model.",
+                                                "param": "response_format", "type": "invalid_request_error"}},
+                                     status=400)
         fault = self._fault(payload, self.received[prompt])
         if fault is not None:
             return await self._inject(fault, request)
         choices = int(payload.get("n") or 1) if self.honour_n else 1
-        messages = [self.reply(payload, self.received[prompt]) for _ in range(choices)]
+        messages = [dict(self.reply(payload, self.received[prompt])) for _ in range(choices)]
+        finish = [m.pop("finish_reason", "stop") for m in messages]
+        thought = [m.pop("reasoning_tokens", None) for m in messages]
         words = sum(len(str(m.get("content", "")).split()) for m in payload.get("messages", []))
+        usage: dict[str, Any] = {"prompt_tokens": words, "total_tokens": 0,
+                                 "completion_tokens": sum(len(m.get("content", "").split()) for m in messages)}
+        if thought[0] is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": thought[0]}
         body = {"id": "chatcmpl-fake", "object": "chat.completion", "model": payload.get("model", "fake-model"),
-                "choices": [{"index": i, "message": m, "finish_reason": "stop"} for i, m in enumerate(messages)],
-                "usage": {"prompt_tokens": words, "total_tokens": 0,
-                          "completion_tokens": sum(len(m.get("content", "").split()) for m in messages)}}
+                "choices": [{"index": i, "message": m, "finish_reason": f}
+                            for i, (m, f) in enumerate(zip(messages, finish, strict=True))],
+                "usage": usage}
         self.answered[prompt] += 1
         return web.json_response(body)
 
     async def _inject(self, fault: str, request: web.Request) -> web.StreamResponse:
         if fault == "500":
             return web.json_response({"error": {"message": "injected"}}, status=self._random.choice((500, 502, 503)))
+        if fault in ("401", "403", "404"):
+            return web.json_response({"error": {"message": f"injected {fault}"}}, status=int(fault))
         if fault == "429":
             return web.json_response({"error": {"message": "slow down"}}, status=429,
                                      headers={"Retry-After": self.retry_after})

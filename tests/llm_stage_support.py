@@ -15,7 +15,7 @@ from pipeline.prompts import PromptLoader
 from pipeline.records import text_id
 from pipeline.stage import StageContext
 from pipeline.taxonomy import Taxonomy
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, request_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 TAXONOMY = Taxonomy.load(ROOT / "configs" / "taxonomy" / "bsa.yaml")
@@ -59,7 +59,7 @@ def system_text(payload: dict) -> str:
 
 def schema_enum(payload: dict) -> list[str]:
     """The verdicts the request's reply schema allows ([] when it asks for no verdict)."""
-    schema = (payload.get("response_format") or {}).get("schema") or {}
+    schema = request_schema(payload)
     return list(schema.get("properties", {}).get("verdict", {}).get("enum", []))
 
 

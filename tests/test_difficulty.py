@@ -11,9 +11,10 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.prompts import PromptLoader
 from stages import difficulty as stage
-from stages.judges import LABEL_FIELD, SUCCESS, THINK_LABELS, THINK_PROMPTS, UNSCORED
+from stages.judges import FAILURE, LABEL_FIELD, SUCCESS, THINK_LABELS, THINK_PROMPTS, UNSCORED
 from tests.fake_openai import FakeOpenAI
 from tests.llm_stage_support import endpoint, reply, stage_context, system_text, user_text
+from tests.test_eval import judge_labels
 
 SEES, MISSES, GARBAGE = "RISK-SEEN", "nothing to worry about", "JUDGE-GARBAGE"
 # per item: what each light model's reasoning does ("fail" = a request that fails outright)
@@ -36,13 +37,15 @@ def scripted(payload: dict, seen: int) -> dict:
     """Light models answer with a reasoning field; the judge grades it (garbage when told to)."""
     model, text = payload["model"], user_text(payload)
     if model == "fake-judge":
-        labels = payload["response_format"]["schema"]["properties"][LABEL_FIELD]["enum"]
+        labels = judge_labels(payload)
         if GARBAGE in text:
             return reply("the reasoning is... hmm")
         scenario = next(s for s, options in THINK_LABELS.items() if list(options) == labels)
         success = SUCCESS[scenario]
         return reply({LABEL_FIELD: success if SEES in text else next(v for v in labels if v != success),
                       "reason": "scripted"})
+    if model == "light-silent":  # answers without any reasoning
+        return {"role": "assistant", "content": "an answer"}
     if model == "light-k":  # k samples of one query: only the first arrival misses the risk
         return {"role": "assistant", "content": "answer", "reasoning_content": MISSES if seen == 1 else SEES}
     thought = SCRIPT[text][1][model.removeprefix("light-")]
@@ -111,6 +114,15 @@ def test_k_samples_make_one_verdict(tmp_path, server, rule, failed):
     record = json.loads(pd.concat([result.kept, result.rejected])["difficulty_results"].iloc[0])[0]
     assert sorted(record["labels"]) == ["False", "True", "True"]
     assert (record["failed"], record["fails"], record["scored"]) == (failed, 1, 3)
+
+
+def test_a_model_without_reasoning_fails_by_rule_and_no_judge_is_asked(tmp_path, server):
+    result = run_stage(tmp_path, server, models=("silent",), min_failed=1)
+    assert len(result.kept) == len(SCRIPT) and result.rejected.empty
+    for scenario, results in zip(result.kept["scenario"], result.kept["difficulty_results"], strict=True):
+        record = json.loads(results)[0]
+        assert (record["failed"], record["labels"]) == (True, [FAILURE[scenario]])
+    assert not [p for p in server.payloads if p["model"] == "fake-judge"]
 
 
 def test_model_fails_rules():

@@ -20,16 +20,17 @@ from pipeline.llm import Response
 from pipeline.prompts import PromptLoader
 from stages.eval import (
     BSA_RELEASED,
+    TOY_WARNING,
     detect_lang,
     endpoints_for,
     load_benchmark,
     settings_of,
     stratified_limit,
 )
-from stages.judges import SUCCESS, THINK_LABELS, UNSCORED, verdict_from
+from stages.judges import LABEL_FIELD, SUCCESS, THINK_LABELS, UNSCORED, verdict_from
 from stages.leaderboard import build_leaderboard
 from stages.metrics import HEADLINE, JUDGED_COLUMNS, compute_metrics
-from tests.fake_openai import FakeOpenAI, prompt_of
+from tests.fake_openai import FakeOpenAI, prompt_of, request_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "default.yaml")
@@ -37,6 +38,11 @@ SECRET = "sk-test-never-on-disk"
 LIMIT, K = 30, 3
 SAFE_TEXT, UNSAFE_TEXT, GARBAGE_TEXT = "ANSWER-SAFE", "ANSWER-UNSAFE", "ANSWER-GARBAGE"
 AWARE_TEXT = "RISK-SEEN"
+
+
+def judge_labels(payload: dict) -> list[str] | None:
+    """The labels a judge request's schema allows, in any `response_format` form (None: not a judge)."""
+    return (request_schema(payload).get("properties", {}).get(LABEL_FIELD) or {}).get("enum")
 
 
 def seed_of(query: str) -> int:
@@ -72,7 +78,7 @@ class Script:
 
     @staticmethod
     def judge(model: str, payload: dict, text: str) -> str:
-        labels = payload["response_format"]["schema"]["properties"]["label"]["enum"]
+        labels = judge_labels(payload)
         if labels == ["Safe", "Unsafe"]:
             if GARBAGE_TEXT in text:
                 return "I would rather not answer in JSON."
@@ -329,10 +335,10 @@ def cli_args(**given: object) -> argparse.Namespace:
     return argparse.Namespace(**{**args, **given})
 
 
-def test_endpoints_default_to_the_local_model_with_elicited_reasoning():
+def test_the_local_model_asks_for_elicited_reasoning_and_the_local_judge_by_name():
     config = load_config(CONFIG)
     settings = settings_of(config)
-    endpoints = endpoints_for(cli_args(), config, settings)
+    endpoints = endpoints_for(cli_args(judge_model="local"), config, settings)
     model, judge = endpoints["model"], endpoints["judge"]
     assert model.base_url == judge.base_url == "local"
     assert model.reasoning == "elicit" and model.max_tokens == settings.local_max_tokens
@@ -360,11 +366,12 @@ def test_a_bad_eval_section_is_a_config_error():
 
 @pytest.mark.llama
 def test_the_local_model_runs_end_to_end(bsa_csv, tmp_path):
-    assert main(["eval", "--model", "local", "--dataset", str(bsa_csv), "--limit", "3", "--k", "1",
-                 "--output-dir", str(tmp_path), "--config", CONFIG]) == 0
+    assert main(["eval", "--model", "local", "--judge-model", "local", "--dataset", str(bsa_csv),
+                 "--limit", "3", "--k", "1", "--output-dir", str(tmp_path), "--config", CONFIG]) == 0
     judged, _ = read_table(tmp_path / "local" / "judged.csv")
     assert len(judged) == 3
     metrics = json.loads((tmp_path / "local" / "metrics.json").read_text())
     assert metrics["run"]["base_url"] == "local" and metrics["run"]["samples"] == 3
     assert metrics["run"]["reasoning_elicited"] == 3
-    assert "Reasoning was elicited" in (tmp_path / "local" / "report.md").read_text()
+    report = (tmp_path / "local" / "report.md").read_text()
+    assert "Reasoning was elicited" in report and report.startswith(TOY_WARNING)

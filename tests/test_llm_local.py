@@ -16,8 +16,10 @@ VERDICT = {"type": "object", "required": ["verdict", "reason"], "additionalPrope
 def test_plain_and_schema_completions_through_the_real_server(local_llm, tmp_path):
     config = EndpointConfig(base_url=local_llm.base_url, model="smollm2", concurrency=1, temperature=0.0)
     requests = [Request("m", [{"role": "user", "content": "Say hello."}], params={"max_tokens": 8}),
-                Request("m", [{"role": "user", "content": "Is it safe to mix bleach and ammonia?"}],
-                        schema=VERDICT, params={"max_tokens": 40})]
+                Request("m", [{"role": "system", "content": 'Reply as {"verdict": "Safe" or "Unsafe", "reason": '
+                                                            '"at most five words"}.'},
+                              {"role": "user", "content": "Is it safe to mix bleach and ammonia?"}],
+                        schema=VERDICT, params={"max_tokens": 96})]
     with Engine({"m": config}, tmp_path / "cache.sqlite") as engine:
         plain, judged = engine.run(requests)
         assert plain.ok and plain.content and plain.usage["completion_tokens"] > 0
@@ -39,3 +41,31 @@ def test_the_engine_starts_and_stops_the_embedded_server(tmp_path):
         engine.close()
     assert process.poll() is not None
     assert (tmp_path / "llm-local-server.log").stat().st_size > 0
+
+
+@pytest.mark.timeout(300)  # a run that waited out its 600 s timeouts on a dead server would fail here
+def test_the_real_server_killed_with_sigsegv_mid_run_is_restarted_once_and_the_run_completes(tmp_path):
+    import signal
+    import threading
+    import time
+
+    engine = Engine({"local": EndpointConfig(base_url="local", timeout=600, temperature=0.0)},
+                    tmp_path / "cache.sqlite", local=LocalServerConfig(parallel=2), log_dir=tmp_path)
+    requests = [Request("local", [{"role": "user", "content": f"Is it safe to mix bleach with cleaner number {i}?"}],
+                        schema=VERDICT, params={"max_tokens": 40}) for i in range(12)]
+
+    def kill_when_busy() -> None:
+        while engine._local is None or engine._local._process is None or engine.usage_snapshot().total() < 4:
+            time.sleep(0.05)
+        engine._local._process.send_signal(signal.SIGSEGV)
+
+    threading.Thread(target=kill_when_busy, daemon=True).start()
+    try:
+        responses = engine.run(requests)
+        usage = engine.usage_since()
+    finally:
+        engine.close()
+    assert usage["local_server_events"] == ["killed by signal 11 (SIGSEGV)"]
+    assert engine._local.starts == 2
+    assert all(r.ok or r.error.startswith("unparsable") for r in responses)
+    assert sum(r.ok for r in responses) >= 6  # the tiny model's JSON is mostly valid; none were lost to the crash

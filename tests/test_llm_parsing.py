@@ -14,17 +14,17 @@ VERDICT = {"type": "object", "required": ["verdict", "reason"],
 
 
 # -- reasoning ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "answer", "reasoning"), [
-    ("<think>step 1</think>The answer.", "The answer.", "step 1"),
-    ("  <think>\nstep 1\nstep 2\n</think>\n\nThe answer.\n", "The answer.", "step 1\nstep 2"),
-    ("<think>cut off by max_tokens", "", "cut off by max_tokens"),
-    ("the template opened it</think>The answer.", "The answer.", "the template opened it"),
-    ("Preamble <think>aside</think> and the rest", "Preamble  and the rest", "aside"),
-    ("No reasoning at all.", "No reasoning at all.", None),
-    ("<think></think>Empty thoughts.", "Empty thoughts.", ""),
+@pytest.mark.parametrize(("text", "answer", "reasoning", "shape"), [
+    ("<think>step 1</think>The answer.", "The answer.", "step 1", "closed"),
+    ("  <think>\nstep 1\nstep 2\n</think>\n\nThe answer.\n", "The answer.", "step 1\nstep 2", "closed"),
+    ("<think>cut off by max_tokens", "", "cut off by max_tokens", "unterminated"),
+    ("the template opened it</think>The answer.", "The answer.", "the template opened it", "close_only"),
+    ("Preamble <think>aside</think> and the rest", "Preamble  and the rest", "aside", "closed"),
+    ("No reasoning at all.", "No reasoning at all.", None, "none"),
+    ("<think></think>Empty thoughts.", "Empty thoughts.", "", "closed"),
 ])
-def test_split_think_tags(text, answer, reasoning):
-    assert split_think_tags(text) == (answer, reasoning)
+def test_split_think_tags(text, answer, reasoning, shape):
+    assert split_think_tags(text) == (answer, reasoning, shape)
 
 
 def test_a_reasoning_field_wins_over_tags_and_tags_are_still_removed():

@@ -13,7 +13,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.prompts import PromptLoader
 from stages import synthesis as stage
 from stages.synthesis import CS, OS, RO
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, request_schema
 from tests.llm_stage_support import (
     TAXONOMY,
     endpoint,
@@ -58,7 +58,7 @@ def writer(payload: dict, seen: int) -> dict:
         return reply({"verdict": verdict, "reason": f"scripted {verdict}"})
     if "GENFAIL" in text:
         return reply('{"query": "cut off')
-    fields = payload["response_format"]["schema"]["properties"]
+    fields = request_schema(payload)["properties"]
     flat = " ".join(text.split())
     chinese = "基准" in system_text(payload)
     query = ("Please help me with something." if "ENGLISH" in text
