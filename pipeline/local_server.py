@@ -273,6 +273,7 @@ class ServerWatch:
         timeout = aiohttp.ClientTimeout(total=self.PROBE)
         while True:
             await asyncio.sleep(self.POLL)
+            generation = self.generation
             cause = self.server.death_cause()
             if cause is None and time.monotonic() >= next_probe:
                 next_probe = time.monotonic() + self.PROBE
@@ -283,11 +284,13 @@ class ServerWatch:
                     silent = time.monotonic() - silent_since
                     if silent >= self.server.config.hang_after:
                         cause = f"stopped answering (no reply to /health for {silent:.0f} s)"
-                        self.server.kill()
             if cause is not None:
                 silent_since = None
                 async with self._lock:
-                    await self._handle(cause)
+                    if self.generation == generation:  # else a failed request has already seen to it
+                        if cause.startswith("stopped answering"):
+                            self.server.kill()
+                        await self._handle(cause)
 
     async def _answers(self, session: Any, timeout: Any) -> bool:
         with contextlib.suppress(Exception):

@@ -258,3 +258,39 @@ def test_a_cpu_without_avx2_is_a_clear_error(tmp_path):
     assert local_server.missing_cpu_flags(cpuinfo) == ["avx2", "fma", "f16c"]
     cpuinfo.write_text("flags\t\t: fpu avx avx2 fma f16c avx512f\n")
     assert local_server.missing_cpu_flags(cpuinfo) == []
+
+
+def test_a_death_seen_by_a_request_and_by_the_watch_is_one_death():
+    import asyncio
+    from types import SimpleNamespace
+
+    class DeadOnce:
+        config = SimpleNamespace(max_restarts=1, hang_after=15.0)
+        model_name, log_path, health_url = "m.gguf", "server.log", "http://127.0.0.1:9/health"
+
+        def __init__(self):
+            self.alive, self.restarts = False, 0
+
+        def death_cause(self):
+            return None if self.alive else "killed by signal 11 (SIGSEGV)"
+
+        def log_tail(self):
+            return ""
+
+        def restart(self):
+            self.alive, self.restarts = True, self.restarts + 1
+            return "http://127.0.0.1:9/v1"
+
+    async def scenario() -> local_server.ServerWatch:
+        server = DeadOnce()
+        watch = local_server.ServerWatch(server, lambda url: None)
+        async with watch._lock:  # a request is handling the death while the watch notices it too
+            task = asyncio.create_task(watch.watch(session=None))
+            await asyncio.sleep(3 * watch.POLL)
+            await watch._handle(server.death_cause())
+        await asyncio.sleep(3 * watch.POLL)
+        task.cancel()
+        return watch
+
+    watch = asyncio.run(scenario())
+    assert watch.fatal is None and watch.restarts == 1 and watch.server.restarts == 1
