@@ -188,8 +188,8 @@ def model_endpoint(args: argparse.Namespace, config: BuildConfig, settings: Conf
 
 
 def _local_serving(base: EndpointConfig, settings: Config) -> dict[str, Any]:
-    """The embedded server answers one request at a time: queueing more only eats into their timeout."""
-    return {"concurrency": 1, "timeout": max(base.timeout, settings.local_timeout)}
+    """The embedded server on a slow CPU: a longer timeout (requests in flight: llm.local.parallel)."""
+    return {"timeout": max(base.timeout, settings.local_timeout)}
 
 
 def judge_endpoint(model: str | None, base_url: str | None, api_key_env: str | None, config: BuildConfig,
