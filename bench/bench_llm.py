@@ -126,15 +126,16 @@ def local_speed(engine: Engine, schema: dict | None, max_tokens: int) -> tuple[f
 
 def local_section() -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        endpoint = EndpointConfig(base_url="local", concurrency=1)
-        with Engine({"local": endpoint}, cache_path=None, local=LocalServerConfig(), log_dir=Path(tmp)) as engine:
+        endpoint = EndpointConfig(base_url="local")
+        local = LocalServerConfig(parallel=1)
+        with Engine({"local": endpoint}, cache_path=None, local=local, log_dir=Path(tmp)) as engine:
             started = time.perf_counter()
             engine.run([Request("local", [{"role": "user", "content": "Hi"}], params={"max_tokens": 1})])
             startup = time.perf_counter() - started
             free = local_speed(engine, None, 128)
             constrained = local_speed(engine, VERDICT_SCHEMA, 64)
             model = engine.endpoint_model("local")
-    lines = [f"### Local model ({model}, llama-cpp-python server, one request at a time)", "",
+    lines = [f"### Local model ({model}, llama-server, one request at a time)", "",
              "| mode | tokens/s | completion tokens | seconds |", "| --- | --- | --- | --- |"]
     for name, (rate, tokens, seconds) in (("free text (max_tokens 128)", free),
                                           ("JSON schema, grammar-constrained (max_tokens 64)", constrained)):
