@@ -5,16 +5,7 @@ BSA ?= .venv/bin/bsa
 CONFIG ?= configs/default.yaml
 SET ?=
 SETS := $(foreach s,$(SET),--set $(s))
-# the configured build dir, read once (`:=`: a recursive variable would start Python at every use)
-BUILD ?= $(shell $(PY) -c "import sys; from pipeline.config import load_config as l; print(l(sys.argv[1], sys.argv[2:]).build_dir)" '$(CONFIG)' $(SET) 2>/dev/null || echo build)
-BUILD := $(BUILD)
-# stage files in the configured order, e.g. "00_ingest 01_clean 02_language ..."
-ORDER := $(shell $(BSA) order --config $(CONFIG) $(SETS) 2>/dev/null || echo 00_ingest 01_clean 02_language 03_dedup 04_relevance 05_annotations 06_synthesis 07_difficulty)
-LAST := $(lastword $(ORDER))
-SOURCES := $(shell $(BSA) order --sources --config $(CONFIG) $(SETS) 2>/dev/null)
-COMMON_DEPS := $(sort $(CONFIG) $(wildcard configs/*.yaml configs/taxonomy/*.yaml pipeline/*.py)) .venv/.setup-done
-
-.PHONY: setup llama-wheel lock test build-dataset lm bench lint clean eval leaderboard spot-check release croissant
+.PHONY: setup llama-wheel lock test test-fast build-dataset build lm bench lint clean eval leaderboard spot-check release croissant
 
 # -- setup: pinned versions (requirements.lock), and llama.cpp's server built for any x86-64 CPU ----------------
 LOCK := requirements.lock
@@ -68,34 +59,30 @@ lock: $(WHEELHOUSE)/.built
 test: .venv/.setup-done
 	$(PY) -m pytest -q -ra tests
 
+# the same without the tests that start the embedded llama.cpp model (about a minute)
+test-fast: .venv/.setup-done
+	$(PY) -m pytest -q -ra -m "not llama" tests
+
 lint: .venv/.setup-done
-	.venv/bin/ruff check pipeline stages croissant tests bench
+	.venv/bin/ruff check bsa tests bench
 
-# -- the build: one target a stage, chained by files, so a change reruns only what follows it ------------
-stage_name = $(word 2,$(subst _, ,$(1)))
-PREV := none $(ORDER)
-define STAGE_RULE
-$(BUILD)/$(1).parquet: $(if $(filter-out none,$(2)),$(BUILD)/$(2).parquet,$(SOURCES)) $(wildcard stages/$(call stage_name,$(1)).py) $(wildcard prompts/*/*) $(COMMON_DEPS) $(if $(filter language,$(call stage_name,$(1))),$(BUILD)/lm/.done)
-	$(BSA) build --config $(CONFIG) $(SETS) --only $(call stage_name,$(1))
-endef
-$(foreach i,$(shell seq $(words $(ORDER))),$(eval $(call STAGE_RULE,$(word $(i),$(ORDER)),$(word $(i),$(PREV)))))
+# -- the build: `bsa build` skips every stage whose fingerprint is unchanged (bsa/pipeline/fingerprint.py), so Make
+# does not track files itself: it would judge staleness with a weaker model of what a stage depends on
+build-dataset: .venv/.setup-done
+	$(BSA) build --release --config $(CONFIG) $(SETS)
 
-# KenLM models, trained from the reference corpora the config names
-lm: $(BUILD)/lm/.done
-$(BUILD)/lm/.done: $(wildcard data/lm/*) $(wildcard stages/language.py stages/kenlm_arpa.py) $(COMMON_DEPS)
+build: .venv/.setup-done
+	$(BSA) build --config $(CONFIG) $(SETS)
+
+# retrain the KenLM models (a build trains those missing or stale by itself)
+lm: .venv/.setup-done
 	$(BSA) lm --config $(CONFIG) $(SETS)
-	touch $@
 
-release: $(BUILD)/release/benchmark.csv
-$(BUILD)/release/benchmark.csv: $(BUILD)/$(LAST).parquet $(wildcard stages/release.py) $(COMMON_DEPS)
+release: .venv/.setup-done
 	$(BSA) release --config $(CONFIG) $(SETS)
 
-croissant: $(BUILD)/release/croissant.json
-$(BUILD)/release/croissant.json: $(BUILD)/release/benchmark.csv $(wildcard croissant/*.py)
+croissant: .venv/.setup-done
 	$(BSA) croissant --config $(CONFIG) $(SETS)
-
-build-dataset: $(BUILD)/release/croissant.json
-	@cat $(BUILD)/release/funnel.txt 2>/dev/null || true
 
 spot-check: .venv/.setup-done
 	$(BSA) spot-check --config $(CONFIG) $(SETS) --n $(or $(N),50)
@@ -117,4 +104,4 @@ bench: .venv/.setup-done
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(BUILD) .pytest_cache
+	rm -rf $$($(PY) -c "import sys; from bsa.project import load_config as l; print(l(sys.argv[1], sys.argv[2:]).build_dir)" '$(CONFIG)' $(SET) || echo build) .pytest_cache

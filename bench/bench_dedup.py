@@ -34,7 +34,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import dedup, embed_dedup, minhash  # noqa: E402
+from bsa.pipeline.executor import run_local  # noqa: E402
+from bsa.stages import dedup  # noqa: E402
+from bsa.text import embeddings as embed_dedup  # noqa: E402
+from bsa.text import minhash  # noqa: E402
 
 CORPORA = ROOT.parent / "shared" / "data" / "corpora"
 POOL_SIZE, DUPLICATE_SHARE, ENGLISH_SHARE, BASELINE_ROWS, EMBED_ROWS = 100_000, 0.10, 0.7, 10_000, 2_000
@@ -355,18 +358,17 @@ def time_whole_stage(pool: pd.DataFrame) -> tuple[float, dict[str, int]]:
     The embedding models are already loaded (by `time_embeddings`), so this is the stage's own work:
     MinHash on every row, then the embedding pass on the rows MinHash kept, one language at a time.
     """
-    from pipeline.config import load_config
-    from pipeline.prompts import PromptLoader
-    from pipeline.stage import StageContext
-    from pipeline.taxonomy import Taxonomy
-    from stages import stage_config
+    from bsa.pipeline.prompts import PromptLoader
+    from bsa.pipeline.stage import StageContext
+    from bsa.pipeline.taxonomy import Taxonomy
+    from bsa.project import load_config
 
     config = load_config(ROOT / "configs" / "default.yaml")
     ctx = StageContext("dedup", config, Taxonomy.load(ROOT / config.taxonomy), PromptLoader("en"),
                        show_progress=False)
     records = pd.DataFrame({"id": [f"r{i}" for i in range(len(pool))], "text": pool["text"], "lang": pool["lang"]})
     started = time.perf_counter()
-    result = dedup.run(records, stage_config("dedup", config), ctx)
+    result = run_local(dedup.STAGE, records, dedup.STAGE.settings(config), ctx)
     seconds = time.perf_counter() - started
     return seconds, {str(k): int(v) for k, v in result.rejected["reject_reason"].value_counts().items()}
 

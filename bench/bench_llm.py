@@ -17,9 +17,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import EndpointConfig, LocalServerConfig  # noqa: E402
-from pipeline.llm import Engine, Request  # noqa: E402
-from pipeline.llm_cache import CachedReply  # noqa: E402
+from bsa.pipeline.config import EndpointConfig, LocalServerConfig  # noqa: E402
+from bsa.pipeline.llm import Engine, Request  # noqa: E402
+from bsa.pipeline.llm.cache import CachedReply  # noqa: E402
 
 LATENCY, CONCURRENCY, REQUESTS, REPEATS = 0.2, 64, 2000, 3
 LOCAL_PROMPTS = ["Explain in two sentences why the sky is blue.", "Give three tips for staying safe online.",
@@ -60,7 +60,7 @@ def cpu_parts(engine: Engine, requests: list[Request], cache_dir: Path) -> dict[
     for call in calls:
         engine._interpret(call, reply)
     interpret = time.process_time() - started
-    from pipeline.llm_cache import LLMCache
+    from bsa.pipeline.llm.cache import LLMCache
 
     cache = LLMCache(cache_dir / "parts.sqlite")
     started = time.process_time()  # counts every thread of the process, the cache's writer included

@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import EndpointConfig, LocalServerConfig  # noqa: E402
-from pipeline.llm import Engine, Request  # noqa: E402
-from pipeline.local_server import LocalServer  # noqa: E402
-from pipeline.prompts import PromptLoader  # noqa: E402
+from bsa.pipeline.config import EndpointConfig, LocalServerConfig  # noqa: E402
+from bsa.pipeline.llm import Engine, Request  # noqa: E402
+from bsa.pipeline.llm.local_server import LocalServer  # noqa: E402
+from bsa.pipeline.prompts import PromptLoader  # noqa: E402
 
 JUDGE_REQUESTS, GENERATE_REQUESTS = 24, 8
 PARALLEL = (1, 2, 4, 8)
@@ -76,7 +76,7 @@ def measure(server_class: type[LocalServer], parallel: int, requests: list[Reque
     form = "json_object_schema" if server_class is LlamaCppPythonServer else "auto"  # what each speaks
     endpoint = EndpointConfig(base_url="local", timeout=900, structured_output=form)
     engine = Engine({"local": endpoint}, None, local=local, log_dir=log_dir)
-    engine._local = server_class(local, log_dir / "server.log")
+    engine.embedded.server = server_class(local, log_dir / "server.log")
     try:
         engine.run([Request("local", [{"role": "user", "content": "Hi"}], params={"max_tokens": 1})])
         started = time.perf_counter()

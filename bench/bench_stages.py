@@ -31,11 +31,12 @@ sys.path.insert(0, str(HERE))
 
 from pool import make_pool  # noqa: E402
 
-from pipeline.config import BuildConfig, load_config  # noqa: E402
-from pipeline.prompts import PromptLoader  # noqa: E402
-from pipeline.stage import StageContext, StageResult  # noqa: E402
-from pipeline.taxonomy import Taxonomy  # noqa: E402
-from stages import clean, language, stage_config  # noqa: E402
+from bsa.pipeline.config import BuildConfig, load_config  # noqa: E402
+from bsa.pipeline.executor import run_local  # noqa: E402
+from bsa.pipeline.prompts import PromptLoader  # noqa: E402
+from bsa.pipeline.stage import StageContext, StageResult  # noqa: E402
+from bsa.pipeline.taxonomy import Taxonomy  # noqa: E402
+from bsa.stages import clean, language  # noqa: E402
 
 POOL_SIZE = 100_000
 REPEATS = 5
@@ -80,13 +81,13 @@ def measure(config: BuildConfig) -> str:
     pool = make_pool(POOL_SIZE)
     pool_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    language.train_models(config)
+    language.train_models(language.STAGE.settings(config), config.build_dir)
     train_seconds = time.perf_counter() - started
-    clean_config, language_config = stage_config("clean", config), stage_config("language", config)
+    clean_config, language_config = clean.STAGE.settings(config), language.STAGE.settings(config)
     clean_wall, clean_median, clean_cpu, cleaned = best_time(
-        lambda: clean.run(pool, clean_config, context("clean", config)))
+        lambda: run_local(clean.STAGE, pool, clean_config, context("clean", config)))
     language_wall, language_median, language_cpu, identified = best_time(
-        lambda: language.run(cleaned.kept, language_config, context("language", config)))
+        lambda: run_local(language.STAGE, cleaned.kept, language_config, context("language", config)))
     zh_share = (identified.kept["lang"] == "zh").mean() if len(identified.kept) else 0.0
     heads = cleaned.kept["text"].str[:language_config.lid_max_chars].nunique()
     rows = [("1 clean", len(pool), clean_wall, clean_median, clean_cpu, reasons(cleaned)),

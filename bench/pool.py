@@ -22,10 +22,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.io import write_table  # noqa: E402
-from pipeline.records import ingest  # noqa: E402
-from pipeline.taxonomy import Taxonomy  # noqa: E402
+from bsa.pipeline.io import write_table  # noqa: E402
+from bsa.pipeline.taxonomy import Taxonomy  # noqa: E402
+from bsa.project import load_config  # noqa: E402
+from bsa.stages.ingest import ingest  # noqa: E402
 
 _CJK = re.compile("[\u3040-\u30ff\u4e00-\u9fff]")
 _NUMBER = re.compile(r"\d+")

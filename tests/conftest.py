@@ -49,9 +49,9 @@ def fake_server():
 @pytest.fixture(scope="session")
 def local_llm(tmp_path_factory):
     """The real embedded llama.cpp server (SmolLM2-135M), started once per test session: a started
-    pipeline.local_server.LocalServer (use its `base_url` as an endpoint's base_url). For `@pytest.mark.llama`."""
-    from pipeline.config import LocalServerConfig
-    from pipeline.local_server import LocalServer
+    bsa.pipeline.llm.local_server.LocalServer (use its `base_url` as an endpoint's base_url). For `@pytest.mark.llama`."""
+    from bsa.pipeline.config import LocalServerConfig
+    from bsa.pipeline.llm.local_server import LocalServer
 
     server = LocalServer(LocalServerConfig(), tmp_path_factory.mktemp("llama") / "server.log")
     server.start()

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import BuildConfig, EndpointConfig
-from pipeline.llm import Engine
-from pipeline.prompts import PromptLoader
-from pipeline.records import text_id
-from pipeline.stage import StageContext
-from pipeline.taxonomy import Taxonomy
+from bsa.pipeline.config import BuildConfig, EndpointConfig
+from bsa.pipeline.llm import Engine
+from bsa.pipeline.prompts import PromptLoader
+from bsa.pipeline.records import text_id
+from bsa.pipeline.stage import StageContext
+from bsa.pipeline.taxonomy import Taxonomy
 from tests.fake_openai import FakeOpenAI, request_schema
 
 ROOT = Path(__file__).resolve().parents[1]

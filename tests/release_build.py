@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import BuildConfig, SourceConfig
-from pipeline.io import write_json, write_table
-from pipeline.records import text_id
-from pipeline.runner import INGEST, stage_paths
+from bsa.pipeline.config import BuildConfig, SourceConfig
+from bsa.pipeline.io import write_json, write_table
+from bsa.pipeline.layout import INGEST, stage_paths
+from bsa.pipeline.records import text_id
 
 ROOT = Path(__file__).resolve().parents[1]
 ORDER = ["clean", "dedup", "synthesis", "difficulty"]

@@ -9,15 +9,18 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import load_config
-from pipeline.errors import DataError
-from pipeline.io import load_table, write_table
-from pipeline.prompts import PromptLoader
-from pipeline.records import ingest, text_id
-from pipeline.runner import Runner, run_single, stage_paths
-from pipeline.stage import StageContext
-from pipeline.taxonomy import Taxonomy
-from stages import annotations as stage
+from bsa.pipeline.errors import DataError
+from bsa.pipeline.executor import run_local
+from bsa.pipeline.io import load_table, write_table
+from bsa.pipeline.layout import stage_paths
+from bsa.pipeline.prompts import PromptLoader
+from bsa.pipeline.records import text_id
+from bsa.pipeline.runner import Runner, run_single
+from bsa.pipeline.stage import StageContext
+from bsa.pipeline.taxonomy import Taxonomy
+from bsa.project import PROJECT, load_config
+from bsa.stages import annotations as stage
+from bsa.stages.ingest import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
@@ -53,7 +56,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def run(files: list[dict], frame: pd.DataFrame | None = None, ctx: StageContext | None = None, **options):
     config = stage.Config.model_validate({"files": files, **options})
-    return stage.run(records() if frame is None else frame, config, ctx or context())
+    return run_local(stage.STAGE, records() if frame is None else frame, config, ctx or context())
 
 
 def good_rows() -> list[dict]:
@@ -249,7 +252,7 @@ def test_runner_reruns_annotations_when_an_annotation_file_changes(tmp_path):
     path = write_config(tmp_path, order=["annotations"], annotations={"files": [{"path": str(annotations)}]})
 
     def build() -> dict:
-        with Runner(load_config(path), show_progress=False) as runner:
+        with Runner(load_config(path), PROJECT, show_progress=False) as runner:
             return runner.build()[-1]
 
     first = build()
@@ -360,7 +363,7 @@ def test_bsa_stage_alone_without_earlier_rejects(tmp_path):
     config = load_config(write_config(tmp_path, annotations={"files": [{"path": str(annotations)}]}))
     assert not config.build_path.exists()
     write_table(records(), tmp_path / "input.parquet")
-    summary = run_single(config, "annotations", tmp_path / "input.parquet", tmp_path / "out.parquet")
+    summary = run_single(config, PROJECT, "annotations", tmp_path / "input.parquet", tmp_path / "out.parquet")
     assert summary["annotation_problems"] == {"unknown_id": 3}
     assert summary["earlier_rejects_read"] == {}
     assert (summary["rows_in"], summary["rows_out"], summary["annotated"]) == (3, 3, 2)
@@ -378,7 +381,7 @@ def test_runner_reruns_annotations_when_earlier_rejects_change(tmp_path):
     write_table(rejected_rows([(TOO_SHORT, "too_short", "")]), clean_rejects)
 
     def build() -> dict:
-        with Runner(load_config(path), show_progress=False) as runner:
+        with Runner(load_config(path), PROJECT, show_progress=False) as runner:
             return runner.build(only=["annotations"])[-1]
 
     def dropped(summary: dict) -> list[str]:

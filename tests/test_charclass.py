@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from stages.charclass import (
+from bsa.text.charclass import (
     CASED_LIMIT,
     CJK_PUNCT,
     CONTROL,

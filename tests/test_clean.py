@@ -5,12 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipeline.config import load_config
-from pipeline.prompts import PromptLoader
-from pipeline.stage import StageContext
-from pipeline.taxonomy import Taxonomy
-from stages import clean
-from stages.clean import Cleaner, Config, repeated_share, script_lang, tokens
+from bsa.pipeline.executor import run_local
+from bsa.pipeline.prompts import PromptLoader
+from bsa.pipeline.stage import StageContext
+from bsa.pipeline.taxonomy import Taxonomy
+from bsa.project import load_config
+from bsa.stages import clean
+from bsa.stages.clean import Cleaner, Config, repeated_share, script_lang, tokens
 
 CLEAN_TEXTS = [
     "How do I kill a Python process that hangs?",
@@ -27,10 +28,10 @@ def context() -> StageContext:
     return StageContext("clean", config, Taxonomy.load(config.taxonomy), PromptLoader("en"), show_progress=False)
 
 
-def run_clean(texts: list[object], langs: list[object] | None = None, **options):
+def run_clean(texts: list[object], langs: list[object] | None = None, batch_rows: int = 10_000, **options):
     records = pd.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts,
                             "lang": langs or [None] * len(texts)})
-    return clean.run(records, Config(**options), context())
+    return run_local(clean.STAGE, records, Config(**options), context(), batch_rows=batch_rows)
 
 
 def reason_of(text: object, lang: str | None = None, **options) -> str | None:
@@ -66,14 +67,13 @@ def test_each_reason_fires(text, reason):
     assert reason_of(text) == reason
 
 
-def test_a_batch_gives_each_row_what_it_gets_alone(monkeypatch):
+def test_a_batch_gives_each_row_what_it_gets_alone():
     texts = [*CLEAN_TEXTS, "", None, "Please help me right now!!!!!!!!!!!!!!!!!!!!", "Help me " + "a" * 16 + " please", "Help me " + "a" * 15 + " please",
              "buy now buy now buy now buy now buy now", "How do I reset my\x00 router password?",
              "Donâ€™t forget to bring your umbrella tomorrow.", "请帮我请帮我请帮我请帮我请帮我", "今天天气很好",
              "x" * 1999 + " y z", "Where can I buy a \ufffd\ufffd charger for my phone?", "THE the The tHe cat sat"]
     alone = [Cleaner(Config()).check(text, None) for text in texts]
-    monkeypatch.setattr(clean, "CHUNK_ROWS", 4)  # several chunks, rows of one check on both sides of a border
-    result = run_clean(texts)
+    result = run_clean(texts, batch_rows=4)  # several batches, rows of one check on both sides of a border
     together = pd.concat([result.kept, result.rejected]).set_index("id").loc[[str(i) for i in range(len(texts))]]
     for (reason, detail, n_chars, n_tokens), (_, row) in zip(alone, together.iterrows(), strict=True):
         assert (row.get("reject_reason") if isinstance(row.get("reject_reason"), str) else None) == reason
@@ -130,7 +130,7 @@ def test_mojibake_shortcut_agrees_with_ftfy():
     from ftfy import fix_text
     from ftfy.badness import is_bad
 
-    from stages.charclass import mojibake_suspects
+    from bsa.text.charclass import mojibake_suspects
 
     suspects = mojibake_suspects()
     samples = [t.encode("utf-8").decode(codec, errors="replace")
@@ -143,6 +143,6 @@ def test_mojibake_shortcut_agrees_with_ftfy():
 
 
 def test_empty_frame():
-    result = clean.run(pd.DataFrame({"id": [], "text": [], "lang": []}), Config(), context())
+    result = run_local(clean.STAGE, pd.DataFrame({"id": [], "text": [], "lang": []}), Config(), context())
     assert result.kept.empty and result.rejected.empty
     assert {"n_chars", "n_tokens"} <= set(result.kept.columns)

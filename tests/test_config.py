@@ -1,4 +1,4 @@
-"""pipeline.config: YAML validated into typed objects, `extends:`, `--set` overrides, clear errors."""
+"""bsa.pipeline.config: YAML validated into typed objects, `extends:`, `--set` overrides, clear errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import SourceConfig, apply_override, load_config, parse_override
-from pipeline.errors import ConfigError
-from stages import STAGE_NAMES, stage_config
+from bsa.pipeline.config import apply_override, parse_override
+from bsa.pipeline.errors import ConfigError
+from bsa.project import load_config
+from bsa.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "configs" / "default.yaml"
@@ -22,10 +23,10 @@ def write_config(path: Path, data: dict) -> Path:
 
 def test_default_config_validates_every_stage_section():
     config = load_config(DEFAULT)
-    assert config.order[0] == "clean" and set(config.order) <= set(STAGE_NAMES)
+    assert config.order[0] == "clean" and set(config.order) <= set(STAGES)
     assert {s.name for s in config.sources} == {"demo-en", "demo-zh"}
-    for name in STAGE_NAMES:
-        stage_config(name, config)  # raises on an invalid section
+    for stage in STAGES.values():
+        stage.settings(config)  # raises on an invalid section
 
 
 @pytest.mark.parametrize("text,keys,value", [
@@ -61,7 +62,7 @@ def test_overrides_reach_the_validated_config():
     assert config.seed == 5
     assert config.sources[0].limit == 3
     assert config.order == ["clean", "dedup"]
-    section = stage_config("annotations", config)
+    section = STAGES["annotations"].settings(config)
     assert section.require is True and section.files == []
 
 
@@ -73,7 +74,7 @@ def test_extends_merges_the_parent_deeply(tmp_path):
     config = load_config(child)
     assert (config.name, config.seed) == ("base", 2)
     assert config.endpoints["local"].max_tokens == 64 and config.endpoints["local"].temperature == 0.2
-    assert stage_config("annotations", config).require is True
+    assert STAGES["annotations"].settings(config).require is True
     assert config.config_path == str(child)
 
 
@@ -102,9 +103,3 @@ def test_unreadable_configs_are_config_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n- b\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(tmp_path / "list.yaml")
-
-
-def test_section_fingerprint_follows_values_only():
-    a = SourceConfig(name="x", path="x.csv", text="prompt")
-    assert a.fingerprint() == SourceConfig(path="x.csv", text="prompt", name="x").fingerprint()
-    assert a.fingerprint() != SourceConfig(name="x", path="x.csv", text="goal").fingerprint()

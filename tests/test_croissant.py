@@ -12,11 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from croissant import cli_main
-from croissant.build import read_source_txt, spdx_license
-from croissant.validate import compare_rows, validate, validate_release
-from pipeline.errors import DataError
-from stages.release import BSA_COLUMNS, release_dir, write_release
+from bsa.benchmark import BSA_COLUMNS
+from bsa.cli import cmd_croissant as cli_main
+from bsa.pipeline.errors import DataError
+from bsa.release.croissant.build import read_source_txt, spdx_license
+from bsa.release.croissant.validate import compare_rows, validate, validate_release
+from bsa.release.files import release_dir, write_release
 from tests.release_build import synthetic_records, write_synthetic_build
 
 MLCROISSANT = Path(sys.executable).with_name("mlcroissant")
@@ -42,7 +43,7 @@ def croissant_args(file: Path | None = None, output: Path | None = None, **flags
 def config(tmp_path, monkeypatch):
     """A synthetic build; `bsa croissant` loads its config."""
     config = write_synthetic_build(tmp_path / "build")
-    monkeypatch.setattr("pipeline.config.load_config", lambda path, overrides: config)
+    monkeypatch.setattr("bsa.project.load_config", lambda path, overrides: config)
     return config
 
 

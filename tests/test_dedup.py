@@ -8,11 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import BuildConfig
-from pipeline.prompts import PromptLoader
-from pipeline.stage import StageContext
-from pipeline.taxonomy import Taxonomy
-from stages import dedup, embed_dedup, minhash
+from bsa.pipeline.config import BuildConfig
+from bsa.pipeline.executor import run_local
+from bsa.pipeline.prompts import PromptLoader
+from bsa.pipeline.stage import StageContext
+from bsa.pipeline.taxonomy import Taxonomy
+from bsa.stages import dedup
+from bsa.text import embeddings as embed_dedup
+from bsa.text import minhash
 
 NO_EMBEDDINGS = {"embedding": {"enabled": False}}
 DISTINCT = [
@@ -36,7 +39,7 @@ def records(texts: list[str], langs: list[str] | None = None, risky: list[bool |
 
 
 def run(frame: pd.DataFrame, **section) -> tuple[pd.DataFrame, pd.DataFrame]:
-    result = dedup.run(frame, dedup.Config.model_validate(section), context())
+    result = run_local(dedup.STAGE, frame, dedup.Config.model_validate(section), context())
     return result.kept, result.rejected
 
 

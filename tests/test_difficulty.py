@@ -8,10 +8,12 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.prompts import PromptLoader
-from stages import difficulty as stage
-from stages.judges import FAILURE, LABEL_FIELD, SUCCESS, THINK_LABELS, THINK_PROMPTS, UNSCORED
+from bsa.benchmark import FAILURE, SUCCESS, THINK_LABELS
+from bsa.eval.judges import LABEL_FIELD, THINK_PROMPTS, UNSCORED
+from bsa.pipeline.errors import ConfigError
+from bsa.pipeline.executor import run_local
+from bsa.pipeline.prompts import PromptLoader
+from bsa.stages import difficulty as stage
 from tests.fake_openai import FakeOpenAI
 from tests.llm_stage_support import endpoint, reply, stage_context, system_text, user_text
 from tests.test_eval import judge_labels
@@ -69,7 +71,7 @@ def run_stage(tmp_path, server, frame=None, models=("a", "b", "c"), **options):
     config = stage.Config(judge="judge", models=[{"name": m, "endpoint": f"light-{m}", "k": options.pop("k", 1)}
                                                  for m in models], **options)
     with stage_context(tmp_path, "difficulty", endpoints) as ctx:
-        return stage.run(items() if frame is None else frame, config, ctx)
+        return run_local(stage.STAGE, items() if frame is None else frame, config, ctx)
 
 
 def test_items_most_models_fail_are_kept_with_per_model_results(tmp_path, server):
@@ -144,4 +146,4 @@ def test_config_is_checked():
 def test_no_models_is_a_clear_error(tmp_path, server):
     with stage_context(tmp_path, "difficulty", {"judge": endpoint(server, "fake-judge")}) as ctx, \
             pytest.raises(ConfigError, match="difficulty.models is empty"):
-        stage.run(items(), stage.Config(judge="judge"), ctx)
+        run_local(stage.STAGE, items(), stage.Config(judge="judge"), ctx)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from collections import Counter
@@ -12,24 +11,26 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.errors import ConfigError, DataError
-from pipeline.io import read_table
-from pipeline.llm import Response
-from pipeline.prompts import PromptLoader
-from stages.eval import (
+from bsa.benchmark import JUDGED_COLUMNS, SUCCESS, THINK_LABELS
+from bsa.cli import main
+from bsa.eval.judges import LABEL_FIELD, UNSCORED, verdict_from
+from bsa.eval.leaderboard import build_leaderboard
+from bsa.eval.metrics import HEADLINE, compute_metrics
+from bsa.eval.run import (
     BSA_RELEASED,
     TOY_WARNING,
+    EvalRequest,
     detect_lang,
     endpoints_for,
     load_benchmark,
     settings_of,
     stratified_limit,
 )
-from stages.judges import LABEL_FIELD, SUCCESS, THINK_LABELS, UNSCORED, verdict_from
-from stages.leaderboard import build_leaderboard
-from stages.metrics import HEADLINE, JUDGED_COLUMNS, compute_metrics
+from bsa.pipeline.errors import ConfigError, DataError
+from bsa.pipeline.io import read_table
+from bsa.pipeline.llm import Response
+from bsa.pipeline.prompts import PromptLoader
+from bsa.project import load_config
 from tests.fake_openai import FakeOpenAI, prompt_of, request_schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,11 +329,8 @@ def test_language_follows_the_queries():
     assert detect_lang(pd.Series(["how are you", "你好"])) == "en"
 
 
-def cli_args(**given: object) -> argparse.Namespace:
-    args = {"model": "local", "base_url": None, "api_key_env": "OPENAI_API_KEY", "judge_model": None,
-            "judge_base_url": None, "judge_api_key_env": None, "second_judge_model": None,
-            "second_judge_base_url": None}
-    return argparse.Namespace(**{**args, **given})
+def cli_args(**given: object) -> EvalRequest:
+    return EvalRequest(**{"model": "local", **given})
 
 
 def test_the_local_model_asks_for_elicited_reasoning_and_the_local_judge_by_name():
@@ -358,10 +356,9 @@ def test_endpoints_for_a_remote_model_and_judge():
         endpoints_for(cli_args(model="unknown-model"), config, settings_of(config))
 
 
-def test_a_bad_eval_section_is_a_config_error():
-    config = load_config(CONFIG, ["eval.temprature=0.3"])
+def test_a_bad_eval_section_is_a_config_error_when_the_config_loads():
     with pytest.raises(ConfigError, match="eval.temprature"):
-        settings_of(config)
+        load_config(CONFIG, ["eval.temprature=0.3"])
 
 
 @pytest.mark.llama

@@ -5,7 +5,6 @@ safe, samples without reasoning get their scenario's failure label by rule, and 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -13,13 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import stages.eval as eval_stage
-from pipeline.cli import main
-from pipeline.config import EndpointConfig
-from pipeline.errors import ConfigError
-from pipeline.llm import Response
-from pipeline.prompts import PromptLoader
-from stages.eval import (
+import bsa.eval.run as eval_stage
+from bsa.benchmark import FAILURE, SUCCESS
+from bsa.cli import main
+from bsa.eval.judges import NO_REASONING, SAFETY_PROMPT, THINK_PROMPTS, UNSCORED
+from bsa.eval.leaderboard import build_leaderboard
+from bsa.eval.run import (
     LENGTH_NO_ANSWER,
     LENGTH_TEMPLATE_OPENED,
     TOY_WARNING,
@@ -31,8 +29,11 @@ from stages.eval import (
     template_opens_reasoning,
     truncation_of,
 )
-from stages.judges import FAILURE, NO_REASONING, SAFETY_PROMPT, SUCCESS, THINK_PROMPTS, UNSCORED
-from stages.leaderboard import build_leaderboard
+from bsa.pipeline.config import BuildConfig, EndpointConfig
+from bsa.pipeline.errors import ConfigError
+from bsa.pipeline.llm import Response
+from bsa.pipeline.prompts import PromptLoader
+from bsa.project import load_config
 from tests.fake_openai import FakeOpenAI, prompt_of
 from tests.test_eval import CONFIG, judge_labels
 
@@ -285,26 +286,24 @@ def test_no_judge_named_is_an_error_before_any_model_is_called(tmp_path, capsys)
     assert "JUDGE_MODEL=local" in error and not (tmp_path / "results").exists()
 
 
-def plan_args(dataset: Path, **given: object) -> argparse.Namespace:
-    args = {"model": "local", "base_url": None, "api_key_env": "OPENAI_API_KEY", "judge_model": None,
-            "judge_base_url": None, "judge_api_key_env": None, "second_judge_model": None,
-            "second_judge_base_url": None, "k": 1, "config": CONFIG, "overrides": [], "dataset": str(dataset),
-            "limit": None, "lang": None, "rules": False, "output_dir": "results"}
-    return argparse.Namespace(**{**args, **given})
+def plan_of(dataset: Path, overrides: list[str] | None = None, **given: object) -> eval_stage.EvalPlan:
+    """`bsa eval`'s plan for a request (model `local`, k=1 unless given) on the test config."""
+    request = eval_stage.EvalRequest(**{"model": "local", "k": 1, "dataset": str(dataset), **given})
+    return plan_eval(request, load_config(CONFIG, overrides))
 
 
 def test_the_embedded_judge_only_by_name_and_always_a_toy(tmp_path):
     dataset = write_dataset(tmp_path / "bench.csv")
     with pytest.raises(ConfigError, match="JUDGE_MODEL=<model> JUDGE_BASE_URL=<url>"):
-        plan_eval(plan_args(dataset))  # MODEL=local too
-    local = plan_eval(plan_args(dataset, judge_model="local", base_url="http://host/v1", model="r1"))
+        plan_of(dataset)  # MODEL=local too
+    local = plan_of(dataset, judge_model="local", base_url="http://host/v1", model="r1")
     assert local.endpoints["judge"].base_url == "local" and local.toy_judges == ["judge"]
-    by_config = plan_eval(plan_args(dataset, overrides=["eval.judge_endpoint=local"]))
+    by_config = plan_of(dataset, overrides=["eval.judge_endpoint=local"])
     assert by_config.toy_judges == ["judge"]
-    second = plan_eval(plan_args(dataset, model="r1", base_url="http://host/v1", judge_model="big",
-                                 second_judge_model="local"))
+    second = plan_of(dataset, model="r1", base_url="http://host/v1", judge_model="big",
+                                 second_judge_model="local")
     assert second.endpoints["judge"].base_url == "http://host/v1" and second.toy_judges == ["judge2"]
-    remote = plan_eval(plan_args(dataset, model="r1", base_url="http://host/v1", judge_model="big"))
+    remote = plan_of(dataset, model="r1", base_url="http://host/v1", judge_model="big")
     assert remote.toy_judges == []
 
 
@@ -313,8 +312,8 @@ def test_a_toy_judge_is_named_on_the_reports_first_line_and_the_leaderboard(tmp_
     dataset = write_dataset(tmp_path / "bench.csv")
     planned = eval_stage.plan_eval
     with FakeOpenAI(reply=scripted) as server:
-        def stand_in(args: argparse.Namespace) -> eval_stage.EvalPlan:
-            plan = planned(args)
+        def stand_in(args: eval_stage.EvalRequest, config: BuildConfig) -> eval_stage.EvalPlan:
+            plan = planned(args, config)
             assert plan.toy_judges == ["judge"]
             judge = EndpointConfig(base_url=server.url, model="judge", temperature=0.0)
             return dataclasses.replace(plan, endpoints={**plan.endpoints, "judge": judge})

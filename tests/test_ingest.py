@@ -1,4 +1,4 @@
-"""pipeline.records: sources mapped by config into core records; bad input is an error or a reject, never lost."""
+"""bsa.pipeline.records: sources mapped by config into core records; bad input is an error or a reject, never lost."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.config import SourceConfig, load_config
-from pipeline.errors import DataError
-from pipeline.records import CORE_FIELDS, ingest, ingest_source, normalize_text, split_labels, text_id
-from pipeline.taxonomy import Taxonomy
+from bsa.pipeline.config import SourceConfig
+from bsa.pipeline.errors import DataError
+from bsa.pipeline.records import CORE_FIELDS, normalize_text, text_id
+from bsa.pipeline.taxonomy import Taxonomy
+from bsa.project import load_config
+from bsa.stages.ingest import ingest, ingest_source, split_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 TAXONOMY = Taxonomy.load(ROOT / "configs" / "taxonomy" / "bsa.yaml")

@@ -1,4 +1,4 @@
-"""pipeline.io: tables by extension, precise errors on bad input, atomic writes."""
+"""bsa.pipeline.io: tables by extension, precise errors on bad input, atomic writes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.errors import DataError
-from pipeline.io import (
+from bsa.pipeline.errors import DataError
+from bsa.pipeline.io import (
     atomic_path,
     file_sha256,
     load_table,

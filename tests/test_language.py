@@ -10,14 +10,25 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.config import BuildConfig, load_config
-from pipeline.errors import ConfigError, DataError
-from pipeline.prompts import PromptLoader
-from pipeline.stage import StageContext
-from pipeline.taxonomy import Taxonomy
-from stages import language
-from stages.kenlm_arpa import arpa_text
-from stages.language import Config, LanguageModel, lm_text, lm_texts, load_lm, perplexities, train_models
+from bsa.pipeline.config import BuildConfig
+from bsa.pipeline.errors import ConfigError, DataError
+from bsa.pipeline.executor import run_local
+from bsa.pipeline.prompts import PromptLoader
+from bsa.pipeline.stage import StageContext
+from bsa.pipeline.taxonomy import Taxonomy
+from bsa.project import PROJECT, load_config
+from bsa.stages import language
+from bsa.stages.language import (
+    STAGE,
+    Config,
+    LanguageModel,
+    lm_text,
+    lm_texts,
+    load_lm,
+    perplexities,
+    train_models,
+)
+from bsa.text.kenlm_arpa import arpa_text
 
 ENGLISH = [
     "How do I make a simple tomato sauce at home?",
@@ -34,7 +45,7 @@ def config(tmp_path_factory) -> BuildConfig:
     """The default config with its KenLM models trained into a temporary build dir."""
     build = tmp_path_factory.mktemp("build")
     config = load_config(overrides=[f"build_dir={build}"])
-    train_models(config)
+    train_models(STAGE.settings(config), config.build_dir)
     return config
 
 
@@ -49,7 +60,7 @@ def frame(texts: list[str], langs: list[str | None] | None = None) -> pd.DataFra
 
 def run(config: BuildConfig, records: pd.DataFrame, **options):
     section = Config(**{"lm": language.Config().lm, **options})
-    return language.run(records, section, context(config))
+    return run_local(language.STAGE, records, section, context(config))
 
 
 def test_keeps_configured_languages(config):
@@ -120,17 +131,31 @@ def test_absolute_and_percentile_thresholds(config):
 def test_language_without_model_is_not_scored(config):
     ctx = context(config)
     only_english = Config(keep=["en", "zh"], lm={"en": language.Config().lm["en"]})
-    result = language.run(frame(ENGLISH + CHINESE), only_english, ctx)
+    result = run_local(language.STAGE, frame(ENGLISH + CHINESE), only_english, ctx)
     zh = result.kept[result.kept["lang"] == "zh"]
     assert zh["perplexity"].isna().all()
     assert ctx.counters["no_lm_model_zh"] == len(CHINESE)
     assert any(path.endswith("en.arpa") for path in ctx.resources)
 
 
-def test_missing_model_says_run_make_lm(tmp_path):
+def test_a_missing_or_stale_model_is_trained_by_the_stage_setup(tmp_path):
+    config = load_config(overrides=[f"build_dir={tmp_path}"])
+    section = Config(keep=["en"], lm={"en": LanguageModel(reference="data/lm/en.txt")})
+    model = tmp_path / "lm" / "en.arpa"
+    result = run_local(language.STAGE, frame(ENGLISH), section, context(config))
+    assert model.exists() and result.kept["perplexity"].notna().all()
+    trained = model.stat().st_mtime_ns
+    run_local(language.STAGE, frame(ENGLISH), section, context(config))
+    assert model.stat().st_mtime_ns == trained  # same recipe: not trained again
+    stale = Config(keep=["en"], lm={"en": LanguageModel(reference="data/lm/en.txt", order=2)})
+    run_local(language.STAGE, frame(ENGLISH), stale, context(config))
+    assert model.stat().st_mtime_ns != trained  # another order: trained again
+
+
+def test_without_the_setup_a_missing_model_says_what_to_run(tmp_path):
     config = load_config(overrides=[f"build_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="make lm"):
-        language.run(frame(ENGLISH), Config(keep=["en"]), context(config))
+        language.score_languages(frame(ENGLISH).assign(lang="en"), Config(keep=["en"]), context(config))
 
 
 def test_lm_tokenisation():
@@ -148,7 +173,7 @@ TOKENISE_CASES = ["Don't pay $1,250  now!", "line one\nline two", "", "  ", "Σ�
 
 def reference_tokens(text: str, unit: str) -> str:
     """The tokenisation rule written as regular expressions, one text at a time."""
-    from stages.charclass import CJK
+    from bsa.text.charclass import CJK
 
     text = re.sub(r"\d", "0", text.lower())
     if unit == "chars":
@@ -174,7 +199,7 @@ def test_training_writes_loadable_normalised_arpa(tmp_path):
                          encoding="utf-8")
     config = load_config(overrides=[f"build_dir={tmp_path}", "language.lm={}",
                                     f"language.lm.xx.reference={reference}", "language.lm.xx.order=3"])
-    [path] = train_models(config)
+    [path] = train_models(STAGE.settings(config), config.build_dir)
     assert path == tmp_path / "lm" / "xx.arpa"
     text = path.read_text(encoding="utf-8")
     assert text.startswith("\\data\\\nngram 1=") and text.rstrip().endswith("\\end\\")
@@ -206,7 +231,7 @@ def test_reference_errors(tmp_path):
         config = load_config(overrides=[f"build_dir={tmp_path}", "language.lm={}",
                                         f"language.lm.en.reference={reference}"])
         with pytest.raises(DataError, match=message):
-            train_models(config)
+            train_models(STAGE.settings(config), config.build_dir)
 
 
 def test_model_path_template():
@@ -215,12 +240,12 @@ def test_model_path_template():
 
 @pytest.mark.shared
 def test_corpora_run_keeps_english_drops_chinese(corpora, tmp_path):
-    from pipeline.runner import Runner
+    from bsa.pipeline.runner import Runner
 
     config = load_config("configs/corpora.yaml", [f"build_dir={tmp_path}", "language.keep=[en]",
                                                   "order=[clean,language]"])
-    train_models(config)
-    with Runner(config, show_progress=False) as runner:
+    train_models(STAGE.settings(config), config.build_dir)
+    with Runner(config, PROJECT, show_progress=False) as runner:
         runner.build()
     cleaned = pd.read_parquet(tmp_path / "01_clean.parquet")
     kept = pd.read_parquet(tmp_path / "02_language.parquet")
@@ -237,7 +262,7 @@ def test_han_only_text_called_japanese_becomes_chinese(config):
     question = "下列哪些是健康的行为？（ ）"  # lid.176 answers `ja` for this Chinese question
     japanese = "東京でおすすめの公園を教えてください。"
     ctx = context(config)
-    result = language.run(frame([question, japanese]), Config(keep=["zh", "ja"]), ctx)
+    result = run_local(language.STAGE, frame([question, japanese]), Config(keep=["zh", "ja"]), ctx)
     langs = result.kept.set_index("text")["lang"]
     assert langs[question] == "zh"
     assert langs[japanese] == "ja"
@@ -245,7 +270,7 @@ def test_han_only_text_called_japanese_becomes_chinese(config):
 
 
 def test_fold_labels():
-    from stages.language import fold_labels
+    from bsa.stages.language import fold_labels
 
     labels, changes = fold_labels(["ja", "ja", "ja", "wuu", "en"], ["下列哪些是健康的？", "これは日本語です", "asdkjh qwe",
                                                                     "去哪能买到？", "hello"], {"wuu": "zh"})

@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from pipeline.config import EndpointConfig
-from pipeline.errors import ConfigError
-from pipeline.llm import Engine, Request
+from bsa.pipeline.config import EndpointConfig
+from bsa.pipeline.errors import ConfigError
+from bsa.pipeline.llm import Engine, Request
 
 VERDICT = {"type": "object", "required": ["verdict", "reason"],
            "properties": {"verdict": {"type": "string", "enum": ["Safe", "Unsafe"]}, "reason": {"type": "string"}}}
@@ -250,7 +250,7 @@ def test_a_fully_cached_rerun_needs_no_key(fake_server, engine_for, monkeypatch)
 
 
 def test_a_cache_of_another_layout_is_started_afresh(tmp_path):
-    from pipeline.llm_cache import CachedReply, LLMCache
+    from bsa.pipeline.llm.cache import CachedReply, LLMCache
 
     with sqlite3.connect(tmp_path / "old.sqlite") as db:
         db.execute("CREATE TABLE replies (key TEXT PRIMARY KEY, usage TEXT)")

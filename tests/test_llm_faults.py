@@ -11,8 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pipeline.config import EndpointConfig
-from pipeline.llm import Engine, Request
+from bsa.pipeline.config import EndpointConfig
+from bsa.pipeline.llm import Engine, Request
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = {"500": 0.20, "429": 0.10, "timeout": 0.05, "malformed": 0.05}
@@ -55,8 +55,8 @@ def test_every_request_ends_once_under_faults_and_a_second_run_completes_the_fai
 
 CLIENT = """
 import json, sys
-from pipeline.config import EndpointConfig
-from pipeline.llm import Engine, Request
+from bsa.pipeline.config import EndpointConfig
+from bsa.pipeline.llm import Engine, Request
 url, cache, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 config = EndpointConfig(base_url=url, model="fake", concurrency=8, timeout=10)
 requests = [Request("fake", [{"role": "user", "content": f"request {i:04d}"}]) for i in range(n)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import EndpointConfig, LocalServerConfig
-from pipeline.llm import Engine, Request
+from bsa.pipeline.config import EndpointConfig, LocalServerConfig
+from bsa.pipeline.llm import Engine, Request
 
 pytestmark = pytest.mark.llama
 VERDICT = {"type": "object", "required": ["verdict", "reason"], "additionalProperties": False,
@@ -34,7 +34,7 @@ def test_the_engine_starts_and_stops_the_embedded_server(tmp_path):
                     local=LocalServerConfig())
     try:
         [reply] = engine.run([Request("local", [{"role": "user", "content": "Hi"}], params={"max_tokens": 4})])
-        process = engine._local._process
+        process = engine.embedded.server._process
         assert reply.ok and process.poll() is None
         assert engine.endpoint_model("local").endswith(".gguf")
     finally:
@@ -55,9 +55,9 @@ def test_the_real_server_killed_with_sigsegv_mid_run_is_restarted_once_and_the_r
                         schema=VERDICT, params={"max_tokens": 40}) for i in range(12)]
 
     def kill_when_busy() -> None:
-        while engine._local is None or engine._local._process is None or engine.usage_snapshot().total() < 4:
+        while engine.embedded.server is None or engine.embedded.server._process is None or engine.usage_snapshot().total() < 4:
             time.sleep(0.05)
-        engine._local._process.send_signal(signal.SIGSEGV)
+        engine.embedded.server._process.send_signal(signal.SIGSEGV)
 
     threading.Thread(target=kill_when_busy, daemon=True).start()
     try:
@@ -66,6 +66,6 @@ def test_the_real_server_killed_with_sigsegv_mid_run_is_restarted_once_and_the_r
     finally:
         engine.close()
     assert usage["local_server_events"] == ["killed by signal 11 (SIGSEGV)"]
-    assert engine._local.starts == 2
+    assert engine.embedded.server.starts == 2
     assert all(r.ok or r.error.startswith("unparsable") for r in responses)
     assert sum(r.ok for r in responses) >= 6  # the tiny model's JSON is mostly valid; none were lost to the crash

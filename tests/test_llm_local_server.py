@@ -8,10 +8,10 @@ import urllib.request
 
 import pytest
 
-from pipeline import local_server
-from pipeline.config import LocalServerConfig
-from pipeline.errors import ConfigError
-from pipeline.local_server import LocalServer, default_model_path
+from bsa.pipeline.config import LocalServerConfig
+from bsa.pipeline.errors import ConfigError
+from bsa.pipeline.llm import local_server
+from bsa.pipeline.llm.local_server import LocalServer, default_model_path
 
 STAND_IN = """
 import http.server, sys

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from multidict import CIMultiDict
 
-from pipeline.llm_client import parse_choices, parse_retry_after, retry_delay
-from pipeline.reasoning import reasoning_field, split_reasoning, split_think_tags
-from pipeline.structured import ParseError, extract_json, response_format
+from bsa.pipeline.llm.client import parse_choices, parse_retry_after, retry_delay
+from bsa.pipeline.llm.reasoning import reasoning_field, split_reasoning, split_think_tags
+from bsa.pipeline.llm.structured import ParseError, extract_json, response_format
 
 VERDICT = {"type": "object", "required": ["verdict", "reason"],
            "properties": {"verdict": {"type": "string", "enum": ["Safe", "Unsafe"]}, "reason": {"type": "string"}}}
@@ -97,7 +97,7 @@ def test_parse_choices_reads_content_reasoning_and_usage():
 
 @pytest.mark.parametrize("body", [b"<html>502</html>", b'{"choices": []}', b'{"choices": [{"text": "x"}]}', b"[]"])
 def test_parse_choices_flags_malformed_bodies_as_retryable(body):
-    from pipeline.llm_client import SendError
+    from bsa.pipeline.llm.client import SendError
 
     with pytest.raises(SendError) as caught:
         parse_choices(body)
@@ -118,7 +118,7 @@ def test_retry_after_is_honoured_and_backoff_is_bounded():
 def test_the_rate_limiter_waits_once_a_minute_is_full():
     import asyncio
 
-    from pipeline.llm_client import RateLimiter
+    from bsa.pipeline.llm.client import RateLimiter
 
     limiter = RateLimiter(requests_per_minute=2, tokens_per_minute=100)
     asyncio.run(limiter.acquire())

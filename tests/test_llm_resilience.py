@@ -14,12 +14,11 @@ import time
 
 import pytest
 
-from pipeline import local_server
-from pipeline.config import EndpointConfig, LocalServerConfig
-from pipeline.errors import EndpointDown
-from pipeline.llm import Engine, Request
-from pipeline.llm_client import EndpointHealth, SendError
-from pipeline.structured import rejects_response_format
+from bsa.pipeline.config import EndpointConfig, LocalServerConfig
+from bsa.pipeline.errors import EndpointDown
+from bsa.pipeline.llm import Engine, Request, local_server
+from bsa.pipeline.llm.client import EndpointHealth, SendError
+from bsa.pipeline.llm.structured import rejects_response_format
 
 VERDICT = {"type": "object", "required": ["verdict", "reason"],
            "properties": {"verdict": {"type": "string", "enum": ["Safe", "Unsafe"]}, "reason": {"type": "string"}}}
@@ -196,7 +195,7 @@ def signal_server(engine: Engine, signum: int, after_requests: int, times: int =
     def run() -> None:
         for _ in range(times):
             while True:
-                server = engine._local
+                server = engine.embedded.server
                 process = server and server._process
                 if process and process.poll() is None and server.log_tail(100).count("request") >= after_requests:
                     process.send_signal(signum)
@@ -218,7 +217,7 @@ def test_a_local_server_killed_mid_run_is_reported_restarted_and_the_run_complet
     assert all(r.ok and r.content == "fine" for r in responses)
     usage = engine.usage_since()
     assert usage["local_server_events"] == ["killed by signal 11 (SIGSEGV)"]
-    assert usage["failed"] == 0 and engine._local.starts == 2
+    assert usage["failed"] == 0 and engine.embedded.server.starts == 2
     assert "killed by signal 11 (SIGSEGV)" in caplog.text and "stand-in serving" in caplog.text
 
 

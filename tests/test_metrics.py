@@ -10,19 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.cli import main
-from pipeline.errors import DataError
-from stages.judges import SCENARIOS, SUCCESS, THINK_LABELS, UNSCORED
-from stages.leaderboard import PUBLISHED
-from stages.metrics import (
-    ALPHA,
-    HEADLINE,
-    check_judged,
-    compute_metrics,
-    judge_agreement,
-    label_categories,
-    read_judged,
-)
+from bsa.benchmark import ALPHA, SCENARIOS, SUCCESS, THINK_LABELS, label_categories
+from bsa.cli import main
+from bsa.eval.judges import UNSCORED
+from bsa.eval.leaderboard import PUBLISHED
+from bsa.eval.metrics import HEADLINE, check_judged, compute_metrics, judge_agreement, read_judged
+from bsa.pipeline.errors import DataError
 
 FULL_COUNTS = {"Risk Omission": 600, "Cognitive Shortcut": 1200, "Over Sensitivity": 200}
 K = 5

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import ConfigError
-from pipeline.prompts import PromptLoader, parse_template
-from pipeline.taxonomy import Taxonomy
+from bsa.pipeline.errors import ConfigError
+from bsa.pipeline.prompts import PromptLoader, parse_template
+from bsa.pipeline.taxonomy import Taxonomy
 from tests.conftest import ROOT
 
 

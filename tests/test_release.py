@@ -9,19 +9,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.errors import DataError
-from pipeline.runner import stage_paths
-from pipeline.taxonomy import Taxonomy
-from stages.release import (
-    BSA_COLUMNS,
-    SCENARIOS,
-    label_problem,
-    license_url,
-    release_dir,
-    risk_labels,
-    write_release,
-)
-from stages.release_card import category_counts
+from bsa.benchmark import BSA_COLUMNS, SCENARIOS, risk_labels
+from bsa.pipeline.errors import DataError
+from bsa.pipeline.layout import stage_paths
+from bsa.pipeline.taxonomy import Taxonomy
+from bsa.release.card import category_counts
+from bsa.release.files import label_problem, license_url, release_dir, write_release
 from tests.release_build import ORDER, ROOT, synthetic_records, write_synthetic_build
 
 TAXONOMY = Taxonomy.load(ROOT / "configs/taxonomy/bsa.yaml")

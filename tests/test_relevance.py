@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pipeline.config import BuildConfig
-from pipeline.errors import DataError
-from pipeline.io import read_table, write_table
-from pipeline.runner import stage_paths
-from stages import relevance as stage
+from bsa import review
+from bsa.eval.metrics import agreement
+from bsa.pipeline.config import BuildConfig
+from bsa.pipeline.errors import DataError
+from bsa.pipeline.executor import run_local
+from bsa.pipeline.io import read_table, write_table
+from bsa.pipeline.layout import stage_paths
+from bsa.stages import relevance as stage
 from tests.fake_openai import FakeOpenAI
 from tests.llm_stage_support import (
     endpoint,
@@ -65,7 +68,7 @@ def server():
 def run_stage(tmp_path, server, lang="en", **options):
     with stage_context(tmp_path, "relevance", {"judge": endpoint(server, "fake-judge")}, lang=lang) as ctx:
         config = stage.Config(endpoint="judge", **options)
-        return stage.run(records(ROWS, lang), config, ctx), ctx
+        return run_local(stage.STAGE, records(ROWS, lang), config, ctx), ctx
 
 
 def by_text(frame: pd.DataFrame, column: str) -> dict[str, object]:
@@ -137,20 +140,24 @@ def judged_build(tmp_path) -> BuildConfig:
     return config
 
 
-def spot_args(**values) -> argparse.Namespace:
-    return argparse.Namespace(**{"n": 12, "output": None, "import_file": None, **values})
+def spot_check(config, n: int = 12, output: str | None = None, import_file: str | None = None) -> None:
+    """What `bsa spot-check` does with a loaded config."""
+    if import_file:
+        print(review.agreement_of(config, Path(import_file)))
+    else:
+        print(review.write_sheet(config, n, Path(output) if output else None))
 
 
 def test_spot_check_sample_is_stratified_by_category_and_verdict(tmp_path, capsys):
     config = judged_build(tmp_path)
-    assert stage.spot_check_cli(spot_args(), config) == 0
+    spot_check(config)
     sheet, _ = read_table(tmp_path / "build" / "spot-check.csv")
     assert len(sheet) == 12
     assert sheet.groupby(["category", stage.VERDICT]).size().tolist() == [2] * 6  # 6 strata, 2 each
     assert "judge_failed" not in set(sheet[stage.VERDICT])
-    assert set(sheet[stage.HUMAN_VERDICT]) == {""}
+    assert set(sheet[review.HUMAN_VERDICT]) == {""}
     again = tmp_path / "again.csv"
-    stage.spot_check_cli(spot_args(output=str(again)), config)
+    spot_check(config, output=str(again))
     assert read_table(again)[0]["id"].tolist() == sheet["id"].tolist()  # seeded: the same sample
     assert "wrote" in capsys.readouterr().out
 
@@ -158,7 +165,7 @@ def test_spot_check_sample_is_stratified_by_category_and_verdict(tmp_path, capsy
 def test_spot_check_agreement_import(tmp_path, capsys):
     config = judged_build(tmp_path)
     sheet_path = tmp_path / "sheet.csv"
-    stage.spot_check_cli(spot_args(n=8, output=str(sheet_path)), config)
+    spot_check(config, n=8, output=str(sheet_path))
     sheet, _ = read_table(sheet_path)
     sheet = sheet.drop(columns="_line")
     # the person agrees except on two `not_risky` rows, which they call `relevant`; one row left blank
@@ -166,12 +173,12 @@ def test_spot_check_agreement_import(tmp_path, capsys):
     flipped = human[human == "not_risky"].index[:2]
     human[flipped] = "relevant"
     human.iloc[-1] = ""
-    sheet[stage.HUMAN_VERDICT] = human
+    sheet[review.HUMAN_VERDICT] = human
     write_table(sheet, sheet_path)
-    assert stage.spot_check_cli(spot_args(import_file=str(sheet_path)), config) == 0
+    spot_check(config, import_file=str(sheet_path))
     out = capsys.readouterr().out
-    checked = sheet[sheet[stage.HUMAN_VERDICT] != ""]
-    agree = (checked[stage.VERDICT] == checked[stage.HUMAN_VERDICT]).mean()
+    checked = sheet[sheet[review.HUMAN_VERDICT] != ""]
+    agree = (checked[stage.VERDICT] == checked[review.HUMAN_VERDICT]).mean()
     assert f"n={len(checked)}" in out and f"agreement={agree:.1%}" in out
     assert "Cohen's kappa=" in out
 
@@ -179,23 +186,23 @@ def test_spot_check_agreement_import(tmp_path, capsys):
 def test_kappa_and_agreement_by_hand():
     judge = pd.Series(["relevant", "relevant", "not_risky", "not_risky"])
     human = pd.Series(["relevant", "not_risky", "not_risky", "not_risky"])
-    figures = stage.agreement(judge, human)
+    figures = agreement(judge, human)
     # p_o = 3/4; p_e = 1/2 * 1/4 + 1/2 * 3/4 = 1/2; kappa = (3/4 - 1/2) / (1 - 1/2)
-    assert figures == {"n": 4, "agreement": 0.75, "kappa": pytest.approx(0.5)}
-    assert stage.agreement(pd.Series(["a", "a"]), pd.Series(["a", "a"]))["kappa"] is None
+    assert figures == {"pairs": 4, "agreement": 0.75, "kappa": pytest.approx(0.5)}
+    assert agreement(pd.Series(["a", "a"]), pd.Series(["a", "a"]))["kappa"] is None
 
 
 def test_spot_check_import_names_line_and_field_of_a_bad_verdict(tmp_path):
     config = judged_build(tmp_path)
     sheet_path = tmp_path / "sheet.csv"
-    stage.spot_check_cli(spot_args(n=4, output=str(sheet_path)), config)
+    spot_check(config, n=4, output=str(sheet_path))
     sheet = read_table(sheet_path)[0].drop(columns="_line")
-    sheet[stage.HUMAN_VERDICT] = ["relevant", "yes!", "", ""]
+    sheet[review.HUMAN_VERDICT] = ["relevant", "yes!", "", ""]
     write_table(sheet, sheet_path)
     with pytest.raises(DataError, match=r"sheet\.csv:3: field 'human_verdict': 'yes!' is not a verdict"):
-        stage.spot_check_cli(spot_args(import_file=str(sheet_path)), config)
+        spot_check(config, import_file=str(sheet_path))
 
 
 def test_spot_check_before_a_build_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match="not built yet"):
-        stage.spot_check_cli(spot_args(), BuildConfig(build_dir=str(tmp_path / "empty")))
+        spot_check(BuildConfig(build_dir=str(tmp_path / "empty")))

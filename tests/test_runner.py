@@ -1,4 +1,4 @@
-"""pipeline.runner and the `bsa` CLI, driven by a tiny fake stage (so no real stage's behaviour matters).
+"""bsa.pipeline.runner and the `bsa` CLI, driven by a tiny fake stage (so no real stage's behaviour matters).
 
 The fake stage drops texts shorter than `min_chars` and texts containing a word of its word list (a side
 table read through `ctx.read_table`, so a change to it must rerun the stage).
@@ -6,6 +6,7 @@ table read through `ctx.read_table`, so a change to it must rerun the stage).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -15,13 +16,14 @@ import pandas as pd
 import pytest
 import yaml
 
-import pipeline.runner as runner_module
-import stages
-from pipeline.cli import main as bsa
-from pipeline.config import load_config
-from pipeline.errors import DataError
-from pipeline.io import load_table, write_table
-from pipeline.runner import Runner, funnel_table, stage_paths
+import bsa.project as project_module
+from bsa.cli import main as bsa
+from bsa.pipeline.errors import DataError
+from bsa.pipeline.io import load_table, write_table
+from bsa.pipeline.layout import stage_paths
+from bsa.pipeline.runner import Runner
+from bsa.pipeline.stats import funnel_table
+from bsa.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 TAXONOMY = ROOT / "configs" / "taxonomy" / "bsa.yaml"
@@ -31,8 +33,8 @@ FAKE_STAGE = '''
 
 import pandas as pd
 
-from pipeline.config import Section
-from pipeline.stage import StageResult, split_by_reason
+from bsa.pipeline.config import Section
+from bsa.pipeline.stage import Stage, per_batch, reject, whole
 
 CALLS = []
 
@@ -43,7 +45,7 @@ class Config(Section):
     word_file: str | None = None
 
 
-def run(records, config, ctx):
+def drop(records, config, ctx):
     CALLS.append(config)
     words = set(config.words)
     if config.word_file:
@@ -52,29 +54,30 @@ def run(records, config, ctx):
     reasons[records["text"].str.len() < config.min_chars] = "too_short"
     reasons[records["text"].map(lambda t: any(w in t.split() for w in words))] = "banned_word"
     ctx.count("seen", len(records))
-    result = split_by_reason(records.assign(length=records["text"].str.len()), reasons)
-    result.stats = {"words": sorted(words)}
-    return result
+    return reject(records.assign(length=records["text"].str.len()), reasons)
+
+
+def words_used(frame, config, ctx):
+    words = set(config.words) | (set(ctx.read_table(config.word_file)["word"]) if config.word_file else set())
+    ctx.report({"words": sorted(words)})
+    return frame
+
+
+STAGE = Stage("fake", Config, (per_batch(drop), whole(words_used)), needs=("text",), adds=("length",))
 '''
 
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-    """The fake stage module, registered under the name `fake`."""
+    """The fake stage module, registered under the name `fake` in the project the CLI and the tests use."""
     path = tmp_path / "fake_stage.py"
     path.write_text(FAKE_STAGE, encoding="utf-8")
     spec = importlib.util.spec_from_file_location("fake_stage", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    real = stages.stage_module
-
-    def stage_module(name: str):
-        return module if name == "fake" else real(name)
-
-    monkeypatch.setattr(stages, "STAGE_NAMES", [*stages.STAGE_NAMES, "fake"])
-    monkeypatch.setattr(stages, "stage_module", stage_module)
-    monkeypatch.setattr(runner_module, "stage_module", stage_module)
     monkeypatch.setitem(sys.modules, "fake_stage", module)
+    spec.loader.exec_module(module)
+    registry = dataclasses.replace(project_module.PROJECT, stages={**STAGES, "fake": module.STAGE})
+    monkeypatch.setattr(project_module, "PROJECT", registry)
     return module
 
 
@@ -97,7 +100,8 @@ def project(tmp_path):
 
 
 def build(config_path: Path, *overrides: str, force: bool = False, only: list[str] | None = None):
-    with Runner(load_config(config_path, list(overrides)), force=force, show_progress=False) as runner:
+    config = project_module.load_config(config_path, list(overrides))
+    with Runner(config, project_module.PROJECT, force=force, show_progress=False) as runner:
         return runner.build(only=only)
 
 
@@ -107,7 +111,7 @@ def skipped(summary: list[dict]) -> dict[str, bool]:
 
 def test_build_writes_outputs_rejects_stats_and_manifest(fake, project):
     summary = build(project)
-    config = load_config(project)
+    config = project_module.load_config(project)
     ingest, stage = stage_paths(config, "ingest"), stage_paths(config, "fake")
     assert ingest.output.name == "00_ingest.parquet" and stage.output.name == "01_fake.parquet"
     kept = load_table(stage.output)
@@ -130,7 +134,7 @@ def test_build_writes_outputs_rejects_stats_and_manifest(fake, project):
 
 def test_unchanged_stage_is_skipped_on_rerun(fake, project):
     build(project)
-    output = stage_paths(load_config(project), "fake").output
+    output = stage_paths(project_module.load_config(project), "fake").output
     before = output.read_bytes()
     summary = build(project)
     assert len(fake.CALLS) == 1
@@ -174,7 +178,7 @@ def test_changed_side_table_reruns_the_stage(fake, project):
 def test_force_and_a_tampered_output_rerun(fake, project):
     build(project)
     assert skipped(build(project, force=True)) == {"ingest": False, "fake": False}
-    stage_paths(load_config(project), "fake").output.write_bytes(b"tampered")
+    stage_paths(project_module.load_config(project), "fake").output.write_bytes(b"tampered")
     assert skipped(build(project)) == {"ingest": True, "fake": False}
 
 

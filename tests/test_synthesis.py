@@ -9,10 +9,11 @@ import re
 import pandas as pd
 import pytest
 
-from pipeline.errors import ConfigError, DataError
-from pipeline.prompts import PromptLoader
-from stages import synthesis as stage
-from stages.synthesis import CS, OS, RO
+from bsa.pipeline.errors import ConfigError, DataError
+from bsa.pipeline.executor import run_local
+from bsa.pipeline.prompts import PromptLoader
+from bsa.stages import synthesis as stage
+from bsa.stages.synthesis import CS, OS, RO
 from tests.fake_openai import FakeOpenAI, request_schema
 from tests.llm_stage_support import (
     TAXONOMY,
@@ -76,7 +77,7 @@ def run_stage(tmp_path, server, seeds=EN_SEEDS, lang="en", seed_value=0, **optio
     endpoints = {"gen": endpoint(server, "fake-gen"), "check": endpoint(server, "fake-check")}
     with stage_context(tmp_path, "synthesis", endpoints, lang=lang, seed=seed_value) as ctx:
         config = stage.Config(generator="gen", checker="check", counts=options.pop("counts", COUNTS), **options)
-        return stage.run(records(seeds, lang), config, ctx), ctx
+        return run_local(stage.STAGE, records(seeds, lang), config, ctx), ctx
 
 
 def seeds_of(row: pd.Series, frame: pd.DataFrame) -> list[dict]:
@@ -189,7 +190,7 @@ def test_seeds_need_annotations(tmp_path, server):
     frame = records(EN_SEEDS).drop(columns="benign_reason")
     with stage_context(tmp_path, "synthesis", {"gen": endpoint(server, "g")}) as ctx, \
             pytest.raises(DataError, match="benign_reason"):
-        stage.run(frame, stage.Config(generator="gen", checker="gen"), ctx)
+        run_local(stage.STAGE, frame, stage.Config(generator="gen", checker="gen"), ctx)
 
 
 ZH_SEEDS = [

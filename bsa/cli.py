@@ -1,0 +1,249 @@
+"""`bsa`: the command line. Each command parses its arguments here and calls one function elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bsa.benchmark import ALPHA
+from bsa.pipeline.errors import BsaError
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/default.yaml", help="build config (YAML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set language.keep=[en] (repeatable)")
+
+
+def _load(args: argparse.Namespace):
+    from bsa import project
+
+    return project.load_config(args.config, args.overrides)
+
+
+def _runner(config, force: bool = False):
+    from bsa.pipeline.runner import Runner
+    from bsa.project import PROJECT
+
+    return Runner(config, PROJECT, force=force)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from bsa.pipeline.stats import funnel_table
+
+    config = _load(args)
+    valid = True
+    with _runner(config, args.force) as runner:
+        summary = runner.build(only=args.only)
+        print(funnel_table(summary))
+        if args.release:
+            from bsa.release.publish import publish
+
+            messages, valid = publish(runner)
+            print("\n".join(messages))
+    return 0 if valid else 1
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from bsa.pipeline.runner import run_single
+    from bsa.pipeline.stats import funnel_table
+    from bsa.project import PROJECT
+
+    summary = run_single(_load(args), PROJECT, args.name, Path(args.input), Path(args.output))
+    print(funnel_table([summary]))
+    return 0
+
+
+def cmd_lm(args: argparse.Namespace) -> int:
+    from bsa.stages.language import STAGE, train_models
+
+    config = _load(args)
+    for path in train_models(STAGE.settings(config), config.build_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from bsa.release.files import write_release
+
+    for path in write_release(_load(args)):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_croissant(args: argparse.Namespace) -> int:
+    from bsa.release.croissant import write_metadata
+    from bsa.release.croissant.validate import validate
+
+    file = Path(args.file) if args.file else None
+    if file is not None and file.suffix.lower() == ".json":
+        target = file
+    else:
+        facts = {key: getattr(args, key, None) for key in ("name", "license", "citation")}
+        target, message = write_metadata(_load(args), file, Path(args.output) if args.output else None, facts)
+        print(message)
+    report = validate(target)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_spot_check(args: argparse.Namespace) -> int:
+    from bsa import review
+
+    config = _load(args)
+    if args.import_file:
+        print(review.agreement_of(config, Path(args.import_file)))
+    else:
+        print(review.write_sheet(config, args.n, Path(args.output) if args.output else None))
+    return 0
+
+
+def eval_request(args: argparse.Namespace):
+    """The typed request of `bsa eval`'s arguments."""
+    from dataclasses import fields
+
+    from bsa.eval.run import EvalRequest
+
+    return EvalRequest(**{f.name: getattr(args, f.name) for f in fields(EvalRequest)})
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from bsa.eval.metrics import HEADLINE
+    from bsa.eval.run import TOY_WARNING, plan_eval, run_eval
+    from bsa.text.markdown import markdown_table
+
+    plan = plan_eval(eval_request(args), _load(args))
+    metrics = run_eval(plan)
+    if metrics["run"]["judge_is_toy"]:
+        print(TOY_WARNING)
+    print(markdown_table(["model", "items", *HEADLINE], [metrics]))
+    print(f"wrote {plan.out}/: samples.jsonl, judged.csv, metrics.json, report.md")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    import json
+
+    from bsa.eval.metrics import HEADLINE, metrics_of_files
+    from bsa.text.markdown import markdown_table
+
+    results = metrics_of_files(args.judged, k=args.k, alpha=args.alpha, dataset=args.dataset,
+                               second_judged=args.second_judged)
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False, indent=2))
+        return 0
+    rows = [{"model": model, **figures} for model, figures in results.items()]
+    print(markdown_table(["model", "items", "k", *HEADLINE], rows))
+    for model, figures in results.items():
+        unscored = figures["unscored"]
+        if unscored["safety"] or unscored["thinking"]:
+            print(f"{model}: unscored samples: safety {unscored['safety']}, thinking {unscored['thinking']}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bsa.eval.leaderboard import build_leaderboard
+
+    for path in build_leaderboard(args.results, args.output):
+        print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bsa", description="Build and score risk-awareness benchmarks.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="run the configured stages in order")
+    _config_args(p)
+    p.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (their inputs must exist)")
+    p.add_argument("--force", action="store_true", help="rerun even unchanged stages")
+    p.add_argument("--release", action="store_true",
+                   help="then write build/release/ and its Croissant metadata (each skipped when unchanged)")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("stage", help="run one stage on any JSONL/CSV/Parquet file")
+    p.add_argument("name", help="clean, language, relevance, dedup, annotations, synthesis or difficulty")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    _config_args(p)
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("lm", help="retrain the KenLM models the config names (a build trains stale ones)")
+    _config_args(p)
+    p.set_defaults(func=cmd_lm)
+
+    p = sub.add_parser("release", help="write build/release/ from the last stage's output")
+    _config_args(p)
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("croissant", help="write and validate Croissant metadata for a BSA-format CSV")
+    p.add_argument("file", nargs="?", help="a BSA-format CSV (default: the build's release), "
+                                           "or a Croissant JSON file to validate only")
+    p.add_argument("--output", help="where to write the JSON-LD (default: <build_dir>/croissant/<CSV stem>/"
+                                    "croissant.json for a CSV, the release's croissant.json without FILE)")
+    p.add_argument("--name", help="dataset name (default: SOURCE.txt beside the CSV, else the file name)")
+    p.add_argument("--license", help="licence, SPDX id or URL (default: SOURCE.txt, else release.license)")
+    p.add_argument("--citation", help="how to cite the dataset (default: SOURCE.txt, else release.citation)")
+    _config_args(p)
+    p.set_defaults(func=cmd_croissant)
+
+    p = sub.add_parser("spot-check", help="sample the relevance judge's verdicts for a person to check")
+    p.add_argument("--n", type=int, default=50, help="rows to sample, stratified by category and verdict")
+    p.add_argument("--output", default=None, help="CSV to write (default: build/spot-check.csv)")
+    p.add_argument("--import", dest="import_file", help="a checked CSV: report agreement with the judge")
+    _config_args(p)
+    p.set_defaults(func=cmd_spot_check)
+
+    p = sub.add_parser("eval", help="sample a model k times per item, judge, and score")
+    p.add_argument("--model", required=True, help="model name ('local' for the embedded model)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (default: the local model)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the variable holding the key")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--dataset", default=None, help="BSA-format CSV (default: the last built release)")
+    p.add_argument("--limit", type=int, default=None, help="N items, stratified by scenario (seeded)")
+    p.add_argument("--judge-model", default=None)
+    p.add_argument("--judge-base-url", default=None)
+    p.add_argument("--judge-api-key-env", default=None)
+    p.add_argument("--second-judge-model", default=None, help="a second judge, for agreement (kappa)")
+    p.add_argument("--second-judge-base-url", default=None)
+    p.add_argument("--rules", action="store_true", help="add BSA's safety-rules system prompt")
+    p.add_argument("--output-dir", default="results")
+    p.add_argument("--lang", default=None, help="judge prompt language (default: from the dataset)")
+    _config_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("metrics", help="BSA metrics from a judged CSV in the official format")
+    p.add_argument("--judged", required=True)
+    p.add_argument("--k", type=int, default=None, help="samples per item (default: inferred)")
+    p.add_argument("--alpha", type=float, default=ALPHA)
+    p.add_argument("--dataset", default=None, help="the benchmark CSV, for per-category breakdowns")
+    p.add_argument("--second-judged", default=None, help="the same samples judged by a second judge (kappa)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("leaderboard", help="gather results/*/metrics.json into a table and chart")
+    p.add_argument("--results", default="results")
+    p.add_argument("--output", default=None, help="output dir (default: the results dir)")
+    p.set_defaults(func=cmd_leaderboard)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except BsaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

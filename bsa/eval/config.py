@@ -1,0 +1,27 @@
+"""The config's `eval:` section: sampling, judging and scoring settings of `bsa eval`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from bsa.benchmark import ALPHA
+from bsa.pipeline.config import Section
+
+
+class Config(Section):
+    """The config's `eval:` section."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_tokens: int | None = 8192  # per sample on a remote model (reasoning models think at length)
+    local_max_tokens: int = 160  # per sample on the embedded model (slow on CPU)
+    judge_endpoint: str | None = None  # an endpoint under `endpoints:` to judge with (`local`: the toy judge)
+    judge_max_tokens: int | None = 1024
+    local_judge_max_tokens: int = 96  # the judge schemas put the verdict first and cap the reason
+    local_timeout: float = 900.0  # seconds a request may take on the embedded model (slow or busy CPUs)
+    # does the model's chat template open the reasoning (no `<think>` in the reply)? auto: when any sample
+    # of the run has only `</think>`
+    template_opens_reasoning: bool | Literal["auto"] = "auto"
+    judge_truncated: bool = False  # judge the answers of samples that stopped before their final answer
+    resamples: int = 1000  # bootstrap resamples for the 95% intervals (0: none)
+    alpha: float = ALPHA

@@ -1,0 +1,106 @@
+"""`bsa leaderboard`: gather `results/*/metrics.json` into `leaderboard.md`, `leaderboard.csv` and
+`leaderboard.png`, beside BSA's published figures (`data/reference/bsa_published.csv`, cited in the `.md`
+beside it) when a run used BSA's released set. A run judged by the embedded toy model has its judge marked
+" (toy)".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bsa import PROJECT_ROOT
+from bsa.eval.metrics import HEADLINE
+from bsa.eval.run import BSA_RELEASED
+from bsa.pipeline.errors import ConfigError, DataError
+from bsa.pipeline.io import write_table, write_text
+from bsa.text.markdown import markdown_table
+
+PUBLISHED = PROJECT_ROOT / "data" / "reference" / "bsa_published.csv"
+OURS, THEIRS = "this project", "BSA (published)"
+TOY = " (toy)"  # after the judge of a run judged by the embedded model: its figures measure nothing
+COLUMNS = ["model", "source", "benchmark", "items", "k", "judge", *HEADLINE]
+
+
+def result_row(path: Path) -> dict[str, Any]:
+    """A leaderboard row from one run's metrics.json."""
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        run = metrics["run"]
+        return {"model": metrics["model"], "source": OURS, "benchmark": run["benchmark"],
+                "items": metrics["items"], "k": metrics["k"],
+                "judge": f"{run['judge']}{TOY if run.get('judge_is_toy') else ''}",
+                **{name: metrics[name] for name in HEADLINE}}
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(path, f"not a metrics.json written by `bsa eval` ({err!r})") from err
+
+
+def published_rows(path: Path = PUBLISHED) -> list[dict[str, Any]]:
+    """BSA's published figures as leaderboard rows (the full released set)."""
+    frame = pd.read_csv(path)
+    return [{"model": row["model"], "source": THEIRS, "benchmark": BSA_RELEASED, "items": 2000, "k": None,
+             "judge": None, **{name: float(row[name]) for name in HEADLINE}} for _, row in frame.iterrows()]
+
+
+def gather(results: Path) -> list[dict[str, Any]]:
+    """Our rows, plus the published ones when a run used the released set; best F-score first."""
+    rows = [result_row(path) for path in sorted(results.glob("*/metrics.json"))]
+    if not rows:
+        raise ConfigError(f"no {results}/*/metrics.json: run `make eval MODEL=...` first")
+    if any(row["benchmark"] == BSA_RELEASED for row in rows):
+        rows += published_rows()
+    return sorted(rows, key=lambda row: (row["F-score"] is None, -(row["F-score"] or 0), row["model"]))
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["# Leaderboard", "", markdown_table(COLUMNS, rows), ""]
+    if any(row["source"] == THEIRS for row in rows):
+        lines += [f"Rows marked '{THEIRS}' are from the BSA project page (see "
+                  "data/reference/bsa_published.md, which also notes that most published F-scores do not "
+                  "follow the released script's formula). "
+                  "Rows of this project with fewer than 2000 items ran on a subset of the released set, and "
+                  "every row's figures depend on its judge: compare with care.", ""]
+    if any(str(row["judge"]).endswith(TOY) for row in rows):
+        lines += [f"A judge marked '{TOY.strip()}' is the embedded SmolLM2-135M: its verdicts test the "
+                  "pipeline, and those rows are not a measurement of their model.", ""]
+    return "\n".join(lines)
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Safe@1 against Think@1, one point a model, this project's runs highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 6), dpi=120)
+    for source, color, size in ((THEIRS, "#9aa5b1", 30), (OURS, "#d1495b", 60)):
+        points = [row for row in rows
+                  if row["source"] == source and None not in (row["Think@1"], row["Safe@1"])]
+        axes.scatter([r["Think@1"] for r in points], [r["Safe@1"] for r in points], s=size, color=color,
+                     label=source, zorder=3 if source == OURS else 2)
+        for row in points:
+            axes.annotate(row["model"], (row["Think@1"], row["Safe@1"]), fontsize=6, xytext=(3, 2),
+                          textcoords="offset points", color=color)
+    axes.set(xlabel="Think@1 (reasoning recognises the risk, %)", ylabel="Safe@1 (answer is safe, %)",
+             title="Answer safety against risk awareness", xlim=(0, 100), ylim=(0, 102))
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def build_leaderboard(results: str | Path, output: str | Path | None = None) -> list[Path]:
+    """Write leaderboard.md, .csv and .png into `output` (default: the results directory)."""
+    results = Path(results)
+    out = Path(output) if output else results
+    out.mkdir(parents=True, exist_ok=True)
+    rows = gather(results)
+    return [write_table(pd.DataFrame(rows, columns=COLUMNS), out / "leaderboard.csv"),
+            write_text(markdown(rows), out / "leaderboard.md"),
+            chart(rows, out / "leaderboard.png")]

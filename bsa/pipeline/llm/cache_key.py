@@ -1,0 +1,67 @@
+"""The reply cache's key, spelled out: what goes in, what stays out.
+
+In: the endpoint's identity (its URL; for the embedded model `local:<GGUF file name>`, since its port changes
+every run), the sample index, the reply schema (as the grammar sees it) and the request body: the
+endpoint's `extra_body`, model, messages (with the elicit-reasoning instruction when it applies), its sampling
+fields and the request's own parameters.
+Out: how the schema is asked for (the structured-output form is negotiated per endpoint), concurrency,
+rate limits, timeouts, retry pacing, the API key's variable and prices: they change how a reply is obtained,
+never which reply is right. The fingerprint of a stage uses the same split of the endpoint's settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from bsa.pipeline.config import EndpointConfig, LocalServerConfig
+
+SAMPLING_FIELDS = ("temperature", "top_p", "max_tokens", "seed")
+# EndpointConfig fields that can change a reply or its outcome (so a stage using the endpoint reruns) ...
+RESULT_FIELDS = frozenset({"base_url", "model", *SAMPLING_FIELDS, "reasoning", "supports_n", "parse_retries",
+                           "extra_body"})
+# ... and those that cannot: how replies are fetched and paid for
+SERVING_FIELDS = frozenset({"api_key_env", "concurrency", "requests_per_minute", "tokens_per_minute", "timeout",
+                            "max_retries", "backoff_base", "backoff_max", "structured_output", "down_after",
+                            "down_after_requests", "price_per_million"})
+# LocalServerConfig fields that can change a reply of the embedded model (the rest: serving)
+LOCAL_RESULT_FIELDS = frozenset({"model_path", "n_ctx"})
+
+
+def endpoint_result_settings(endpoint: EndpointConfig) -> dict[str, Any]:
+    """The endpoint's settings that can change a result."""
+    return {name: value for name, value in endpoint.model_dump(mode="json").items() if name in RESULT_FIELDS}
+
+
+def local_result_settings(local: LocalServerConfig) -> dict[str, Any]:
+    """The embedded server's settings that can change a reply."""
+    return {name: value for name, value in local.model_dump(mode="json").items() if name in LOCAL_RESULT_FIELDS}
+
+
+def request_payload(endpoint: EndpointConfig, messages: list[dict[str, str]], params: dict[str, Any],
+                    sample: int) -> dict[str, Any]:
+    """The request body before the structured-output form is added: what the reply depends on."""
+    payload: dict[str, Any] = {**endpoint.extra_body, "model": endpoint.model, "messages": messages}
+    payload.update({name: getattr(endpoint, name) for name in SAMPLING_FIELDS if getattr(endpoint, name) is not None})
+    payload.update(params)
+    if "seed" in payload and sample and not endpoint.supports_n:
+        payload["seed"] += sample  # k samples with a fixed seed must still differ (with n: one request)
+    return payload
+
+
+def schema_text(grammar_schema: dict | None) -> str | None:
+    """The schema as the key (and the JSON check) sees it: sorted keys."""
+    return json.dumps(grammar_schema, sort_keys=True) if grammar_schema else None
+
+
+def body_bytes(payload: dict[str, Any]) -> bytes:
+    """The payload serialised, keys unsorted: a schema's property order steers grammars."""
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def cache_key(identity: str, sample: int, schema_json: str | None, body: bytes) -> str:
+    """sha256 of the endpoint's identity, the sample index, the schema and the body."""
+    digest = hashlib.sha256(f"{identity}\n{sample}\n{schema_json}\n".encode())
+    digest.update(body)
+    return digest.hexdigest()

@@ -1,0 +1,263 @@
+"""The release's dataset card (`README.md`) and its two pictures (`funnel.png`, `categories.png`).
+
+The card's YAML front matter is the Hugging Face dataset-card header: `configs` points `datasets` at
+benchmark.parquet, so `datasets.load_dataset("build/release")` loads the release from the local files.
+Everything in the card comes from the released rows, the build's stats and manifest, and the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from bsa.benchmark import BSA_COLUMNS, SCENARIOS, label_categories
+from bsa.pipeline.config import SourceConfig
+from bsa.release.config import Config
+from bsa.release.croissant.config import croissant_config
+from bsa.release.files import (
+    DATA_FILES,
+    FIELD_DESCRIPTIONS,
+    ReleaseInfo,
+    build_endpoints,
+    license_url,
+    source_license,
+)
+from bsa.text.markdown import markdown_table
+
+SPLIT = "test"
+SCENARIO_COLORS = dict(zip(SCENARIOS, ("#d94801", "#2171b5", "#238b45"), strict=True))
+
+
+def first_category(label: str) -> str:
+    """The category of an item's first risk (Query A's, for a Cognitive Shortcut pair)."""
+    categories = label_categories(label)
+    return categories[0] if categories else ""
+
+
+def category_counts(frame: pd.DataFrame, categories: list[str]) -> pd.DataFrame:
+    """Items by category (rows: every category, most items first) and scenario (columns), with totals."""
+    table = pd.crosstab(frame["label"].map(first_category), frame["dataset_name"])
+    rows = list(categories) + [c for c in table.index if c not in categories]
+    table = table.reindex(index=rows, columns=[s for s in SCENARIOS if s in table.columns], fill_value=0)
+    table["Total"] = table.sum(axis=1)
+    table = table.sort_values("Total", ascending=False, kind="stable")
+    table.loc["Total"] = table.sum()
+    table.index.name = "category"
+    return table
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_funnel(funnel: list[dict[str, Any]], path: Path) -> Path:
+    """Rows in and out of each stage as paired horizontal bars (first stage on top), drops written beside."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(funnel) + 1.2))
+    ypos = list(range(len(funnel)))
+    rows_out = [row.get("rows_out", 0) for row in funnel]
+    ax.barh([y - 0.2 for y in ypos], [row.get("rows_in", 0) for row in funnel], height=0.4, color="#c6dbef",
+            label="rows in")
+    ax.barh([y + 0.2 for y in ypos], rows_out, height=0.4, color="#2171b5", label="rows out")
+    for y, row, out in zip(ypos, funnel, rows_out, strict=True):
+        dropped = sum(row.get("dropped", {}).values())
+        ax.text(out, y + 0.2, f" {out}" + (f", {dropped} dropped" if dropped else ""), va="center", fontsize=8)
+    ax.set_yticks(ypos, [row.get("stage", "?") for row in funnel])
+    ax.invert_yaxis()
+    ax.set_xlabel("rows")
+    ax.set_title("Build funnel")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_categories(counts: pd.DataFrame, path: Path) -> Path:
+    """Items by category, stacked by scenario (`counts` as `category_counts` makes it)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    counts = counts.drop(index="Total").drop(columns="Total")
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(counts) + 1.5))
+    left = pd.Series(0, index=counts.index)
+    for scenario in counts.columns:
+        ax.barh(counts.index, counts[scenario], left=left, color=SCENARIO_COLORS[scenario], label=scenario)
+        left += counts[scenario]
+    ax.invert_yaxis()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("items (Cognitive Shortcut: by Query A's category)")
+    ax.set_title("Items by category and scenario")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def hf_license(license_id: str) -> str:
+    """A licence id as the Hub's card metadata spells it (`CC-BY-4.0` -> `cc-by-4.0`), `other` for a URL."""
+    return "other" if license_id.startswith(("http://", "https://")) else license_id.lower().replace(" ", "-")
+
+
+def size_category(rows: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < limit:
+            return name
+    return "n>1M"
+
+
+def front_matter(info: ReleaseInfo) -> dict[str, Any]:
+    """The card's YAML header: licence, languages, size, and the data files `datasets` loads."""
+    frame = info.records
+    header: dict[str, Any] = {"pretty_name": info.config.name, "license": hf_license(info.section.license)}
+    if "lang" in frame.columns:
+        header["language"] = sorted(frame["lang"].dropna().astype(str).unique().tolist())
+    header["tags"] = [k.lower().replace(" ", "-") for k in info.section.keywords]
+    header["size_categories"] = [size_category(len(frame))]
+    header["configs"] = [{"config_name": "default", "data_files": [{"split": SPLIT, "path": "benchmark.parquet"}]}]
+    return header
+
+
+def source_licence_text(source: SourceConfig, section: Config) -> str:
+    licence = source_license(source, section)
+    if licence is None:
+        return "not stated in the config: check before redistributing"
+    own = not source.license and source.name in section.own_sources
+    return f"{licence} (the project's own pool, released under the benchmark's licence)" if own else licence
+
+
+def sources_section(info: ReleaseInfo) -> str:
+    rows = [[s.name, f"`{s.path}`", source_licence_text(s, info.section), s.citation or "",
+             info.items_by_source.get(s.name, 0)] for s in info.config.sources]
+    licence = info.section.license_url or license_url(info.section.license) or info.section.license
+    return "\n\n".join([
+        "## Sources and licences",
+        f"The benchmark is released under **{info.section.license}** ({licence}). An item written from a "
+        "source's rows may also be bound by that source's licence:",
+        markdown_table(["source", "file", "licence", "citation", "items drawing on it"], rows),
+    ])
+
+
+def _reasons(row: dict[str, Any]) -> str:
+    reasons = sorted(row.get("dropped", {}).items(), key=lambda kv: -kv[1])
+    return ", ".join(f"`{reason}` {n}" for reason, n in reasons) or "-"
+
+
+def funnel_section(info: ReleaseInfo) -> str:
+    rows = [[row.get("stage", "?"), row.get("rows_in", 0), row.get("rows_out", 0), _reasons(row),
+             f"{row.get('seconds', 0):.1f}"] for row in info.funnel]
+    return "\n\n".join([
+        "## How it was built",
+        "Rows in and out of each stage of the build, and why rows left (each dropped row is kept with its "
+        "reason in `build/NN_<stage>.rejects.parquet`):",
+        markdown_table(["stage", "rows in", "rows out", "dropped (reason rows)", "seconds"], rows),
+        "![Build funnel](funnel.png)",
+        *files_read(info),
+    ])
+
+
+def files_read(info: ReleaseInfo) -> list[str]:
+    """The side files (annotations, models, word lists) each stage read, from the manifest."""
+    stages = info.manifest.get("stages", {})
+    lines = [f"- {name}: " + ", ".join(f"`{path}`" for path in entry["resources"])
+             for name, entry in stages.items() if entry.get("resources")]
+    return ["Files the stages read (their sha256 are in `build/manifest.json`):\n\n" + "\n".join(lines)] if lines else []
+
+
+def _usage(usage: Any) -> str:
+    """LLM usage from a stage's stats, flattened to `key value` pairs."""
+    if not isinstance(usage, dict):
+        return str(usage)
+    parts = []
+    for key, value in usage.items():
+        parts.append(f"{key}: {_usage(value)}" if isinstance(value, dict) else f"{key} {value}")
+    return "; ".join(parts)
+
+
+def models_section(info: ReleaseInfo) -> str:
+    endpoint_rows = [[name, e.get("model", ""), "embedded llama.cpp server" if e.get("base_url") == "local"
+                      else e.get("base_url", "")] for name, e in build_endpoints(info.config, info.manifest).items()]
+    usage_rows = [[row["stage"], _usage(row["llm"])] for row in info.funnel if row.get("llm")]
+    prompts = info.manifest.get("prompts", {})
+    prompt_rows = [[f"`prompts/{key}.md`", f"`{digest}`"] for key, digest in sorted(prompts.items())]
+    parts = ["## Models and prompts", "Endpoints of the build config:",
+             markdown_table(["endpoint", "model", "server"], endpoint_rows)]
+    if usage_rows:
+        parts += ["LLM calls by stage:", markdown_table(["stage", "usage"], usage_rows)]
+    parts += ["Prompt templates used, by sha256 (also in `build/manifest.json`):",
+              markdown_table(["template", "sha256"], prompt_rows) if prompt_rows else "No prompt was used."]
+    return "\n\n".join(parts)
+
+
+def contents_section(info: ReleaseInfo) -> str:
+    counts = category_counts(info.records, list(info.taxonomy.categories))
+    rows = [[index, *map(int, values)] for index, values in zip(counts.index, counts.to_numpy(), strict=True)]
+    by_scenario = info.records["dataset_name"].value_counts()
+    scenario_rows = [[s, int(by_scenario.get(s, 0))] for s in SCENARIOS] + [["Total", len(info.records)]]
+    return "\n\n".join([
+        "## Contents",
+        markdown_table(["scenario", "items"], scenario_rows),
+        "Items by category (a Cognitive Shortcut pair counts under the category of Query A's risk):",
+        markdown_table(["category", *counts.columns], rows),
+        "![Items by category and scenario](categories.png)",
+    ])
+
+
+def files_section(info: ReleaseInfo) -> str:
+    rows = [[f"`{name}`", role, f"`{info.files.get(name, '')}`"] for name, role in DATA_FILES.items()]
+    rows.append(["`croissant.json`", "Croissant metadata (with Responsible-AI fields), validated by mlcroissant.", ""])
+    fields = [[f"`{column}`", FIELD_DESCRIPTIONS.get(column, "provenance column of the build"),
+               "CSV, JSONL, Parquet" if column in BSA_COLUMNS else "JSONL, Parquet"]
+              for column in info.records.columns]
+    return "\n\n".join(["## Files", markdown_table(["file", "what", "sha256"], rows),
+                        "Columns:", markdown_table(["column", "meaning", "in"], fields)])
+
+
+def responsible_ai_section(info: ReleaseInfo) -> str:
+    rai = croissant_config(info.config).rai
+    parts = [("Intended use", rai.data_use_cases), ("Known biases", rai.data_biases),
+             ("Limitations", rai.data_limitations), ("Sensitive content", rai.personal_sensitive_information),
+             ("Social impact", rai.data_social_impact)]
+    return "\n\n".join(["## Use, biases and limitations",
+                        *(f"**{title}.** {text}" for title, text in parts if text)])
+
+
+def loading_section() -> str:
+    return "\n\n".join(["## Loading", "\n".join([
+        "```python",
+        'import pandas as pd\nitems = pd.read_csv("benchmark.csv", keep_default_na=False)',
+        'from datasets import load_dataset\nitems = load_dataset("path/to/this/folder", split="test")',
+        'import mlcroissant as mlc\nitems = list(mlc.Dataset("croissant.json").records("benchmark"))',
+        "```"])])
+
+
+def render_card(info: ReleaseInfo) -> str:
+    """The dataset card: YAML header, then what it is, contents, files, funnel, models, sources, caveats."""
+    config = info.config
+    header = yaml.safe_dump(front_matter(info), sort_keys=False, allow_unicode=True)
+    intro = (f"{config.description}\n\n" if config.description else "") + (
+        "A benchmark in the format of Beyond Safe Answers (BSA, arXiv 2505.19690): each item is a query with the "
+        "risk it hides (`risk_summary`) and that risk's label, in one of three scenarios. A reasoning model is "
+        "scored on whether its reasoning recognises the risk, not only on whether its final answer is safe. "
+        f"Version {config.version}, built on {info.date} by `bsa build --config {config.config_path}`.")
+    versions = info.manifest.get("versions", {})
+    built_with = ", ".join(f"{name} {version}" for name, version in versions.items())
+    sections = [f"---\n{header}---", f"# {config.name}", intro, contents_section(info), files_section(info),
+                funnel_section(info), models_section(info), sources_section(info), responsible_ai_section(info),
+                loading_section()]
+    if info.section.citation:
+        sections.append(f"## Citation\n\n```\n{info.section.citation.strip()}\n```")
+    if built_with:
+        sections.append(f"Software versions of the build: {built_with}.")
+    return "\n\n".join(sections) + "\n"
+

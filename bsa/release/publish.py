@@ -1,0 +1,64 @@
+"""The release and its Croissant metadata as steps after the stages, skipped when nothing they are made from
+changed (`bsa build --release`, what `make build-dataset` runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bsa.pipeline.errors import DataError
+from bsa.pipeline.io import file_sha256
+from bsa.pipeline.layout import INGEST, stage_paths
+from bsa.pipeline.llm.cache_key import endpoint_result_settings
+from bsa.pipeline.runner import Runner
+from bsa.release.files import CROISSANT_FILE, DATA_FILES, last_output, release_dir, write_release
+
+RELEASE_FILES = [*DATA_FILES, "funnel.txt", "funnel.png", "categories.png", "README.md"]
+
+
+def _sha(path: Path) -> str | None:
+    return file_sha256(path) if path.exists() else None
+
+
+def made_from(runner: Runner) -> dict[str, Any]:
+    """What the release is made from: the config (endpoints by the settings that change results), the rows,
+    the ingest output (sources of seeds) and every stage's stats."""
+    config = runner.config
+    data = config.model_dump(mode="json", exclude={"endpoints", "llm", "config_path"})
+    data["endpoints"] = {name: endpoint_result_settings(e) for name, e in config.endpoints.items()}
+    stats = {name: _sha(stage_paths(config, name).stats) for name in [INGEST, *config.order]}
+    return {"config": data, "rows": _sha(last_output(config)), "ingest": _sha(stage_paths(config, INGEST).output),
+            "stats": stats}
+
+
+def publish(runner: Runner) -> tuple[list[str], bool]:
+    """Write the release, then its Croissant metadata, each unless unchanged; (messages, metadata valid)."""
+    from bsa.release.croissant import write_metadata
+    from bsa.release.croissant.validate import validate
+
+    config = runner.config
+    out = release_dir(config)
+    if not last_output(config).exists():
+        raise DataError(last_output(config), "the last stage's output is missing: run `bsa build` first")
+    messages: list[str] = []
+    parts = made_from(runner)
+    if runner.run_task("release", ["bsa.release.files", "bsa.release.card"], parts,
+                       [out / name for name in RELEASE_FILES], lambda: write_release(config)):
+        messages.append(f"wrote {out}/")
+    target = out / CROISSANT_FILE
+    report = None
+
+    def describe() -> None:
+        nonlocal report
+        messages.append(write_metadata(config)[1])
+        report = validate(target)
+
+    parts = {**parts, "files": {name: _sha(out / name) for name in RELEASE_FILES}}
+    runner.run_task("croissant", ["bsa.release.croissant", "bsa.release.croissant.build",
+                                  "bsa.release.croissant.validate"], parts, [target], describe)
+    if report is not None:
+        messages.append(report.summary())
+        if not report.ok:
+            target.unlink(missing_ok=True)  # never leave metadata that failed validation to pass next time
+        return messages, report.ok
+    return messages, True

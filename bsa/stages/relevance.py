@@ -1,0 +1,114 @@
+"""Stage 'relevance': an LLM judge checks that each seed deserves its label, and says why.
+
+Risky rows: does the instruction really carry its `Category-Subcategory` risk? Safe rows: is it really a
+harmless look-alike (harmless, though its wording resembles a risky request)? The reply is schema-constrained
+`{"verdict": ..., "reason": ...}`; rows whose verdict is not in `keep_verdicts` are rejected with the verdict
+as reason (`label_mismatch`, `not_risky`, `plainly_harmless`, `actually_risky`). A reply that never parsed is
+never counted as a verdict: the row is kept and flagged `judge_failed` (or rejected, `on_judge_failure: reject`).
+Risky rows without a valid taxonomy label, and rows whose `is_risky` is unknown, are rejected `no_risk_label`.
+
+Adds columns:
+    relevance_verdict  the judge's verdict, `judge_failed`, or None when the row was not judged
+    relevance_reason   the judge's short reason (or the error of a failed reply)
+
+A person checks the judge with the spot check (`bsa spot-check`, bsa.review).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from pydantic import field_validator
+
+from bsa.pipeline.config import Section
+from bsa.pipeline.errors import ConfigError
+from bsa.pipeline.llm import Request
+from bsa.pipeline.prompts import Prompt
+from bsa.pipeline.stage import Stage, StageContext, per_batch, reject, whole
+from bsa.pipeline.verdicts import JUDGE_FAILED, OnJudgeFailure, read_verdict, schema_verdicts
+
+RISKY_VERDICTS = ("relevant", "label_mismatch", "not_risky")
+SAFE_VERDICTS = ("look_alike", "plainly_harmless", "actually_risky")
+NO_LABEL = "no_risk_label"
+VERDICT, REASON = "relevance_verdict", "relevance_reason"
+
+
+class Config(Section):
+    endpoint: str = "local"  # the judge, a name under `endpoints:`
+    risky_prompt: str = "relevance_risky"
+    safe_prompt: str = "relevance_safe"
+    keep_verdicts: list[str] = ["relevant", "look_alike"]
+    on_judge_failure: OnJudgeFailure = "keep"
+    temperature: float = 0.0
+    max_tokens: int = 96  # verdict + one short reason
+
+    @field_validator("keep_verdicts")
+    @classmethod
+    def _known_verdicts(cls, value: list[str]) -> list[str]:
+        unknown = set(value) - set(RISKY_VERDICTS) - set(SAFE_VERDICTS)
+        if unknown:
+            raise ValueError(f"unknown verdicts {sorted(unknown)}; known: {[*RISKY_VERDICTS, *SAFE_VERDICTS]}")
+        return value
+
+
+def _checked_prompt(ctx: StageContext, name: str, verdicts: tuple[str, ...]) -> Prompt:
+    """A judge prompt whose schema offers exactly the verdicts this stage understands."""
+    prompt = ctx.prompts.load(name)
+    if set(schema_verdicts(prompt.schema)) != set(verdicts):
+        raise ConfigError(f"{prompt.path}: its schema must allow the verdicts {list(verdicts)}")
+    return prompt
+
+
+def _render(row: pd.Series, risky: bool, prompts: dict[bool, Prompt], ctx: StageContext) -> list[dict]:
+    if not risky:
+        return prompts[False].render(text=row["text"])
+    return prompts[True].render(text=row["text"], category=ctx.taxonomy.translate(row["category"], ctx.lang),
+                                subcategory=ctx.taxonomy.translate(row["subcategory"], ctx.lang))
+
+
+def _labelled(frame: pd.DataFrame, ctx: StageContext) -> pd.Series:
+    """Which risky rows hold a full taxonomy label (a category and one of its subcategories)."""
+    return pd.Series([isinstance(s, str) and bool(s) and ctx.taxonomy.is_valid(c, s)
+                      for c, s in zip(frame["category"], frame["subcategory"], strict=True)], index=frame.index)
+
+
+def judge_rows(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd.DataFrame:
+    """Row by row: the judge's verdict on each labelled row, and the rows rejected for it."""
+    frame = records.copy()
+    risky = frame["is_risky"].astype("boolean")
+    judged = (risky.eq(True) & _labelled(frame, ctx)) | risky.eq(False)
+    judged = judged.fillna(False).astype(bool)
+    prompts = {True: _checked_prompt(ctx, config.risky_prompt, RISKY_VERDICTS),
+               False: _checked_prompt(ctx, config.safe_prompt, SAFE_VERDICTS)}
+    rows = frame[judged].sort_values("is_risky", ascending=False, kind="stable")  # one prompt after the other
+    requests = [Request(config.endpoint, _render(row, bool(row["is_risky"]), prompts, ctx),
+                        schema=prompts[bool(row["is_risky"])].schema, tag=ctx.name,
+                        params={"temperature": config.temperature, "max_tokens": config.max_tokens})
+                for _, row in rows.iterrows()]
+    responses = ctx.llm.run(requests, desc="relevance judge") if requests else []
+
+    frame[VERDICT], frame[REASON] = None, None
+    reasons = pd.Series(None, index=frame.index, dtype=object)
+    for index, is_risky, response in zip(rows.index, rows["is_risky"], responses, strict=True):
+        verdict, why = read_verdict(response, RISKY_VERDICTS if is_risky else SAFE_VERDICTS)
+        frame.at[index, VERDICT], frame.at[index, REASON] = verdict or JUDGE_FAILED, why
+        if verdict is None:
+            ctx.count(JUDGE_FAILED)
+            reasons[index] = JUDGE_FAILED if config.on_judge_failure == "reject" else None
+        elif verdict not in config.keep_verdicts:
+            reasons[index] = verdict
+    unjudged = frame.index[~judged]
+    frame.loc[unjudged, REASON] = ["is_risky is unknown" if pd.isna(r) else "no valid Category-Subcategory label"
+                                   for r in risky[unjudged]]
+    reasons[unjudged] = NO_LABEL
+    return reject(frame, reasons, frame[REASON])
+
+
+def count_verdicts(frame: pd.DataFrame, config: Config, ctx: StageContext) -> pd.DataFrame:
+    """All rows at once: how many rows were judged, and each verdict's count."""
+    ctx.report({"verdicts": {str(k): int(v) for k, v in frame[VERDICT].value_counts().items()},
+                "judged": int(frame[VERDICT].notna().sum())})
+    return frame
+
+
+STAGE = Stage("relevance", Config, (per_batch(judge_rows), whole(count_verdicts)), endpoints=("endpoint",),
+              needs=("text", "is_risky", "category", "subcategory"), adds=(VERDICT, REASON))

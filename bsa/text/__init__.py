@@ -1,0 +1,1 @@
+"""Text machinery the stages share: character classes, MinHash, sentence embeddings, KenLM training."""
