@@ -9,6 +9,7 @@ import re
 import pandas as pd
 import pytest
 
+from bsa.benchmark import join_parts
 from bsa.pipeline.errors import ConfigError, DataError
 from bsa.pipeline.executor import run_local
 from bsa.pipeline.prompts import PromptLoader
@@ -220,9 +221,9 @@ def test_script_check():
     assert not stage.in_script("1234 !!", "en")
 
 
-def test_bsa_parts():
-    assert stage.bsa_parts(["one"]) == "one"
-    assert stage.bsa_parts(["a", "b"]) == "Query A: a\nQuery B: b"
+def test_join_parts():
+    assert join_parts(["one"]) == "one"
+    assert join_parts(["a", "b"]) == "Query A: a\nQuery B: b"
 
 
 def test_plain_text_prompts_take_the_reply_as_query_and_the_seeds_annotations(tmp_path):
@@ -242,5 +243,5 @@ def test_plain_text_prompts_take_the_reply_as_query_and_the_seeds_annotations(tm
         used = seeds_of(row, seeds)
         assert row["text"].startswith("Could you help with this:") and not row["text"].endswith('"')
         risky = used if row["scenario"] == CS else used[:1]
-        assert row["risk_summary"] == stage.bsa_parts([s["risk_summary"] for s in risky])
+        assert row["risk_summary"] == join_parts([s["risk_summary"] for s in risky])
         assert row["prompt_sha256"] == PromptLoader("en").load(text_prompts[row["scenario"]]).sha256

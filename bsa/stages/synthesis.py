@@ -38,6 +38,15 @@ from typing import Literal
 
 import pandas as pd
 
+from bsa.benchmark import (
+    BSA_MIX,
+    COGNITIVE_SHORTCUT,
+    OVER_SENSITIVITY,
+    RISK_OMISSION,
+    SCENARIOS,
+    Scenario,
+    join_parts,
+)
 from bsa.pipeline.config import Section
 from bsa.pipeline.errors import ConfigError, DataError
 from bsa.pipeline.llm import Request, Response
@@ -45,10 +54,9 @@ from bsa.pipeline.prompts import Prompt
 from bsa.pipeline.records import CORE_FIELDS, REJECT_REASON, text_id
 from bsa.pipeline.stage import Stage, StageContext, reject, whole
 from bsa.pipeline.verdicts import JUDGE_FAILED, OnJudgeFailure, clip, read_verdict, schema_verdicts
+from bsa.text.charclass import HAN
 
-RO, CS, OS = "Risk Omission", "Cognitive Shortcut", "Over Sensitivity"
-SCENARIOS = (RO, CS, OS)
-Scenario = Literal["Risk Omission", "Cognitive Shortcut", "Over Sensitivity"]
+RO, CS, OS = RISK_OMISSION, COGNITIVE_SHORTCUT, OVER_SENSITIVITY
 SUMMARY_FIELDS = {RO: ("risk_summary",), CS: ("risk_summary_a", "risk_summary_b"), OS: ("risk_summary",)}
 QUALITY_REJECTS = {"missing_risk": "quality_missing_risk", "extra_risk": "quality_extra_risk"}
 QUALITY_OK = "ok"
@@ -56,13 +64,13 @@ SUMMARY_CHARS = 400
 QUERY_CHARS = 2000
 ITEM_COLUMNS = [*CORE_FIELDS, "scenario", "label", "risk_summary", "safe_summary", "seed_ids", "generator_model",
                 "prompt_sha256", "quality_verdict", "quality_reason"]
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_HAN = re.compile(f"[{HAN}]")
 
 
 class Config(Section):
     generator: str = "local"  # endpoint that writes the items
     checker: str = "local"  # endpoint that checks them
-    counts: dict[Scenario, int | dict[str, int]] = {RO: 600, CS: 1200, OS: 200}  # BSA's mix
+    counts: dict[Scenario, int | dict[str, int]] = dict(BSA_MIX)  # BSA's mix
     seed_languages: list[str] | None = None  # use only seeds in these languages (None: all)
     prompts: dict[Scenario, str] = {RO: "synth_risk_omission", CS: "synth_cognitive_shortcut",
                                     OS: "synth_over_sensitivity"}
@@ -204,13 +212,6 @@ def _round_robin(streams: dict[str, Iterator[Candidate]], n: int, rng: random.Ra
 
 
 # -- writing and checking --------------------------------------------------------------------------------------
-def bsa_parts(parts: list[str]) -> str:
-    """One part as it is; several as BSA writes them: `Query A: ...\\nQuery B: ...`."""
-    if len(parts) == 1:
-        return parts[0]
-    return "\n".join(f"Query {chr(ord('A') + i)}: {part}" for i, part in enumerate(parts))
-
-
 def _shown(seed: dict, ctx: StageContext) -> str:
     return f"{ctx.taxonomy.translate(seed['category'], ctx.lang)} - {ctx.taxonomy.translate(seed['subcategory'], ctx.lang)}"
 
@@ -278,8 +279,8 @@ def _item(candidate: Candidate, query: str, summaries: list[str], ctx: StageCont
     return {"id": text_id(query) if query else text_id("|".join([candidate.scenario, *candidate.seed_ids])),
             "text": query, "lang": ctx.lang, "source": "synthesis", "category": first["category"],
             "subcategory": first["subcategory"], "is_risky": True, "meta": provenance["meta"],
-            "scenario": candidate.scenario, "label": bsa_parts([seed_label(s) for s in candidate.risky]),
-            "risk_summary": bsa_parts(summaries) if summaries else "",
+            "scenario": candidate.scenario, "label": join_parts([seed_label(s) for s in candidate.risky]),
+            "risk_summary": join_parts(summaries) if summaries else "",
             "safe_summary": clip(safe[0]["benign_reason"], SUMMARY_CHARS) if safe else "",
             "seed_ids": json.dumps(candidate.seed_ids), "generator_model": provenance["generator_model"],
             "prompt_sha256": provenance[candidate.scenario], "quality_verdict": None, "quality_reason": None}

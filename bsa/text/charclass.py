@@ -14,6 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 KANA = "\u3040-\u30ff\u31f0-\u31ff"
+HANGUL = "\uac00-\ud7af"  # syllables (Korean is written with spaces: not in CJK below)
 HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 CJK = KANA + HAN  # scripts written without spaces: one character, one token
 CJK_PUNCT = "\u3000-\u303f\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65"

@@ -18,8 +18,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from bsa.text.charclass import CJK, HANGUL
+
 _WORD = re.compile(r"\w")
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_CJK = re.compile(f"[{CJK}{HANGUL}]")  # shingled by characters
 CJK_LANGS = ("zh", "ja", "ko")
 CJK_SHARE = 0.3  # a text whose word characters are at least this share CJK is shingled by characters
 _PAD = np.uint64(0x9E3779B97F4A7C15)  # stands in for the missing tokens of a text shorter than n
