@@ -31,11 +31,12 @@ sys.path.insert(0, str(HERE))
 
 from pool import make_pool  # noqa: E402
 
-from bsa.pipeline.config import BuildConfig, load_config  # noqa: E402
+from bsa.pipeline.config import BuildConfig  # noqa: E402
 from bsa.pipeline.executor import run_local  # noqa: E402
 from bsa.pipeline.prompts import PromptLoader  # noqa: E402
 from bsa.pipeline.stage import StageContext, StageResult  # noqa: E402
 from bsa.pipeline.taxonomy import Taxonomy  # noqa: E402
+from bsa.project import load_config  # noqa: E402
 from bsa.stages import clean, language  # noqa: E402
 
 POOL_SIZE = 100_000

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pydantic import ValidationError
-from tqdm.auto import tqdm
 
 from bsa.pipeline.config import BuildConfig, Section, SourceConfig, format_validation_error, load_config
 from bsa.pipeline.errors import ConfigError
@@ -32,7 +31,6 @@ from bsa.pipeline.taxonomy import Taxonomy
 if TYPE_CHECKING:
     from bsa.pipeline.llm import Engine
 
-T = TypeVar("T")
 StepFunction = Callable[[pd.DataFrame, Any, "StageContext"], pd.DataFrame]
 
 
@@ -178,11 +176,6 @@ class StageContext:
     def paths_of(self, stage: str) -> StagePaths:
         """Where a stage of this build writes (for stages that read what earlier ones rejected)."""
         return stage_paths(self.config, stage)
-
-    def progress(self, items: Iterable[T], total: int | None = None, desc: str | None = None) -> Iterator[T]:
-        """A progress bar over `items` (shown on a terminal only)."""
-        return iter(tqdm(items, total=total, desc=desc or self.name, disable=None if self.show_progress else True,
-                         leave=False, dynamic_ncols=True))
 
     def resource(self, path: str | Path) -> Path:
         """Declare a file the stage depends on (a model, a word list): its hash joins the fingerprint."""
