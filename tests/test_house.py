@@ -270,3 +270,14 @@ def test_a_framework_edit_reruns_the_stages_that_use_it(copy):
     records = copy / "bsa" / "pipeline" / "records.py"
     records.write_text(records.read_text(encoding="utf-8") + "# a comment\n", encoding="utf-8")
     assert bsa_build(copy, "--set", "order=[clean]")["ingest"] is True
+
+
+def test_a_stage_cannot_take_the_runners_stats_keys():
+    from bsa.pipeline.stats import RUNNER_KEYS, StageStats
+
+    assert {"stage", "rows_in", "rows_out", "dropped", "seconds", "counters", "llm"} <= RUNNER_KEYS
+    with pytest.raises(ValueError, match="rows_out"):
+        StageStats("x", 1, 1, {}, 0.1, "now", figures={"rows_out": 5})
+    stats = StageStats("x", 2, 1, {"too_short": 1}, 0.1, "now", figures={"verdicts": {"ok": 1}})
+    assert list(stats.to_json())[:7] == ["stage", "rows_in", "rows_out", "dropped", "seconds", "finished_at",
+                                         "counters"] and stats.to_json()["verdicts"] == {"ok": 1}
