@@ -12,7 +12,7 @@ LOCK := requirements.lock
 PIP := .venv/bin/pip --quiet --disable-pip-version-check
 # llama-server for any x86-64 CPU with AVX2, Intel or AMD, whatever the build host has: GGML_NATIVE=ON builds for
 # the host (on a Xeon it picked the AMX path, which crashed with a general protection fault); AVX-512 and AMX
-# stay off. pipeline/local_server.py checks the same instruction sets (REQUIRED_CPU_FLAGS) before starting it.
+# stay off. bsa/pipeline/llm/local_server.py checks the same instruction sets (REQUIRED_CPU_FLAGS) before starting it.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
   -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF

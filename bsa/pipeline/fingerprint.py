@@ -29,11 +29,11 @@ def hash_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def module_file(name: str, root: Path = PROJECT_ROOT) -> Path | None:
+def module_file(name: str) -> Path | None:
     """The source file of a project module (`bsa.text.minhash` -> bsa/text/minhash.py), None if there is none."""
     if name != PACKAGE and not name.startswith(f"{PACKAGE}."):
         return None
-    base = root.joinpath(*name.split("."))
+    base = PROJECT_ROOT.joinpath(*name.split("."))
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path
@@ -48,6 +48,7 @@ def _imported(path: Path) -> set[str]:
 
 @lru_cache(maxsize=1024)
 def _imports_of(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The imports of one version of a file (its mtime and size make the cache key: an edit reads it anew)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(Path(path).read_bytes(), filename=path)):
         if isinstance(node, ast.Import):
@@ -62,23 +63,23 @@ def _imports_of(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
     return tuple(sorted(name for name in found if module_file(name) is not None))
 
 
-def _root_file(name: str, root: Path) -> Path | None:
+def _root_file(name: str) -> Path | None:
     """A stage's own module: a project file, or (a stage from elsewhere) the file it was loaded from."""
-    path = module_file(name, root)
+    path = module_file(name)
     if path is None and name in sys.modules:
         found = getattr(sys.modules[name], "__file__", None)
         path = Path(found) if found else None
     return path
 
 
-def code_closure(modules: list[str], root: Path = PROJECT_ROOT) -> dict[str, str]:
+def code_closure(modules: list[str]) -> dict[str, str]:
     """module -> sha256 of its file, for the given modules and every project module they reach."""
     names = set(modules)
     seen: dict[str, str] = {}
     todo = sorted(names)
     while todo:
         name = todo.pop()
-        path = _root_file(name, root) if name in names else module_file(name, root)
+        path = _root_file(name) if name in names else module_file(name)
         if name in seen or path is None:
             continue
         seen[name] = file_sha256(path)

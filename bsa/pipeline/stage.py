@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from pydantic import ValidationError
 
-from bsa.pipeline.config import BuildConfig, Section, SourceConfig, format_validation_error, load_config
+from bsa.pipeline.config import BuildConfig, Section, SourceConfig, load_config, validate_section
 from bsa.pipeline.errors import ConfigError
 from bsa.pipeline.io import file_sha256, read_table
 from bsa.pipeline.layout import StagePaths, stage_paths
@@ -72,10 +71,7 @@ class Stage:
 
     def settings(self, config: BuildConfig) -> Section:
         """The stage's validated config section (ConfigError naming file and key)."""
-        try:
-            return self.config.model_validate(config.section(self.name))
-        except ValidationError as err:
-            raise ConfigError(format_validation_error(config.config_path, err, prefix=self.name)) from err
+        return validate_section(config, self.name, self.config)
 
     def endpoint_names(self, section: Section) -> list[str]:
         """The endpoints a section names through the declared fields, in declaration order."""
@@ -112,11 +108,12 @@ class StageResult:
 def reject(frame: pd.DataFrame, reasons: pd.Series, details: pd.Series | None = None) -> pd.DataFrame:
     """`frame` with rows whose reason is set marked rejected; a row keeps the first reason it was given."""
     out = frame.copy()
-    current = out[REJECT_REASON] if REJECT_REASON in out.columns else pd.Series(None, index=out.index, dtype=object)
-    detail = out[REJECT_DETAIL] if REJECT_DETAIL in out.columns else pd.Series(None, index=out.index, dtype=object)
-    new = reasons.reindex(out.index).notna() & current.isna()
-    current, detail = current.astype(object).copy(), detail.astype(object).copy()
-    current[new] = reasons.reindex(out.index)[new]
+    none = pd.Series(None, index=out.index, dtype=object)
+    current = out[REJECT_REASON].astype(object) if REJECT_REASON in out.columns else none.copy()
+    detail = out[REJECT_DETAIL].astype(object) if REJECT_DETAIL in out.columns else none.copy()
+    reasons = reasons.reindex(out.index)
+    new = reasons.notna() & current.isna()
+    current[new] = reasons[new]
     detail[new] = details.reindex(out.index)[new] if details is not None else ""
     out[REJECT_REASON], out[REJECT_DETAIL] = current, detail
     return out
@@ -124,17 +121,15 @@ def reject(frame: pd.DataFrame, reasons: pd.Series, details: pd.Series | None = 
 
 def split_rejects(frame: pd.DataFrame, reject_columns: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(kept, rejected) of a marked frame: kept rows lose the reject columns; rejected rows carry the reason,
-    its detail (as text, '' when none was given) and then the stage's reject-only columns."""
-    extra = [column for column in reject_columns if column in frame.columns]
+    its detail (as text) and then the stage's reject-only columns."""
     if REJECT_REASON not in frame.columns:
-        return frame.drop(columns=extra).copy(), frame.iloc[0:0].drop(columns=extra).assign(
-            **{REJECT_REASON: pd.Series(dtype=object), REJECT_DETAIL: pd.Series(dtype=object)})
+        frame = reject(frame, pd.Series(None, index=frame.index, dtype=object))
+    extra = [column for column in reject_columns if column in frame.columns]
     dropped = frame[REJECT_REASON].notna()
     data = [column for column in frame.columns if column not in (REJECT_REASON, REJECT_DETAIL, *extra)]
     rejected = frame.loc[dropped, data].copy()
     rejected[REJECT_REASON] = frame.loc[dropped, REJECT_REASON].astype(str)
-    details = frame.loc[dropped, REJECT_DETAIL] if REJECT_DETAIL in frame.columns else None
-    rejected[REJECT_DETAIL] = details.astype(str) if details is not None else ""
+    rejected[REJECT_DETAIL] = frame.loc[dropped, REJECT_DETAIL].astype(str)
     for column in extra:
         rejected[column] = frame.loc[dropped, column]
     return frame.loc[~dropped, data].copy(), rejected

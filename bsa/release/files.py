@@ -5,7 +5,7 @@ Files written:
   benchmark.jsonl    the same rows, the same order, with their provenance columns besides
   benchmark.parquet  the same as the JSONL, typed (what `datasets` and the Croissant RecordSet read)
   funnel.txt         rows in and out of every stage and why they left (from `build/*.stats.json`)
-  funnel.png, categories.png, README.md (the dataset card, see `stages/release_card.py`)
+  funnel.png, categories.png, README.md (the dataset card, see `bsa/release/card.py`)
 `croissant.json` is written afterwards by `bsa croissant` (the `croissant` package).
 
 The input must hold the synthesis stage's columns (`id, text, scenario, label, risk_summary`, see

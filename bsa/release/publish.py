@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bsa.pipeline.errors import DataError
 from bsa.pipeline.io import file_sha256
 from bsa.pipeline.layout import INGEST, stage_paths
 from bsa.pipeline.llm.cache_key import endpoint_result_settings
@@ -37,12 +36,10 @@ def publish(runner: Runner) -> tuple[list[str], bool]:
     from bsa.release.croissant.validate import validate
 
     config = runner.config
-    out = release_dir(config)
-    if not last_output(config).exists():
-        raise DataError(last_output(config), "the last stage's output is missing: run `bsa build` first")
+    out = release_dir(config)  # write_release says so when the last stage's output is missing
     messages: list[str] = []
     parts = made_from(runner)
-    if runner.run_task("release", ["bsa.release.files", "bsa.release.card"], parts,
+    if runner.run_task("release", ["bsa.release.files"], parts,
                        [out / name for name in RELEASE_FILES], lambda: write_release(config)):
         messages.append(f"wrote {out}/")
     target = out / CROISSANT_FILE
@@ -54,8 +51,8 @@ def publish(runner: Runner) -> tuple[list[str], bool]:
         report = validate(target)
 
     parts = {**parts, "files": {name: _sha(out / name) for name in RELEASE_FILES}}
-    runner.run_task("croissant", ["bsa.release.croissant", "bsa.release.croissant.build",
-                                  "bsa.release.croissant.validate"], parts, [target], describe)
+    runner.run_task("croissant", ["bsa.release.croissant", "bsa.release.croissant.validate"], parts, [target],
+                    describe)
     if report is not None:
         messages.append(report.summary())
         if not report.ok:

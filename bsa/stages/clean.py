@@ -127,7 +127,7 @@ def is_mojibake(text: str) -> bool:
     return is_bad(text)
 
 
-# -- the checks, on a Batch (stages/charclass.py) of texts ------------------------------------------------
+# -- the checks, on a Batch (bsa/text/charclass.py) of texts ------------------------------------------------
 
 def _script_langs(batch: Batch) -> list[str | None]:
     """`script_lang` of every row of a batch."""

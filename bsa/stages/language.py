@@ -166,7 +166,7 @@ def ensure_models(section: Config, ctx: StageContext) -> None:
     for lang, spec in section.lm.items():
         path = spec.path(lang, ctx.config.build_dir)
         recorded = json.loads(recipe_path(path).read_text()) if recipe_path(path).exists() else None
-        if not path.exists() or recorded != json.loads(json.dumps(model_recipe(spec))):
+        if not path.exists() or recorded != model_recipe(spec):
             ctx.log.info("training the %s KenLM model from %s", lang, spec.reference)
             train_model(spec, path)
 

@@ -7,9 +7,8 @@ reasoning split, structured output, usage and cost, and the embedded local llama
     engine.close()                                      # stops the local server, closes the cache
 
 Every request ends exactly once, as a result or as a recorded failure (its error and raw text). Results are
-cached by a hash of what determines the reply (endpoint URL, model, messages, sampling parameters, schema,
-sample index; not how the schema is asked for, which is negotiated), so a rerun, or another stage asking the
-same thing, sends nothing twice; failures are not cached, so the next run retries only those.
+cached by a hash of what determines the reply (bsa.pipeline.llm.cache_key: what goes in, what stays out), so a
+rerun, or another stage asking the same thing, sends nothing twice; failures are not cached, so the next run retries only those.
 
 An endpoint that cannot answer at all (refused connections or an unknown host for `down_after` seconds,
 `down_after_requests` 401/403/404 replies in a row, a local server dead beyond its restarts) stops the run

@@ -36,11 +36,6 @@ class RemoteProvider:
     def served_model(self) -> str:
         return self.endpoint.model
 
-    watch: ServerWatch | None = None
-
-    def stop(self) -> None:
-        """Nothing to stop."""
-
 
 class EmbeddedProvider:
     """The embedded llama.cpp server (`base_url: local`): started on first use, watched, shared by every
