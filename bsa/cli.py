@@ -143,6 +143,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from bsa.eval.compare import compare_paths, comparison_text
+
+    given = {name: getattr(args, name) for name in ("resamples", "seed") if getattr(args, name) is not None}
+    result = compare_paths(args.a, args.b, alpha=args.alpha, **given)
+    print(json.dumps(result, ensure_ascii=False, indent=2) if args.json else comparison_text(result))
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from bsa.eval.leaderboard import build_leaderboard
 
@@ -223,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--second-judged", default=None, help="the same samples judged by a second judge (kappa)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("compare", help="paired comparison of two runs on their shared items (B - A)")
+    p.add_argument("a", help="run A: a results/<run>/ directory or a judged CSV in the official format")
+    p.add_argument("b", help="run B: the same")
+    p.add_argument("--resamples", type=int, default=None,
+                   help="bootstrap and permutation resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the resampling (default 0)")
+    p.add_argument("--alpha", type=float, default=ALPHA, help="the F-score's alpha")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("leaderboard", help="gather results/*/metrics.json into a table and chart")
     p.add_argument("--results", default="results")
