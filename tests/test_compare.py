@@ -15,15 +15,17 @@ from scipy import stats
 from bsa.benchmark import CODES, JUDGED_COLUMNS, SCENARIOS, THINK_LABELS
 from bsa.cli import main
 from bsa.eval.compare import (
+    NOT_DIFFERENT,
     compare_paths,
     compare_scores,
     comparison_text,
+    marks_against_top,
     mcnemar,
     paired_bootstrap,
     sign_flip,
-    ties_with_top,
 )
 from bsa.eval.judges import UNSCORED
+from bsa.eval.leaderboard import VS_TOP, build_leaderboard
 from bsa.eval.metrics import compute_metrics, item_outcomes, item_scores
 from bsa.pipeline.errors import ConfigError, DataError
 from bsa.pipeline.io import read_table
@@ -192,7 +194,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     assert main(["compare", str(run_a), str(tmp_path / "missing")]) == 2
 
 
-def test_ties_with_the_top_run(tmp_path):
+def test_the_leaderboard_marks_runs_not_significantly_different_from_the_top(tmp_path):
     top, same = paired_judged(300, 0.0, seed=4)
     worse = paired_judged(300, 0.0, seed=4)[0].assign(
         Safe_Ans_Check="Unsafe", Thk_Acc_Judge=lambda frame: frame["dataset_name"].map(
@@ -200,8 +202,25 @@ def test_ties_with_the_top_run(tmp_path):
     runs = [write_run(tmp_path / name, frame) for name, frame in (("top", top), ("same", same),
                                                                  ("worse", worse))]
     other = write_run(tmp_path / "other", same.assign(id=same["id"] + "-x"))
-    assert ties_with_top([*runs, other], resamples=500) == {runs[1]: True, runs[2]: False, other: None}
-    assert ties_with_top([]) == {}
+    assert marks_against_top([*runs, other], resamples=500) == {runs[0]: "#1", runs[1]: NOT_DIFFERENT,
+                                                                runs[2]: None, other: None}
+    assert marks_against_top([]) == {}
+
+
+def test_the_leaderboard_shows_the_marks(tmp_path):
+    top, same = paired_judged(300, 0.0, seed=4)
+    worse = paired_judged(300, -0.15, seed=4)[1]
+    for name, frame in (("top", top), ("same", same), ("worse", worse)):
+        figures = compute_metrics(frame, resamples=0)[str(frame["model_name"].iloc[0])]
+        figures["run"] = {"benchmark": "synthetic", "judge": "judge-a"}
+        write_run(tmp_path / name, frame)
+        (tmp_path / name / "metrics.json").write_text(json.dumps({**figures, "model": name}))
+    build_leaderboard(tmp_path, tmp_path / "board")
+    board = pd.read_csv(tmp_path / "board" / "leaderboard.csv", keep_default_na=False)
+    marks = dict(zip(board["model"], board[VS_TOP], strict=True))
+    assert board["model"].iloc[2] == "worse" and marks["worse"] == ""
+    assert {marks["top"], marks["same"]} == {"#1", NOT_DIFFERENT}  # no effect: either may come first
+    assert f"'{NOT_DIFFERENT}' marks a run" in (tmp_path / "board" / "leaderboard.md").read_text()
 
 
 # -- end to end: the mitigation experiment on the scripted server ------------------------------------------

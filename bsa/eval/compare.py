@@ -50,6 +50,7 @@ BATCH = 500  # resamples drawn at once: bounds memory to BATCH x items per colum
 AT_K = {"Safe@k": "safek", "Think@k": "thinkk"}  # the figures with a binary per-item outcome (McNemar)
 P_VALUE = "paired sign-flip permutation test, two-sided"
 NOT_DIFFERENT = "not significantly different from #1"
+SIGNIFICANCE = 0.05  # the leaderboard's: p below it is a significant difference
 TABLE_COLUMNS = ["scope", "metric", "A", "B", "B - A", "95% CI", "p", "A only / B only", "McNemar p"]
 
 
@@ -273,17 +274,18 @@ def comparison_text(result: dict[str, Any]) -> str:
 
 # -- the leaderboard -----------------------------------------------------------------------------------------
 
-def ties_with_top(runs: Sequence[str | Path], metric: str = "F-score", *, significance: float = 0.05,
-                  resamples: int = RESAMPLES, seed: int = 0) -> dict[Path, bool | None]:
-    """For runs ranked best first, whether each later run is not significantly different from the first on
-    `metric` (the paired sign-flip test's p >= `significance`); None when the two share no item."""
+def marks_against_top(runs: Sequence[str | Path], metric: str = "F-score", *, significance: float = SIGNIFICANCE,
+                      resamples: int = RESAMPLES, seed: int = 0) -> dict[Path, str | None]:
+    """For runs ranked best first: "#1" for the first, NOT_DIFFERENT for each later run whose paired
+    sign-flip test against it on `metric` (over their shared items) gives p >= `significance`, else None
+    (also when the two share no item)."""
     if not runs:
         return {}
     top, *rest = (load_run(path) for path in runs)
-    ties: dict[Path, bool | None] = {}
+    marks: dict[Path, str | None] = {top.path: "#1"}
     for run in rest:
         shared = shared_items(top, run)
         p = (compare_scores(top.scores.loc[shared], run.scores.loc[shared], resamples=resamples,
                             seed=seed)[metric]["p"] if len(shared) else None)
-        ties[run.path] = None if p is None else p >= significance
-    return ties
+        marks[run.path] = NOT_DIFFERENT if p is not None and p >= significance else None
+    return marks

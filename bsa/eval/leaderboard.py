@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from bsa import PROJECT_ROOT
+from bsa.eval.compare import NOT_DIFFERENT, SIGNIFICANCE, marks_against_top
 from bsa.eval.metrics import HEADLINE
 from bsa.eval.run import BSA_RELEASED
 from bsa.pipeline.errors import ConfigError, DataError
@@ -22,7 +23,8 @@ from bsa.text.markdown import markdown_table
 PUBLISHED = PROJECT_ROOT / "data" / "reference" / "bsa_published.csv"
 OURS, THEIRS = "this project", "BSA (published)"
 TOY = " (toy)"  # after the judge of a run judged by the embedded model: its figures measure nothing
-COLUMNS = ["model", "source", "benchmark", "items", "k", "judge", *HEADLINE]
+VS_TOP = "vs #1"  # this project's best run, and the runs `bsa compare` finds not significantly different
+COLUMNS = ["model", "source", "benchmark", "items", "k", "judge", *HEADLINE, VS_TOP]
 
 
 def result_row(path: Path) -> dict[str, Any]:
@@ -33,7 +35,7 @@ def result_row(path: Path) -> dict[str, Any]:
         return {"model": metrics["model"], "source": OURS, "benchmark": run["benchmark"],
                 "items": metrics["items"], "k": metrics["k"],
                 "judge": f"{run['judge']}{TOY if run.get('judge_is_toy') else ''}",
-                **{name: metrics[name] for name in HEADLINE}}
+                **{name: metrics[name] for name in HEADLINE}, "run": path.parent}
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(path, f"not a metrics.json written by `bsa eval` ({err!r})") from err
 
@@ -52,11 +54,18 @@ def gather(results: Path) -> list[dict[str, Any]]:
         raise ConfigError(f"no {results}/*/metrics.json: run `make eval MODEL=...` first")
     if any(row["benchmark"] == BSA_RELEASED for row in rows):
         rows += published_rows()
-    return sorted(rows, key=lambda row: (row["F-score"] is None, -(row["F-score"] or 0), row["model"]))
+    rows = sorted(rows, key=lambda row: (row["F-score"] is None, -(row["F-score"] or 0), row["model"]))
+    marks = marks_against_top([row["run"] for row in rows if row["source"] == OURS])
+    return [{**row, VS_TOP: marks.get(row.get("run"))} for row in rows]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["# Leaderboard", "", markdown_table(COLUMNS, rows), ""]
+    if sum(row["source"] == OURS for row in rows) > 1:
+        lines += [f"'{VS_TOP}': #1 is this project's best run by F-score; '{NOT_DIFFERENT}' marks a run whose "
+                  "F-score difference from #1 is not significant (paired sign-flip test over their shared "
+                  f"items, p >= {SIGNIFICANCE}, not corrected for the number of runs; `bsa compare` gives "
+                  "the details).", ""]
     if any(row["source"] == THEIRS for row in rows):
         lines += [f"Rows marked '{THEIRS}' are from the BSA project page (see "
                   "data/reference/bsa_published.md, which also notes that most published F-scores do not "
