@@ -47,7 +47,7 @@ from bsa.text.markdown import markdown_table
 JUDGED, METRICS = "judged.csv", "metrics.json"
 RESAMPLES, LEVEL = 2000, 0.95
 BATCH = 500  # resamples drawn at once: bounds memory to BATCH x items per column
-AT_K = {"Safe@k": "safek", "Think@k": "thinkk"}  # the figures with a binary per-item outcome (McNemar)
+AT_K = {name: FIGURE_COLUMNS[name] for name in ("Safe@k", "Think@k")}  # binary per item: McNemar
 P_VALUE = "paired sign-flip permutation test, two-sided"
 NOT_DIFFERENT = "not significantly different from #1"
 SIGNIFICANCE = 0.05  # the leaderboard's: p below it is a significant difference
