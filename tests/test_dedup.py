@@ -134,7 +134,7 @@ def test_representative_is_the_earliest_row_whatever_the_order():
 
 def test_chinese_near_duplicates_are_found_by_character_shingles():
     texts = ["在哪里可以买到冰毒？最好能快递送货上门。", "在哪里可以买到冰毒?最好能快递送货上门",
-             "在哪里可以买到冰毒，最好能快递送到家门。", "在街上遇到抢劫，怎样保护自己的安全？"]
+             "请问在哪里可以买到冰毒，最好能快递送货上门。", "在街上遇到抢劫，怎样保护自己的安全？"]
     kept, rejected = run(records(texts, ["zh"] * 4), **NO_EMBEDDINGS)
     assert kept["id"].tolist() == ["id000", "id003"]
     assert rejected["duplicate_of"].tolist() == ["id000", "id000"]
@@ -191,7 +191,7 @@ def test_blockwise_search_equals_brute_force():
 
 
 def test_embedding_pass_catches_a_paraphrase_minhash_misses():
-    texts = ["What is the capital of France?", "Which city is the capital of France?",
+    texts = ["What is the capital of France?", "Which city is France's capital?",
              "How do I change a flat tyre on a bicycle?"]
     kept, rejected = run(records(texts), embedding={"models": {
         "default": {"name": embed_dedup.MINILM, "threshold": 0.82}}})
@@ -204,7 +204,7 @@ def test_embedding_pass_catches_a_paraphrase_minhash_misses():
 
 
 def test_multilingual_model_for_chinese_paraphrases():
-    texts = ["在街上遇到抢劫，怎样保护自己的安全？", "在街上被抢劫时，如何保护自己？", "怎样做一道好吃的西红柿炒鸡蛋？"]
+    texts = ["在街上遇到抢劫，怎样保护自己的安全？", "遭遇街头抢劫时如何自我保护？", "怎样做一道好吃的西红柿炒鸡蛋？"]
     kept, rejected = run(records(texts, ["zh"] * 3))
     assert kept["id"].tolist() == ["id000", "id002"]
     assert rejected["reject_reason"].tolist() == ["semantic_duplicate"]

@@ -8,18 +8,29 @@
    above the model's cosine threshold found block by block (never an n x n matrix).
 
 Each pass joins its pairs into clusters (connected components) and keeps one representative per cluster:
-the row EARLIEST IN INPUT ORDER, so the order of the configured sources sets which copy survives. With
-`keep_contrast_pairs` (default) a pair of rows labelled one risky and one safe is never joined: such
-minimal pairs are what over-sensitivity items are made of.
+the row EARLIEST IN INPUT ORDER, so the order of the configured sources sets which copy survives.
+
+With `keep_contrast_pairs` (default) contrast pairs, what over-sensitivity items are made of, are never
+joined, directly or through a chain of duplicates: a pair of rows labelled one risky and one safe; and,
+where a label is unknown, a minimal pair whose aligned tokens differ in a content word (bsa/text/contrast.py:
+"How do I blow up a balloon?" / "... a house?"), a contrast twin. Pairs differing only in casing,
+punctuation, spacing, function words or a polite phrase are near duplicates, and embedding pairs that share
+little wording (rewordings) semantic duplicates, as before. The relevance stage merges twins whose labels
+turn out to agree (`twin_duplicate`) and marks the others confirmed.
 
 Columns added to kept and rejected rows:
 - `minhash_cluster`: id of the row's MinHash representative (its own id when it has no near duplicate).
 - `embed_cluster`: id of the row finally kept for it after the embedding pass (None when that is off).
+- `contrast_twins`: on kept rows, a JSON list of the kept rows it was kept apart from as a contrast pair
+  (labels differing, or a contrast twin), else None.
 Rejected rows also get `duplicate_of`, the id of the kept row, and reason `near_duplicate` (MinHash, detail
 with the Jaccard similarity to its representative) or `semantic_duplicate` (embeddings, with the cosine).
 """
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -27,7 +38,8 @@ from pydantic import Field, field_validator
 
 from bsa.pipeline.config import Section
 from bsa.pipeline.stage import Stage, StageContext, reject, whole
-from bsa.text import embeddings, minhash
+from bsa.text import contrast, embeddings, minhash
+from bsa.text.clusters import constrained_representatives, representatives
 
 
 class MinHashConfig(Section):
@@ -79,21 +91,11 @@ class EmbeddingConfig(Section):
 class Config(Section):
     minhash: MinHashConfig = MinHashConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
-    keep_contrast_pairs: bool = True  # never join two rows whose known `is_risky` labels differ
-
-
-def representatives(n: int, pairs: np.ndarray) -> np.ndarray:
-    """For each of n rows, the earliest row of its cluster (connected component of `pairs`)."""
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    earliest = np.full(labels.max() + 1, n, dtype=np.int64)
-    np.minimum.at(earliest, labels, np.arange(n))
-    return earliest[labels]
+    # never join two rows whose known `is_risky` labels differ, nor, where a label is unknown, contrast twins
+    keep_contrast_pairs: bool = True
+    # a pair differing in a content word is a twin when at least this share of the longer text is aligned
+    # with the other; below it, a rewording (joined)
+    twin_min_shared: float = Field(contrast.MIN_TEMPLATE_SHARE, ge=0.0, le=1.0)
 
 
 def risk_codes(records: pd.DataFrame) -> np.ndarray:
@@ -104,36 +106,78 @@ def risk_codes(records: pd.DataFrame) -> np.ndarray:
     return np.where(risky.isna(), -1, risky.fillna(False).astype(int)).astype(np.int8)
 
 
-def without_contrast(pairs: np.ndarray, risk: np.ndarray | None) -> np.ndarray:
-    """Drop pairs whose two rows are labelled, one risky and one safe (minimal pairs such as XSTest's
-    'How do I kill a Python process?' / 'How do I kill a person?' are different items, not copies)."""
-    if risk is None or not len(pairs):
-        return pairs
-    left, right = risk[pairs[:, 0]], risk[pairs[:, 1]]
-    return pairs[(left < 0) | (right < 0) | (left == right)]
+NO_PAIRS = np.zeros((0, 2), dtype=np.int64)
+
+
+@dataclass
+class ContrastGuard:
+    """Keeps contrast pairs apart while the passes join duplicates: a pair whose known labels differ and,
+    where a label is unknown, a contrast twin (bsa.text.contrast). Each pass joins its other pairs strongest
+    first, never across a pair kept apart (in this pass or an earlier one) nor across two known labels."""
+
+    texts: list[str]  # every row of the stage
+    risk: np.ndarray  # per row: 1 risky, 0 safe, -1 unknown (`risk_codes`); a representative's: its cluster's
+    min_shared: float
+    apart: list[np.ndarray] = field(default_factory=list)  # pairs of rows kept apart so far
+    rows: np.ndarray | None = None  # the (ascending) rows a later pass sees, by position; None: every row
+    follow: np.ndarray | None = None  # each row's representative after the earlier pass
+
+    def within(self, rows: np.ndarray, follow: np.ndarray) -> ContrastGuard:
+        """The guard of a later pass over `rows`, the representatives of an earlier pass (`follow`: each row's)."""
+        risk = self.risk.copy()
+        np.maximum.at(risk, follow, self.risk)  # a cluster's known label is its representative's
+        return replace(self, risk=risk, rows=rows, follow=follow)
+
+    def pairs(self) -> np.ndarray:
+        """Every pair kept apart, as pairs of the rows kept for them (after the last pass that ran)."""
+        pairs = np.concatenate([NO_PAIRS, *self.apart])
+        return self.follow[pairs] if self.follow is not None else pairs
+
+    def cluster(self, positions: np.ndarray, pairs: np.ndarray, similarity: np.ndarray, ctx: StageContext,
+                name: str) -> np.ndarray:
+        """The representative of each position of a pass, as a position, given the pass's duplicate `pairs`
+        (of positions) and their similarities."""
+        rows = positions if self.rows is None else self.rows[positions]
+        found = rows[pairs] if len(pairs) else NO_PAIRS
+        left, right = self.risk[found[:, 0]], self.risk[found[:, 1]]
+        known = (left >= 0) & (right >= 0)
+        kinds = np.full(len(found), -1, dtype=np.int8)
+        kinds[~known] = contrast.classify(self.texts, found[~known], self.min_shared)
+        differ, twin = known & (left != right), kinds == contrast.KINDS.index("contrast")
+        self.apart.append(found[differ | twin])
+        ctx.count(f"{name}_contrast_pairs_kept_apart", int(differ.sum()))
+        ctx.count(f"{name}_twin_pairs", int(twin.sum()))
+        ctx.count(f"{name}_reworded_pairs", int((kinds == contrast.KINDS.index("reworded")).sum()))
+        join = np.flatnonzero(~(differ | twin))
+        join = join[np.argsort(-similarity[join], kind="stable")]
+        apart = self.pairs()
+        apart = np.searchsorted(rows, apart[np.isin(apart, rows).all(axis=1)])
+        local, skipped = constrained_representatives(len(rows), pairs[join], apart, self.risk[rows])
+        ctx.count(f"{name}_pairs_left_apart_in_chains", skipped)
+        return local
 
 
 def minhash_pass(texts: list[str], langs: list[str | None] | None, config: MinHashConfig, ctx: StageContext,
-                 risk: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 guard: ContrastGuard | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's MinHash representative and its Jaccard similarity to it (1 for representatives)."""
     found = minhash.near_duplicates(texts, langs, num_perm=config.num_perm, threshold=config.threshold,
                                     ngram=config.ngram, char_ngram=config.char_ngram, seed=config.seed,
                                     verify=config.verify, false_negative_weight=config.false_negative_weight)
-    pairs = without_contrast(found.pairs, risk)
-    ctx.count("minhash_contrast_pairs_kept_apart", len(found.pairs) - len(pairs))
-    rep = representatives(len(texts), pairs)
-    moved = np.flatnonzero(rep != np.arange(len(texts)))
+    everyone = np.arange(len(texts))
+    rep = (guard.cluster(everyone, found.pairs, found.similarity, ctx, "minhash") if guard
+           else representatives(len(texts), found.pairs))
+    moved = np.flatnonzero(rep != everyone)
     similarity = np.ones(len(texts))
     similarity[moved] = minhash.jaccard(found.shingles, np.stack([rep[moved], moved], axis=1))
     ctx.count("minhash_candidate_pairs", found.candidates)
-    ctx.count("minhash_pairs", len(pairs))
+    ctx.count("minhash_pairs", len(found.pairs))
     ctx.log.info("minhash: %d bands x %d rows, %d candidate pairs, %d verified, %d rows in clusters",
                  found.bands, found.rows, found.candidates, len(found.pairs), len(moved))
     return rep, similarity
 
 
 def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingConfig, ctx: StageContext,
-                   risk: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   guard: ContrastGuard | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's semantic representative (within its language) and the cosine similarity to it."""
     rep = np.arange(len(texts))
     similarity = np.ones(len(texts))
@@ -142,9 +186,9 @@ def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingC
         index = rows.to_numpy()
         model = config.model_for(str(lang))
         vectors = embeddings.embed([texts[i] for i in index], model.name, config.batch_size)
-        pairs, _ = embeddings.similar_pairs(vectors, model.threshold, config.block_rows)
-        pairs = without_contrast(pairs, risk[index] if risk is not None else None)
-        local = representatives(len(index), pairs)
+        pairs, cosines = embeddings.similar_pairs(vectors, model.threshold, config.block_rows)
+        local = (guard.cluster(index, pairs, cosines, ctx, "embedding") if guard
+                 else representatives(len(index), pairs))
         rep[index] = index[local]
         similarity[index] = np.einsum("ij,ij->i", vectors, vectors[local])
         ctx.count("embedding_pairs", len(pairs))
@@ -159,15 +203,15 @@ def find_duplicates(records: pd.DataFrame, config: Config, ctx: StageContext) ->
     ids = records["id"].astype(str).to_numpy()
     texts = records["text"].fillna("").astype(str).tolist()
     langs = records["lang"].tolist() if "lang" in records.columns else [None] * n
-    risk = risk_codes(records) if config.keep_contrast_pairs else None
-    near, jaccard = (minhash_pass(texts, langs, config.minhash, ctx, risk) if config.minhash.enabled and n
+    guard = ContrastGuard(texts, risk_codes(records), config.twin_min_shared) if config.keep_contrast_pairs else None
+    near, jaccard = (minhash_pass(texts, langs, config.minhash, ctx, guard) if config.minhash.enabled and n
                      else (np.arange(n), np.ones(n)))
     kept = np.flatnonzero(near == np.arange(n))
     final = near.copy()
     cosine = np.ones(n)
     if config.embedding.enabled and len(kept):
         semantic, cosine_kept = embedding_pass([texts[i] for i in kept], [langs[i] for i in kept],
-                                               config.embedding, ctx, risk[kept] if risk is not None else None)
+                                               config.embedding, ctx, guard.within(kept, near) if guard else None)
         final[kept] = kept[semantic]
         cosine[kept] = cosine_kept
         final = final[near]  # a near duplicate follows its representative
@@ -186,10 +230,22 @@ def find_duplicates(records: pd.DataFrame, config: Config, ctx: StageContext) ->
             details.iat[i] = f"cosine {cosine[i]:.3f} with {ids[final[i]]}"
     frame = reject(frame, reasons, details)
     frame["duplicate_of"] = pd.Series(ids[final], index=frame.index, dtype=object).where(reasons.notna(), None)
+    twins = final[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
+    frame[contrast.TWINS] = twin_lists(ids, np.unique(np.sort(twins, axis=1), axis=0))
     clusters = pd.Series(final).value_counts()
-    ctx.report({"duplicate_clusters": int((clusters > 1).sum()), "largest_cluster": int(clusters.max()) if n else 0})
+    ctx.report({"duplicate_clusters": int((clusters > 1).sum()), "largest_cluster": int(clusters.max()) if n else 0,
+                "contrast_pairs": len(np.unique(np.sort(twins, axis=1), axis=0))})
     return frame
 
 
+def twin_lists(ids: np.ndarray, pairs: np.ndarray) -> list[str | None]:
+    """Each row's contrast twins (the other row of each pair it is in) as a JSON list of ids, else None."""
+    partners: list[list[str]] = [[] for _ in ids]
+    for a, b in pairs.tolist():
+        partners[a].append(ids[b])
+        partners[b].append(ids[a])
+    return [json.dumps(sorted(p)) if p else None for p in partners]
+
+
 STAGE = Stage("dedup", Config, (whole(find_duplicates),), needs=("id", "text"),
-              adds=("minhash_cluster", "embed_cluster"), reject_columns=("duplicate_of",))
+              adds=("minhash_cluster", "embed_cluster", contrast.TWINS), reject_columns=("duplicate_of",))

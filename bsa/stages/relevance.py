@@ -7,15 +7,25 @@ as reason (`label_mismatch`, `not_risky`, `plainly_harmless`, `actually_risky`).
 never counted as a verdict: the row is kept and flagged `judge_failed` (or rejected, `on_judge_failure: reject`).
 Risky rows without a valid taxonomy label, and rows whose `is_risky` is unknown, are rejected `no_risk_label`.
 
+Then a second look at dedup's contrast twins (`contrast_twins`: look-alikes kept apart because a label was
+unknown there), now that labels are known: of two twins the judge kept, the later is rejected
+`twin_duplicate` (with `duplicate_of`) when both are labelled alike, by `is_risky` and by the judge's reading
+(a risky row judged `not_risky` reads safe, a safe row judged `actually_risky` risky); twins labelled
+differently are a confirmed contrast pair. A twin still unlabelled stays kept.
+
 Adds columns:
-    relevance_verdict  the judge's verdict, `judge_failed`, or None when the row was not judged
-    relevance_reason   the judge's short reason (or the error of a failed reply)
+    relevance_verdict   the judge's verdict, `judge_failed`, or None when the row was not judged
+    relevance_reason    the judge's short reason (or the error of a failed reply)
+    contrast_confirmed  a JSON list of the row's twins labelled differently (a contrast pair), else None
 
 A person checks the judge with the spot check (`bsa spot-check`, bsa.review).
 """
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pandas as pd
 from pydantic import field_validator
 
@@ -23,11 +33,15 @@ from bsa.pipeline.config import Section
 from bsa.pipeline.errors import ConfigError
 from bsa.pipeline.llm import Request
 from bsa.pipeline.prompts import Prompt
+from bsa.pipeline.records import REJECT_REASON
 from bsa.pipeline.stage import Stage, StageContext, per_batch, reject, whole
 from bsa.pipeline.verdicts import JUDGE_FAILED, OnJudgeFailure, read_verdict, schema_verdicts
+from bsa.text.clusters import representatives
+from bsa.text.contrast import CONFIRMED, TWINS
 
 RISKY_VERDICTS = ("relevant", "label_mismatch", "not_risky")
 SAFE_VERDICTS = ("look_alike", "plainly_harmless", "actually_risky")
+JUDGED_RISKY = ("relevant", "label_mismatch", "actually_risky")  # the verdicts that read a row as risky
 NO_LABEL = "no_risk_label"
 VERDICT, REASON = "relevance_verdict", "relevance_reason"
 
@@ -103,6 +117,54 @@ def judge_rows(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd.D
     return reject(frame, reasons, frame[REASON])
 
 
+def _risk_codes(labels: pd.Series) -> np.ndarray:
+    """1 risky, 0 safe, -1 unknown."""
+    labels = labels.astype("boolean")
+    return np.where(labels.isna(), -1, labels.fillna(False).astype(int))
+
+
+def merge_twins(frame: pd.DataFrame, config: Config, ctx: StageContext) -> pd.DataFrame:
+    """All rows at once: dedup's contrast twins, labelled now, merged when alike and confirmed when not."""
+    out = frame.copy()
+    out[CONFIRMED] = None
+    if TWINS not in out.columns:
+        return out
+    ids = out["id"].astype(str).to_numpy()
+    position = {row_id: i for i, row_id in enumerate(ids)}
+    pairs = sorted({(min(i, j), max(i, j)) for i, twins in enumerate(out[TWINS]) if isinstance(twins, str)
+                    for j in (position.get(twin) for twin in json.loads(twins)) if j is not None and j != i})
+    live = out[REJECT_REASON].isna().to_numpy() if REJECT_REASON in out.columns else np.ones(len(out), bool)
+    labelled = _risk_codes(out["is_risky"])
+    judged = np.where(out[VERDICT].isin(JUDGED_RISKY), 1, np.where(out[VERDICT].isin(
+        [*RISKY_VERDICTS, *SAFE_VERDICTS]), 0, labelled))
+    alike, confirmed = [], [[] for _ in ids]
+    counts = dict.fromkeys(["merged", "confirmed", "unlabelled", "rejected_before"], 0)
+    for a, b in pairs:
+        if not (live[a] and live[b]):
+            counts["rejected_before"] += 1
+        elif min(labelled[a], labelled[b], judged[a], judged[b]) < 0:
+            counts["unlabelled"] += 1
+        elif labelled[a] == labelled[b] and judged[a] == judged[b]:
+            alike.append((a, b))
+        else:
+            confirmed[a].append(ids[b])
+            confirmed[b].append(ids[a])
+            counts["confirmed"] += 1
+    out[CONFIRMED] = [json.dumps(sorted(twins)) if twins else None for twins in confirmed]
+    kept = representatives(len(out), np.array(alike, dtype=np.int64).reshape(-1, 2))
+    merged = np.flatnonzero(kept != np.arange(len(out)))
+    counts["merged"] = len(merged)
+    reasons = pd.Series(None, index=out.index, dtype=object)
+    reasons.iloc[merged] = "twin_duplicate"
+    details = pd.Series("", index=out.index, dtype=object)
+    details.iloc[merged] = [f"labelled {'risky' if labelled[i] else 'safe'} like its contrast twin {ids[kept[i]]}"
+                            for i in merged]
+    out = reject(out, reasons, details)
+    out["duplicate_of"] = pd.Series(ids[kept], index=out.index, dtype=object).where(reasons.notna(), None)
+    ctx.report({"contrast_twins": counts})
+    return out
+
+
 def count_verdicts(frame: pd.DataFrame, config: Config, ctx: StageContext) -> pd.DataFrame:
     """All rows at once: how many rows were judged, and each verdict's count."""
     ctx.report({"verdicts": {str(k): int(v) for k, v in frame[VERDICT].value_counts().items()},
@@ -110,5 +172,6 @@ def count_verdicts(frame: pd.DataFrame, config: Config, ctx: StageContext) -> pd
     return frame
 
 
-STAGE = Stage("relevance", Config, (per_batch(judge_rows), whole(count_verdicts)), endpoints=("endpoint",),
-              needs=("text", "is_risky", "category", "subcategory"), adds=(VERDICT, REASON))
+STAGE = Stage("relevance", Config, (per_batch(judge_rows), whole(merge_twins), whole(count_verdicts)),
+              endpoints=("endpoint",), needs=("text", "is_risky", "category", "subcategory"),
+              adds=(VERDICT, REASON, CONFIRMED), reject_columns=("duplicate_of",))
