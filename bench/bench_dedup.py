@@ -1,14 +1,16 @@
 """Dedup: MinHash signatures + LSH + clustering on a 100,000-instruction pool with injected near-duplicates.
 
-The pool: 90,000 distinct base rows, each a seed instruction (the shared corpora, else the demo pool) with
-about a third of its words (Chinese: characters) swapped for others from the seeds' vocabulary, so two
-base rows share almost no 3-grams; then 10,000 edited copies of distinct base rows (casing, punctuation,
-spacing, a word inserted, dropped or swapped, a polite prefix), so every true duplicate pair is known.
-(bench/pool.py's pool suits the other stages but not this one: its rows are light edits of a few
-thousand seeds, so most of them are near duplicates of each other and there is no ground truth.)
+The pool: 88,000 distinct base rows, each a seed instruction (the shared corpora, else the demo pool) with
+about a third of its words (Chinese: jieba words) swapped for others from the seeds' vocabulary, so two
+base rows share almost no words; then 10,000 near-duplicate copies of distinct base rows, one edit each
+(casing, punctuation, spacing, a function word inserted, deleted or swapped, a polite prefix), and 2,000
+contrast twins (one content word swapped), which stage 4 must keep apart while labels are unknown; so every
+true duplicate pair is known. (bench/pool.py's pool suits the other stages but not this one: its rows are
+light edits of a few thousand seeds, so most of them are near duplicates of each other and there is no
+ground truth.)
 Measured: rows/s of datasketch's per-row `MinHash.update` loop and of `MinHash.bulk` (on a subsample),
 ours end to end (shingles, signatures, LSH, Jaccard check, clusters), precision and recall of duplicate
-pairs against the injected truth, text-dedup 0.4.1's MinHash on the same pool under Python 3.12 (time
+pairs against the injected truth with and without the stage's twin rule, text-dedup 0.4.1's MinHash on the same pool under Python 3.12 (time
 only), the embedding pass on a subsample, and the whole stage (MinHash + embeddings) on the pool.
 """
 
@@ -36,11 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 from bsa.pipeline.executor import run_local  # noqa: E402
 from bsa.stages import dedup  # noqa: E402
+from bsa.text import contrast, minhash  # noqa: E402
 from bsa.text import embeddings as embed_dedup  # noqa: E402
-from bsa.text import minhash  # noqa: E402
 
 CORPORA = ROOT.parent / "shared" / "data" / "corpora"
-POOL_SIZE, DUPLICATE_SHARE, ENGLISH_SHARE, BASELINE_ROWS, EMBED_ROWS = 100_000, 0.10, 0.7, 10_000, 2_000
+POOL_SIZE, DUPLICATE_SHARE, TWIN_SHARE, ENGLISH_SHARE = 100_000, 0.10, 0.02, 0.7
+BASELINE_ROWS, EMBED_ROWS = 10_000, 2_000
 SETTINGS = dedup.MinHashConfig()
 ALTERNATIVES = [(2, 3, 0.6), (3, 3, 0.7)]  # (word n, CJK char n, threshold) compared with the default
 TEXT_DEDUP_VENV = Path.home() / ".cache" / "bsa-bench" / "td312"
@@ -129,44 +132,63 @@ def base_rows(seeds: list[tuple[str, str]], count: int, rng: random.Random, shar
     return rows, vocab
 
 
-EDITS = ("casing", "punctuation", "spacing", "insert", "delete", "substitute", "prefix")
+NEAR_EDITS = ("casing", "punctuation", "spacing", "function_insert", "function_delete", "function_swap",
+              "prefix")
+TWIN_EDIT = "content_substitute"  # a contrast twin: one content word swapped for another; to be kept apart
 PREFIXES = {"en": ["Please ", "Hey, ", "Quick question: "], "zh": ["请问", "你好，", "麻烦问一下，"]}
+FUNCTION_WORDS = {lang: sorted(set(words.split())) for lang, words in contrast.FUNCTION_WORDS.items()}
 
 
-def edit(units: list[str], lang: str, vocab: list[str], rng: random.Random) -> tuple[str, str]:
-    """A near-duplicate copy made with one edit of the kinds in EDITS; returns (copy, kind)."""
-    kind = rng.choice(EDITS)
+def edit(units: list[str], lang: str, vocab: list[str], rng: random.Random,
+         kind: str | None = None) -> tuple[str, str]:
+    """A copy of a row made with one edit (of NEAR_EDITS, by default one drawn at random, or TWIN_EDIT);
+    returns (copy, kind). A function-word edit on a row without function words inserts one instead."""
+    kind = kind or rng.choice(NEAR_EDITS)
     text, units = _join(units, lang), list(units)
-    at = rng.randrange(len(units))
+    functions = [i for i, unit in enumerate(units) if contrast.is_function_word(unit)]
     if kind == "casing":
         return rng.choice([text.upper(), text.lower(), text.title()]) if lang != "zh" else text + "!", kind
     if kind == "punctuation":
         return text.rstrip(".?!。？！") + rng.choice(["?", "!", "...", " ?", "。", "？"]), kind
     if kind == "spacing":
         return "  " + text.replace(" ", "  ") + " \n", kind
-    if kind == "insert":
-        units.insert(at, rng.choice(vocab))
-    elif kind == "delete" and len(units) > 1:
-        del units[at]
-    elif kind == "substitute":
-        units[at] = rng.choice(vocab)
+    if kind == "prefix":
+        return rng.choice(PREFIXES[lang]) + text, kind
+    if kind in ("function_delete", "function_swap") and not functions:
+        kind = "function_insert"
+    if kind == "function_insert":
+        units.insert(rng.randrange(len(units) + 1), rng.choice(FUNCTION_WORDS[lang]))
+    elif kind == "function_delete":
+        del units[rng.choice(functions)]
+    elif kind == "function_swap":
+        at = rng.choice(functions)
+        units[at] = rng.choice([w for w in FUNCTION_WORDS[lang] if w != units[at].casefold()])
+    elif kind == TWIN_EDIT:
+        contents = [i for i in range(len(units)) if not contrast.is_function_word(units[i])] or list(range(len(units)))
+        at = rng.choice(contents)
+        units[at] = rng.choice([w for w in rng.sample(vocab, 20) if not contrast.is_function_word(w)
+                                and w.casefold() != units[at].casefold()] or vocab)
     else:
-        return rng.choice(PREFIXES[lang]) + text, "prefix"
+        raise ValueError(f"unknown edit {kind!r}")
     return _join(units, lang), kind
 
 
-def make_pool(size: int = POOL_SIZE, duplicate_share: float = DUPLICATE_SHARE, seed: int = 0) -> pd.DataFrame:
-    """Columns id, text, lang, family (rows of one family are the injected duplicates of each other), edit."""
+def make_pool(size: int = POOL_SIZE, duplicate_share: float = DUPLICATE_SHARE, twin_share: float = TWIN_SHARE,
+              seed: int = 0) -> pd.DataFrame:
+    """Columns id, text, lang, family (rows of one family are the injected near duplicates of each other; a
+    contrast twin has a family of its own), edit (`original`, a near edit, or TWIN_EDIT) and of (the family
+    a copy or twin was made from)."""
     rng = random.Random(seed)
-    copies = int(size * duplicate_share)
-    base, vocab = base_rows(seed_texts(), size - copies, rng)
-    rows = [(_join(units, lang), lang, family, "original") for family, (units, lang) in enumerate(base)]
-    for family in rng.sample(range(len(base)), copies):
+    copies, twins = int(size * duplicate_share), int(size * twin_share)
+    base, vocab = base_rows(seed_texts(), size - copies - twins, rng)
+    rows = [(_join(units, lang), lang, family, "original", family) for family, (units, lang) in enumerate(base)]
+    picked = rng.sample(range(len(base)), copies + twins)
+    for n, family in enumerate(picked):
         units, lang = base[family]
-        copy, kind = edit(units, lang, vocab[lang], rng)
-        rows.append((copy, lang, family, kind))
+        copy, kind = edit(units, lang, vocab[lang], rng, None if n < copies else TWIN_EDIT)
+        rows.append((copy, lang, family if n < copies else len(base) + n, kind, family))
     rng.shuffle(rows)
-    pool = pd.DataFrame(rows, columns=["text", "lang", "family", "edit"])
+    pool = pd.DataFrame(rows, columns=["text", "lang", "family", "edit", "of"])
     pool.insert(0, "id", [f"r{i:06d}" for i in range(len(pool))])
     return pool
 
@@ -189,12 +211,13 @@ def precision_recall(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, f
     return hits / max(len(found), 1), hits / max(len(true), 1), len(found), len(true)
 
 
-def recall_by_edit(pool: pd.DataFrame, clusters: np.ndarray) -> dict[str, float]:
-    """Share of the injected copies of each edit kind put in the cluster of their original."""
+def joined_by_edit(pool: pd.DataFrame, clusters: np.ndarray) -> dict[str, float]:
+    """Share of the injected copies (near duplicates and twins) of each edit kind put in the cluster of the
+    row they were made from: recall for a near edit, the share of twins lost for TWIN_EDIT."""
     original_cluster = dict(zip(pool["family"][pool["edit"] == "original"],
                                 clusters[(pool["edit"] == "original").to_numpy()], strict=True))
     copies = pool[pool["edit"] != "original"]
-    same = clusters[copies.index.to_numpy()] == copies["family"].map(original_cluster).to_numpy()
+    same = clusters[copies.index.to_numpy()] == copies["of"].map(original_cluster).to_numpy()
     return copies.assign(found=same).groupby("edit")["found"].mean().to_dict()
 
 
@@ -255,6 +278,29 @@ def run_ours(pool: pd.DataFrame, settings: dedup.MinHashConfig = SETTINGS
                                     false_negative_weight=settings.false_negative_weight)
     representative = dedup.representatives(len(pool), found.pairs)
     return time.perf_counter() - started, representative, found
+
+
+def stage_context(config_path: Path = ROOT / "configs" / "default.yaml"):
+    """A StageContext for stage 4 under the default config, as the runner would make it."""
+    from bsa.pipeline.prompts import PromptLoader
+    from bsa.pipeline.stage import StageContext
+    from bsa.pipeline.taxonomy import Taxonomy
+    from bsa.project import load_config
+
+    config = load_config(config_path)
+    return config, StageContext("dedup", config, Taxonomy.load(ROOT / config.taxonomy), PromptLoader("en"),
+                                show_progress=False)
+
+
+def run_guarded(pool: pd.DataFrame) -> tuple[float, np.ndarray]:
+    """Seconds for the stage's MinHash pass with its contrast guard, labels unknown (what stage 4 does before
+    the embedding pass), and each row's representative."""
+    _, ctx = stage_context()
+    texts = pool["text"].tolist()
+    guard = dedup.ContrastGuard(texts, np.full(len(pool), -1, dtype=np.int8), contrast.MIN_TEMPLATE_SHARE)
+    started = time.perf_counter()
+    representative, _ = dedup.minhash_pass(texts, pool["lang"].tolist(), SETTINGS, ctx, guard)
+    return time.perf_counter() - started, representative
 
 
 # -- text-dedup ---------------------------------------------------------------------------------------------
@@ -358,14 +404,7 @@ def time_whole_stage(pool: pd.DataFrame) -> tuple[float, dict[str, int]]:
     The embedding models are already loaded (by `time_embeddings`), so this is the stage's own work:
     MinHash on every row, then the embedding pass on the rows MinHash kept, one language at a time.
     """
-    from bsa.pipeline.prompts import PromptLoader
-    from bsa.pipeline.stage import StageContext
-    from bsa.pipeline.taxonomy import Taxonomy
-    from bsa.project import load_config
-
-    config = load_config(ROOT / "configs" / "default.yaml")
-    ctx = StageContext("dedup", config, Taxonomy.load(ROOT / config.taxonomy), PromptLoader("en"),
-                       show_progress=False)
+    config, ctx = stage_context()
     records = pd.DataFrame({"id": [f"r{i}" for i in range(len(pool))], "text": pool["text"], "lang": pool["lang"]})
     started = time.perf_counter()
     result = run_local(dedup.STAGE, records, dedup.STAGE.settings(config), ctx)
@@ -388,7 +427,11 @@ def run() -> str:
     seconds, representative, found = run_ours(pool)
     ours_rate = len(pool) / seconds
     precision, recall, n_found, n_true = precision_recall(representative, pool["family"].to_numpy())
-    by_edit = recall_by_edit(pool, representative)
+    by_edit = joined_by_edit(pool, representative)
+    guarded_seconds, guarded = run_guarded(pool)
+    g_precision, g_recall, g_found, _ = precision_recall(guarded, pool["family"].to_numpy())
+    g_by_edit = joined_by_edit(pool, guarded)
+    n_twins = int((pool["edit"] == TWIN_EDIT).sum())
     grid = []
     for ngram, char_ngram, threshold in ALTERNATIVES:
         settings = SETTINGS.model_copy(update={"ngram": ngram, "char_ngram": char_ngram, "threshold": threshold})
@@ -424,9 +467,17 @@ def run() -> str:
                      f"| {len(pool) / td_seconds:,.0f} | {len(pool) / td_seconds / loop_rate:.1f}x |")
     lines += [
         "",
-        f"Duplicate pairs against the injected truth: precision **{precision:.3f}**, recall **{recall:.3f}** "
-        f"({n_found:,} pairs found, {n_true:,} true; {found.candidates:,} LSH candidates before the Jaccard check).",
-        "Recall by kind of edit: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(by_edit.items())) + ".",
+        f"Near-duplicate pairs against the injected truth, as stage 4 finds them (MinHash with the contrast "
+        f"guard, labels unknown; {guarded_seconds:.2f} s): precision **{g_precision:.3f}**, recall "
+        f"**{g_recall:.3f}** ({g_found:,} pairs found, {n_true:,} true). Contrast twins (one content word "
+        f"swapped) kept apart from the row they were made from: **{1 - g_by_edit.get(TWIN_EDIT, 0):.3f}** "
+        f"of {n_twins:,}.",
+        "Recall by kind of edit: " + ", ".join(f"{k} {g_by_edit[k]:.2f}" for k in NEAR_EDITS if k in g_by_edit)
+        + ".",
+        "",
+        f"The MinHash pass alone, without the guard (the rows/s above): precision {precision:.3f}, recall "
+        f"{recall:.3f} ({n_found:,} pairs found; {found.candidates:,} LSH candidates before the Jaccard check); "
+        f"twins joined to their source: {by_edit.get(TWIN_EDIT, 0):.3f}.",
         "",
         "Other shingle settings on the same pool (why the default is word 1-grams at 0.7):",
         "",

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bsa.stages import relevance
+from bsa.text import contrast
 from bsa.text.contrast import CONFIRMED, TWINS
 from tests.test_dedup import NO_EMBEDDINGS, context, records, run
 
@@ -78,3 +79,10 @@ def test_relevance_merges_twins_labelled_alike_and_confirms_the_others():
     assert out["reject_reason"].fillna("").tolist() == ["", "twin_duplicate", "", ""]
     assert out["duplicate_of"].fillna("").tolist() == ["", "a", "", ""]
     assert out[CONFIRMED].fillna("").tolist() == ["", "", '["d"]', '["c"]']
+
+
+@pytest.mark.parametrize(("word", "expected"), [
+    ("the", True), ("Please,", True), ("tutorial", True), ("如何", True), ("请问", True),
+    ("bomb", False), ("not", False), ("myself", False), ("炸弹", False), ("", False)])
+def test_function_words_are_read_from_the_lexicon(word, expected):
+    assert contrast.is_function_word(word) is expected

@@ -87,6 +87,14 @@ _LEXICON: frozenset[tuple[str, ...]] = frozenset(
 _LONGEST = max(len(entry) for entry in _LEXICON)
 
 
+def is_function_word(word: str) -> bool:
+    """Whether a word (a CJK word as a whole) is in the lexicon of function words and polite phrases."""
+    found = units(word)
+    if not found:
+        return False
+    return tuple(found) in _LEXICON if _CJK_UNIT.match(found[0]) else all((unit,) in _LEXICON for unit in found)
+
+
 @dataclass(frozen=True)
 class Difference:
     """How text b differs from text a."""
