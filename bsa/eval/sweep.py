@@ -116,7 +116,8 @@ def run_sweep(base: EvalRequest, grid: Grid, config: BuildConfig, *,
     table = sweep_markdown(base.model, rows)
     columns = [*AXES, "run", "default"] + [f"{name}{suffix}" for name in [*FIGURES, "F-score"]
                                            for suffix in ("", " lo", " hi", " diff", " p", " p_holm", " significant")]
-    files = [write_table(pd.DataFrame(rows).reindex(columns=columns), out / "sweep.csv"),
+    frame = pd.DataFrame(rows).reindex(columns=columns).astype({TOP_K: "Int64"})
+    files = [write_table(frame, out / "sweep.csv"),
              write_text(table, out / "sweep.md")]
     files += [heatmap(rows, grid, name, out / f"heatmap_{_slug(name)}.png") for name in FIGURES]
     return SweepResult(rows, table, files)
@@ -207,7 +208,10 @@ def heatmap(rows: list[dict[str, Any]], grid: Grid, name: str, path: Path) -> Pa
                  yticks=range(len(grid.temperature)), yticklabels=[f"{t:g}" for t in grid.temperature],
                  ylabel="temperature", title=f"{name}, top_k {top_k}")
     figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
-    figure.suptitle(f"{name}: * differs from the default cell (Holm p < {SIGNIFICANCE})", fontsize=9)
+    default = next(row for row in rows if row["default"])
+    settings = ", ".join(f"{axis} {'-' if default[axis] is None else f'{default[axis]:g}'}" for axis in AXES)
+    figure.suptitle(f"{name}. Default cell ({settings}; outlined when in the grid): {_figure(default, name)}. "
+                    f"*: differs from it (Holm p < {SIGNIFICANCE})", fontsize=8, y=1.04)
     figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
     return path
