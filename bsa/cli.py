@@ -289,10 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="evaluate a grid of temperature x top_p x top_k, compare with the default")
     p.add_argument("--model", required=True, help="the model ('local' for the embedded model)")
-    grid = "(default: BSA's grid, temperature 0.4 0.6 0.8 1.0 1.2, top_p 0.5 0.75 0.95, top_k 1 20 40)"
-    p.add_argument("--temperature", dest="temperatures", type=float, nargs="+", help=f"values {grid}")
-    p.add_argument("--top-p", dest="top_ps", type=float, nargs="+", help="values")
-    p.add_argument("--top-k", dest="top_ks", type=int, nargs="+", help="values")
+    grid = "values (default: BSA's grid, bsa.eval.sweep.PAPER)"
+    p.add_argument("--temperature", dest="temperatures", type=float, nargs="+", help=grid)
+    p.add_argument("--top-p", dest="top_ps", type=float, nargs="+", help=grid)
+    p.add_argument("--top-k", dest="top_ks", type=int, nargs="+", help=grid)
     p.add_argument("--resamples", type=int, default=None,
                    help="paired-test resamples against the default cell (default 2000)")
     _eval_args(p)

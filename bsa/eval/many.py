@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from bsa.eval.run import EvalPlan, EvalRequest, plan_eval, run_eval, settings_of
+from bsa.eval import run as eval_run  # by module: a test may stand in for plan_eval or run_eval
+from bsa.eval.run import EvalPlan, EvalRequest, settings_of
 from bsa.pipeline.config import BuildConfig
 from bsa.pipeline.errors import ConfigError
 
@@ -26,7 +27,7 @@ def models_to_run(given: Sequence[str] | None, config: BuildConfig) -> list[str]
 
 def plan_all(requests: Sequence[EvalRequest], config: BuildConfig) -> list[EvalPlan]:
     """Every run's plan; ConfigError when two would write the same directory."""
-    plans = [plan_eval(request, config) for request in requests]
+    plans = [eval_run.plan_eval(request, config) for request in requests]
     seen: dict[Any, str] = {}
     for plan in plans:
         if plan.out in seen:
@@ -40,4 +41,4 @@ def run_models(base: EvalRequest, models: Sequence[str], config: BuildConfig) ->
     if base.run and len(models) > 1:
         raise ConfigError(f"RUN={base.run} names one run, but {len(models)} models were given")
     plans = plan_all([replace(base, model=model) for model in models], config)
-    return [(plan, run_eval(plan)) for plan in plans]
+    return [(plan, eval_run.run_eval(plan)) for plan in plans]

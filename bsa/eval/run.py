@@ -1,5 +1,5 @@
 """`bsa eval`: sample a model k times per item of a BSA-format benchmark, judge every sample's answer and
-reasoning, score, and write `results/<model>/`:
+reasoning, score, and write `results/<run>/` (the run named by its model and settings, bsa.eval.naming):
 
     samples.jsonl   every sample: reasoning (and its length in tokens and characters), answer, usage,
                     truncation, both judges' verdicts and reasons
@@ -8,7 +8,8 @@ reasoning, score, and write `results/<model>/`:
     judged.second.csv   the same from the second judge (only with --second-judge-model)
     metrics.json    bsa.eval.metrics figures plus the run's provenance (`run`)
     report.md       a short human summary
-    llm-cache.sqlite    every reply, so a rerun after a crash resumes and never pays twice
+and `results/llm-cache.sqlite`, every reply of every run in `results/`, so a rerun after a crash resumes and
+never pays twice, and runs asking the same (a judge request) share the reply.
 
 Endpoints: `--base-url` names an OpenAI-compatible server; a `--model` that names an endpoint of the config
 uses it; `local` is the embedded llama.cpp model, which is not a reasoning model, so it is asked to reason in
@@ -547,8 +548,7 @@ def report(metrics: dict[str, Any]) -> str:
     lines = [TOY_WARNING, ""] if run.get("judge_is_toy") else []
     lines += [f"# {metrics['model']} on {run['benchmark']}{subset}", "",
               f"{metrics['items']} items x k={metrics['k']} samples; judge: {run['judge']}"
-              f"{'; with the safety-rules system prompt' if run['rules'] else ''}; "
-              f"temperature {run['temperature']}, top_p {run['top_p']}, max_tokens {run['max_tokens']}.", ""]
+              f"{'; with the safety-rules system prompt' if run['rules'] else ''}; " + _sampling_note(run), ""]
     ci = metrics.get("ci95", {})
     headline = [{"metric": name, "value": metrics[name],
                  "95% CI": "-" if not ci.get(name) else f"{ci[name][0]:.2f} - {ci[name][1]:.2f}"}
@@ -568,6 +568,14 @@ def report(metrics: dict[str, Any]) -> str:
                   markdown_table(["category", "items", "Safe@1", "Think@1"], rows), ""]
     lines += ["## Samples and judges", "", *_sample_notes(metrics), ""]
     return "\n".join(lines)
+
+
+def _sampling_note(run: dict[str, Any]) -> str:
+    if run.get("generated_elsewhere"):
+        return f"samples generated elsewhere ({run['generated_elsewhere']['samples']}), settings unknown."
+    sample = "".join(f", {key} {value}" for key, value in (run.get("settings") or {}).get("sample", {}).items())
+    top_k = f", top_k {run[TOP_K]}" if run.get(TOP_K) is not None else ""
+    return f"temperature {run['temperature']}, top_p {run['top_p']}{top_k}{sample}, max_tokens {run['max_tokens']}."
 
 
 SAMPLE_COLUMNS = ["scenario", "samples", "truncated", "unscored answers", "with reasoning",
