@@ -20,7 +20,7 @@ import pandas as pd
 
 from bsa.eval.run import EvalRequest, default_dataset, load_benchmark, plan_eval, run_eval
 from bsa.pipeline.config import BuildConfig
-from bsa.pipeline.errors import DataError
+from bsa.pipeline.errors import ConfigError, DataError
 from bsa.pipeline.io import file_sha256, read_table
 from bsa.pipeline.llm import Response
 from bsa.pipeline.llm.reasoning import split_reasoning
@@ -111,6 +111,8 @@ def _response(row: dict, reasoning_column: str | None, status: str) -> Response:
 
 def judge_samples_file(request: EvalRequest, path: Path, config: BuildConfig) -> tuple[Any, dict]:
     """Judge and score the file's samples into `<output_dir>/<run>/`; (plan, metrics)."""
+    if request.limit is not None:
+        raise ConfigError("LIMIT (--limit) picks items to sample: `bsa judge` scores every item of the file")
     dataset = Path(request.dataset) if request.dataset else default_dataset(config)
     benchmark = load_benchmark(dataset)
     frame, _ = read_table(path)
