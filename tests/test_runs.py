@@ -252,3 +252,11 @@ def test_a_two_by_two_sweep_end_to_end_and_resumed(bsa_csv, tmp_path, fake_serve
     assert main(args) == 0  # resumed: every cell finished, nothing sent
     assert len(server.payloads) == before
     assert "# Decoding sweep" in capsys.readouterr().out
+
+
+def test_judge_refuses_a_limit(bsa_csv, tmp_path, fake_server, key, capsys):
+    path = tmp_path / "samples.csv"
+    pd.DataFrame({"id": pd.read_csv(bsa_csv, dtype=str)["id"].head(1), "answer": "x"}).to_csv(path, index=False)
+    server = fake_server(reply=Script())
+    assert main(judge_args(server, bsa_csv, tmp_path, path, "--limit", "1")) == 2
+    assert "scores every item of the file" in capsys.readouterr().err and not server.payloads
