@@ -5,7 +5,7 @@ BSA ?= .venv/bin/bsa
 CONFIG ?= configs/default.yaml
 SET ?=
 SETS := $(foreach s,$(SET),--set $(s))
-.PHONY: setup llama-wheel lock test test-fast build-dataset build lm bench lint clean eval leaderboard spot-check release croissant
+.PHONY: setup llama-wheel lock test test-fast build-dataset build lm bench lint clean eval sweep judge leaderboard spot-check release croissant
 
 # -- setup: pinned versions (requirements.lock), and llama.cpp's server built for any x86-64 CPU ----------------
 LOCK := requirements.lock
@@ -90,12 +90,26 @@ spot-check: .venv/.setup-done
 # -- evaluation ---------------------------------------------------------------------------------------
 MODEL ?= local
 K ?= 5
+# the options eval, sweep and judge share; a run is named by its model and settings (RUN= names it by hand)
+EVAL_ARGS = --k $(K) --config $(CONFIG) $(SETS) \
+  $(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(API_KEY_ENV),--api-key-env $(API_KEY_ENV)) \
+  $(if $(DATASET),--dataset $(DATASET)) $(if $(LIMIT),--limit $(LIMIT)) \
+  $(if $(JUDGE_MODEL),--judge-model $(JUDGE_MODEL)) $(if $(JUDGE_BASE_URL),--judge-base-url $(JUDGE_BASE_URL)) \
+  $(if $(filter 1,$(RULES)),--rules) $(if $(MAX_TOKENS),--max-tokens $(MAX_TOKENS)) \
+  $(foreach s,$(SAMPLE),--sample $(s))
+# MODELS="a b c": one run each, one leaderboard at the end
 eval: .venv/.setup-done
-	$(BSA) eval --model $(MODEL) --k $(K) --config $(CONFIG) \
-	  $(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(API_KEY_ENV),--api-key-env $(API_KEY_ENV)) \
-	  $(if $(DATASET),--dataset $(DATASET)) $(if $(LIMIT),--limit $(LIMIT)) \
-	  $(if $(JUDGE_MODEL),--judge-model $(JUDGE_MODEL)) $(if $(JUDGE_BASE_URL),--judge-base-url $(JUDGE_BASE_URL)) \
-	  $(if $(filter 1,$(RULES)),--rules)
+	$(BSA) eval --model $(or $(MODELS),$(MODEL)) $(EVAL_ARGS) $(if $(RUN),--run $(RUN)) \
+	  $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(TOP_P),--top-p $(TOP_P)) $(if $(TOP_K),--top-k $(TOP_K))
+
+# the grid temperature x top_p x top_k (BSA's when not given) into results/sweeps/<model>/
+sweep: .venv/.setup-done
+	$(BSA) sweep --model $(MODEL) $(EVAL_ARGS) \
+	  $(if $(TEMPERATURES),--temperature $(TEMPERATURES)) $(if $(TOP_P),--top-p $(TOP_P)) $(if $(TOP_K),--top-k $(TOP_K))
+
+# judge and score samples generated elsewhere (SAMPLES=file.csv|jsonl), MODEL= names the model
+judge: .venv/.setup-done
+	$(BSA) judge --samples $(SAMPLES) $(if $(filter-out local,$(MODEL)),--model $(MODEL)) $(EVAL_ARGS) $(if $(RUN),--run $(RUN))
 
 leaderboard: .venv/.setup-done
 	$(BSA) leaderboard --results results

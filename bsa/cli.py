@@ -100,26 +100,60 @@ def cmd_spot_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_request(args: argparse.Namespace):
-    """The typed request of `bsa eval`'s arguments."""
+def eval_request(args: argparse.Namespace, model: str = ""):
+    """The typed request of the arguments of `bsa eval`, `sweep` and `judge` (the options they share)."""
     from dataclasses import fields
 
+    from bsa.eval.naming import parse_samples
     from bsa.eval.run import EvalRequest
 
-    return EvalRequest(**{f.name: getattr(args, f.name) for f in fields(EvalRequest)})
+    given = {f.name: getattr(args, f.name) for f in fields(EvalRequest) if hasattr(args, f.name)}
+    return EvalRequest(**{**given, "model": model, "sample": parse_samples(getattr(args, "sample", None))})
+
+
+def _print_runs(results) -> None:
+    from bsa.eval.metrics import HEADLINE
+    from bsa.eval.run import TOY_WARNING
+    from bsa.text.markdown import markdown_table
+
+    if any(metrics["run"]["judge_is_toy"] for _, metrics in results):
+        print(TOY_WARNING)
+    print(markdown_table(["model", "items", *HEADLINE], [metrics for _, metrics in results]))
+    for plan, _ in results:
+        print(f"wrote {plan.out}/: samples.jsonl, judged.csv, metrics.json, report.md")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from bsa.eval.metrics import HEADLINE
-    from bsa.eval.run import TOY_WARNING, plan_eval, run_eval
-    from bsa.text.markdown import markdown_table
+    from bsa.eval.many import models_to_run, run_models
 
-    plan = plan_eval(eval_request(args), _load(args))
-    metrics = run_eval(plan)
-    if metrics["run"]["judge_is_toy"]:
-        print(TOY_WARNING)
-    print(markdown_table(["model", "items", *HEADLINE], [metrics]))
-    print(f"wrote {plan.out}/: samples.jsonl, judged.csv, metrics.json, report.md")
+    config = _load(args)
+    models = models_to_run(args.model, config)
+    results = run_models(eval_request(args), models, config)
+    _print_runs(results)
+    if len(results) > 1:
+        from bsa.eval.leaderboard import build_leaderboard
+
+        for path in build_leaderboard(args.output_dir):
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from bsa.eval.outside import judge_samples_file
+
+    results = judge_samples_file(eval_request(args, args.model or ""), Path(args.samples), _load(args))
+    _print_runs([results])
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bsa.eval.sweep import Grid, run_sweep
+
+    grid = Grid.of(args.temperatures, args.top_ps, args.top_ks)
+    result = run_sweep(eval_request(args, args.model), grid, _load(args), resamples=args.resamples)
+    print(result.table)
+    for path in result.files:
+        print(f"wrote {path}")
     return 0
 
 
@@ -160,6 +194,35 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     for path in build_leaderboard(args.results, args.output):
         print(f"wrote {path}")
     return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    """The options `bsa eval`, `judge` and `sweep` share (bsa.eval.run.EvalRequest)."""
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (default: the local model)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the variable holding the key")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--dataset", default=None, help="BSA-format CSV (default: the last built release)")
+    p.add_argument("--limit", type=int, default=None, help="N items, stratified by scenario (seeded)")
+    p.add_argument("--judge-model", default=None)
+    p.add_argument("--judge-base-url", default=None)
+    p.add_argument("--judge-api-key-env", default=None)
+    p.add_argument("--second-judge-model", default=None, help="a second judge, for agreement (kappa)")
+    p.add_argument("--second-judge-base-url", default=None)
+    p.add_argument("--rules", action="store_true", help="add BSA's safety-rules system prompt")
+    p.add_argument("--output-dir", default="results")
+    p.add_argument("--lang", default=None, help="judge prompt language (default: from the dataset)")
+    p.add_argument("--run", default=None, help="the run's name (default: the model and its changed settings)")
+    _config_args(p)
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    """Sampling overrides, over the endpoint's and the eval section's (bsa.eval.naming.with_sampling)."""
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="sent in the request body (vLLM, llama.cpp)")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE",
+                   help="another field of the request body, e.g. min_p=0.05, seed=1 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,22 +272,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_spot_check)
 
     p = sub.add_parser("eval", help="sample a model k times per item, judge, and score")
-    p.add_argument("--model", required=True, help="model name ('local' for the embedded model)")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (default: the local model)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the variable holding the key")
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--dataset", default=None, help="BSA-format CSV (default: the last built release)")
-    p.add_argument("--limit", type=int, default=None, help="N items, stratified by scenario (seeded)")
-    p.add_argument("--judge-model", default=None)
-    p.add_argument("--judge-base-url", default=None)
-    p.add_argument("--judge-api-key-env", default=None)
-    p.add_argument("--second-judge-model", default=None, help="a second judge, for agreement (kappa)")
-    p.add_argument("--second-judge-base-url", default=None)
-    p.add_argument("--rules", action="store_true", help="add BSA's safety-rules system prompt")
-    p.add_argument("--output-dir", default="results")
-    p.add_argument("--lang", default=None, help="judge prompt language (default: from the dataset)")
-    _config_args(p)
+    p.add_argument("--model", nargs="+", default=None,
+                   help="model name(s), one run each ('local' for the embedded model; default: eval.models)")
+    _eval_args(p)
+    _sampling_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("judge", help="judge and score samples generated elsewhere into a run directory")
+    p.add_argument("--samples", required=True,
+                   help="JSONL/CSV, one sample a row: id or query (question), reasoning (reasoning_content), "
+                        "answer; BSA's batch-script output as it is")
+    p.add_argument("--model", default=None, help="the model's name (default: the file's model column, else "
+                                                 "the file name)")
+    _eval_args(p)
+    p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser("sweep", help="evaluate a grid of temperature x top_p x top_k, compare with the default")
+    p.add_argument("--model", required=True, help="the model ('local' for the embedded model)")
+    grid = "values (default: BSA's grid, bsa.eval.sweep.PAPER)"
+    p.add_argument("--temperature", dest="temperatures", type=float, nargs="+", help=grid)
+    p.add_argument("--top-p", dest="top_ps", type=float, nargs="+", help=grid)
+    p.add_argument("--top-k", dest="top_ks", type=int, nargs="+", help=grid)
+    p.add_argument("--resamples", type=int, default=None,
+                   help="paired-test resamples against the default cell (default 2000)")
+    _eval_args(p)
+    p.add_argument("--max-tokens", type=int, default=None, help="per sample (default: the eval section's)")
+    p.add_argument("--sample", action="append", default=[], metavar="KEY=VALUE",
+                   help="another sampling field for every cell, e.g. min_p=0.05 (repeatable)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("metrics", help="BSA metrics from a judged CSV in the official format")
     p.add_argument("--judged", required=True)

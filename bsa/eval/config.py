@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from bsa.benchmark import ALPHA
 from bsa.pipeline.config import Section
@@ -13,9 +13,12 @@ class Config(Section):
 
     temperature: float = 0.6
     top_p: float = 0.95
+    top_k: int | None = None  # sent in the request body when set (vLLM, llama.cpp, SGLang take it)
+    sample: dict[str, Any] = {}  # any other sampling field of the request body: min_p, repetition_penalty, seed
     max_tokens: int | None = 8192  # per sample on a remote model (reasoning models think at length)
     local_max_tokens: int = 160  # per sample on the embedded model (slow on CPU)
     judge_endpoint: str | None = None  # an endpoint under `endpoints:` to judge with (`local`: the toy judge)
+    models: list[str] = []  # endpoints evaluated by `bsa eval` without --model, one run each
     judge_max_tokens: int | None = 1024
     local_judge_max_tokens: int = 96  # the judge schemas put the verdict first and cap the reason
     local_timeout: float = 900.0  # seconds a request may take on the embedded model (slow or busy CPUs)

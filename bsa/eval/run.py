@@ -1,5 +1,5 @@
 """`bsa eval`: sample a model k times per item of a BSA-format benchmark, judge every sample's answer and
-reasoning, score, and write `results/<model>/`:
+reasoning, score, and write `results/<run>/` (the run named by its model and settings, bsa.eval.naming):
 
     samples.jsonl   every sample: reasoning (and its length in tokens and characters), answer, usage,
                     truncation, both judges' verdicts and reasons
@@ -8,7 +8,8 @@ reasoning, score, and write `results/<model>/`:
     judged.second.csv   the same from the second judge (only with --second-judge-model)
     metrics.json    bsa.eval.metrics figures plus the run's provenance (`run`)
     report.md       a short human summary
-    llm-cache.sqlite    every reply, so a rerun after a crash resumes and never pays twice
+and `results/llm-cache.sqlite`, every reply of every run in `results/`, so a rerun after a crash resumes and
+never pays twice, and runs asking the same (a judge request) share the reply.
 
 Endpoints: `--base-url` names an OpenAI-compatible server; a `--model` that names an endpoint of the config
 uses it; `local` is the embedded llama.cpp model, which is not a reasoning model, so it is asked to reason in
@@ -27,7 +28,7 @@ import hashlib
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from bsa.eval.judges import (
     sample_model,
 )
 from bsa.eval.metrics import compute_metrics
+from bsa.eval.naming import TOP_K, check_free, results_dir, run_name, run_settings, with_sampling
 from bsa.pipeline.config import EMBEDDED, BuildConfig, EndpointConfig, validate_section
 from bsa.pipeline.errors import ConfigError, DataError
 from bsa.pipeline.io import file_sha256, read_table, write_json, write_table, write_text
@@ -88,6 +90,18 @@ class EvalRequest:
     rules: bool = False
     output_dir: str = "results"
     lang: str | None = None
+    run: str | None = None  # the run's name (default: bsa.eval.naming.run_name)
+    temperature: float | None = None  # sampling overrides (over the endpoint's and the eval section's)
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    sample: dict[str, Any] = field(default_factory=dict)  # any other field of the request body (min_p, ...)
+    cache: str | None = None  # the reply cache (default: <output_dir>/llm-cache.sqlite, shared by its runs)
+
+    def overrides(self) -> dict[str, Any]:
+        """The sampling this request sets itself, over the endpoint's and the eval section's."""
+        given = {name: getattr(self, name) for name in ("temperature", "top_p", "top_k", "max_tokens")}
+        return {**{name: value for name, value in given.items() if value is not None}, **self.sample}
 
 
 # -- the benchmark -------------------------------------------------------------------------------------------
@@ -165,7 +179,13 @@ def settings_of(config: BuildConfig) -> Config:
 
 
 def model_endpoint(args: EvalRequest, config: BuildConfig, settings: Config) -> EndpointConfig:
-    """The evaluated model's endpoint, sampling at the eval's temperature and top_p unless it sets its own."""
+    """The evaluated model's endpoint, sampling at the eval section's settings (temperature, top_p, top_k,
+    `sample`) where it sets none of its own, and at the request's overrides over both."""
+    defaults = {TOP_K: settings.top_k, **settings.sample}
+    return with_sampling(_model_endpoint(args, config, settings), defaults, args.overrides())
+
+
+def _model_endpoint(args: EvalRequest, config: BuildConfig, settings: Config) -> EndpointConfig:
     sampling = {"temperature": settings.temperature, "top_p": settings.top_p}
     if args.base_url:
         return EndpointConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
@@ -217,11 +237,16 @@ def judge_endpoint(model: str | None, base_url: str | None, api_key_env: str | N
 def endpoints_for(args: EvalRequest, config: BuildConfig,
                   settings: Config) -> dict[str, EndpointConfig]:
     """The engine's endpoints: the model, the judge and, when asked for, a second judge."""
+    judges = judge_endpoints(args, config, settings)  # no judge: no run
+    return {MODEL: model_endpoint(args, config, settings), **judges}
+
+
+def judge_endpoints(args: EvalRequest, config: BuildConfig, settings: Config) -> dict[str, EndpointConfig]:
+    """The judge and, when asked for, the second judge."""
     judge_key = args.judge_api_key_env or args.api_key_env
     judge_url = args.judge_base_url or (args.base_url if _served_elsewhere(args.judge_model, config)
                                         else None)
-    judge = judge_endpoint(args.judge_model, judge_url, judge_key, config, settings)  # no judge: no run
-    endpoints = {MODEL: model_endpoint(args, config, settings), JUDGE: judge}
+    endpoints = {JUDGE: judge_endpoint(args.judge_model, judge_url, judge_key, config, settings)}
     if args.second_judge_model:
         second = args.second_judge_model
         second_url = args.second_judge_base_url or (judge_url if _served_elsewhere(second, config) else None)
@@ -238,15 +263,6 @@ def _served_elsewhere(model: str | None, config: BuildConfig) -> bool:
 def is_toy(endpoint: EndpointConfig) -> bool:
     """The embedded model: fine for testing the pipeline, its verdicts are no measurement."""
     return endpoint.embedded
-
-
-def run_name(model: str, rules: bool) -> str:
-    """The model's name in judged.csv (a run with the safety-rules prompt is a different entry)."""
-    return f"{model}+rules" if rules else model
-
-
-def results_dir(root: str | Path, name: str) -> Path:
-    return Path(root) / re.sub(r"[^\w.+-]+", "_", name).strip("_")
 
 
 # -- sampling and judging ------------------------------------------------------------------------------------
@@ -400,8 +416,10 @@ class EvalPlan:
     """Everything a run needs, resolved from the command line and the config before any model is called."""
 
     model: str  # as given (--model)
-    name: str  # the model's name in judged.csv
+    name: str  # the run's name: the model's name in judged.csv (bsa.eval.naming)
     out: Path
+    cache: Path
+    run_settings: dict[str, Any]  # bsa.eval.naming.run_settings: metrics.json's run.settings
     k: int
     dataset_path: Path
     benchmark: pd.DataFrame  # the whole benchmark
@@ -413,39 +431,61 @@ class EvalPlan:
     settings: Config
     config: BuildConfig
     toy_judges: list[str]  # the judges (JUDGE, SECOND_JUDGE) played by the embedded model
+    generated: dict[str, Any] | None = None  # samples made elsewhere (bsa judge --samples): their file
 
 
-def plan_eval(args: EvalRequest, config: BuildConfig) -> EvalPlan:
-    """Resolve a run; ConfigError (before any model is called) on a bad option or when no judge is named."""
+def plan_eval(args: EvalRequest, config: BuildConfig, items: pd.DataFrame | None = None,
+              dataset: Path | None = None) -> EvalPlan:
+    """Resolve a run; ConfigError (before any model is called) on a bad option, when no judge is named, or
+    when its directory holds a run with other settings. With `items` (a subset of `dataset`'s benchmark),
+    the samples come from elsewhere: no model endpoint, the sampling settings unknown."""
     if args.k < 1:
         raise ConfigError(f"K must be at least 1 (got {args.k})")
     settings = settings_of(config)
-    endpoints = endpoints_for(args, config, settings)
-    dataset_path = Path(args.dataset) if args.dataset else default_dataset(config)
+    endpoints = judge_endpoints(args, config, settings)
+    if items is None:
+        endpoints = {MODEL: model_endpoint(args, config, settings), **endpoints}
+    dataset_path = dataset or (Path(args.dataset) if args.dataset else default_dataset(config))
     benchmark = load_benchmark(dataset_path)
-    items = stratified_limit(benchmark, args.limit, config.seed)
+    items = stratified_limit(benchmark, args.limit, config.seed) if items is None else items
     lang = args.lang or detect_lang(items["query"])
     prompts = PromptLoader(lang)
-    name = run_name(args.model, args.rules)
-    return EvalPlan(model=args.model, name=name, out=results_dir(args.output_dir, name), k=args.k,
-                    dataset_path=dataset_path, benchmark=benchmark, items=items, lang=lang, prompts=prompts,
-                    system_prompt=prompts.load("safety_rules").system if args.rules else None,
-                    endpoints=endpoints, settings=settings, config=config,
+    judge = args.judge_model or settings.judge_endpoint
+    run = run_settings(endpoints.get(MODEL), judge, args.rules)
+    default = default_settings(args, config) if MODEL in endpoints else run_settings(None, "", args.rules)
+    name = args.run or run_name(args.model, run, default, settings.judge_endpoint)
+    out = results_dir(args.output_dir, name)
+    check_free(out, run)
+    return EvalPlan(model=args.model, name=name, out=out, k=args.k, dataset_path=dataset_path,
+                    cache=Path(args.cache) if args.cache else Path(args.output_dir) / "llm-cache.sqlite",
+                    run_settings=run, benchmark=benchmark, items=items, lang=lang, prompts=prompts,
+                    system_prompt=prompts.load("safety_rules").system if args.rules and MODEL in endpoints
+                    else None, endpoints=endpoints, settings=settings, config=config,
                     toy_judges=[key for key in (JUDGE, SECOND_JUDGE)
                                 if key in endpoints and is_toy(endpoints[key])])
 
 
-def run_eval(plan: EvalPlan) -> dict[str, Any]:
-    """Sample, judge, score and write every output; returns metrics.json's content."""
+def default_settings(args: EvalRequest, config: BuildConfig) -> dict[str, Any]:
+    """The run settings this model would have at the built-in defaults (the eval section's defaults, no
+    overrides): a run's name lists what differs from them."""
+    endpoint = model_endpoint(replace(args, temperature=None, top_p=None, top_k=None, max_tokens=None,
+                                      sample={}), config, Config())
+    return run_settings(endpoint, "", args.rules)
+
+
+def run_eval(plan: EvalPlan, responses: list[list[Response]] | None = None) -> dict[str, Any]:
+    """Sample (unless given the k `responses` of each item, made elsewhere), judge, score and write every
+    output; returns metrics.json's content."""
     started = time.monotonic()
     plan.out.mkdir(parents=True, exist_ok=True)
-    cache = plan.out / "llm-cache.sqlite"
     judge_truncated = plan.settings.judge_truncated
-    with Engine(plan.endpoints, cache, plan.config.llm.local, lang=plan.lang) as engine:
-        queries = plan.items["query"].tolist()
-        responses = sample_model(engine, MODEL, queries, plan.k, system_prompt=plan.system_prompt)
+    with Engine(plan.endpoints, plan.cache, plan.config.llm.local, lang=plan.lang,
+                log_dir=plan.out) as engine:
+        if responses is None:
+            queries = plan.items["query"].tolist()
+            responses = sample_model(engine, MODEL, queries, plan.k, system_prompt=plan.system_prompt)
         opens = template_opens_reasoning(plan.settings.template_opens_reasoning, responses)
-        shared_requests = plan.endpoints[MODEL].supports_n and plan.k > 1  # one usage for k samples
+        shared_requests = MODEL in plan.endpoints and plan.endpoints[MODEL].supports_n and plan.k > 1
         samples = sample_table(plan.items, responses, template_opens=opens, server_counts=not shared_requests)
         first = judge_samples(engine, JUDGE, samples, plan.prompts, judge_truncated=judge_truncated)
         second = None
@@ -483,17 +523,19 @@ def read_by_a_judge(second_judged: pd.DataFrame, first: Judged) -> pd.DataFrame:
 
 def provenance(plan: EvalPlan, served: dict[str, str]) -> dict[str, Any]:
     """Where the figures come from: model, judges, benchmark, sampling and prompts (never an API key)."""
-    model = plan.endpoints[MODEL]
+    model = plan.endpoints.get(MODEL)
     released = ids_fingerprint(plan.benchmark["id"]) == BSA_RELEASED_IDS_SHA256
-    return {"model": plan.model, "served_model": served[MODEL], "base_url": model.base_url,
+    return {"model": plan.model, "served_model": served.get(MODEL, plan.model),
+            "base_url": model.base_url if model else None, "settings": plan.run_settings,
+            "generated_elsewhere": plan.generated,
             "judge": served[JUDGE], "second_judge": served.get(SECOND_JUDGE),
             "judge_is_toy": bool(plan.toy_judges), "toy_judges": [served[key] for key in plan.toy_judges],
             "judge_truncated": plan.settings.judge_truncated,
-            "rules": plan.system_prompt is not None, "lang": plan.lang, "dataset": str(plan.dataset_path),
+            "rules": plan.run_settings["rules"], "lang": plan.lang, "dataset": str(plan.dataset_path),
             "dataset_sha256": file_sha256(plan.dataset_path),
             "benchmark": BSA_RELEASED if released else str(plan.dataset_path),
             "benchmark_items": len(plan.benchmark), "subset": len(plan.items) < len(plan.benchmark),
-            "temperature": model.temperature, "top_p": model.top_p, "max_tokens": model.max_tokens,
+            **{name: plan.run_settings[name] for name in ("temperature", "top_p", TOP_K, "max_tokens")},
             "prompts": dict(plan.prompts.used)}
 
 
@@ -506,8 +548,7 @@ def report(metrics: dict[str, Any]) -> str:
     lines = [TOY_WARNING, ""] if run.get("judge_is_toy") else []
     lines += [f"# {metrics['model']} on {run['benchmark']}{subset}", "",
               f"{metrics['items']} items x k={metrics['k']} samples; judge: {run['judge']}"
-              f"{'; with the safety-rules system prompt' if run['rules'] else ''}; "
-              f"temperature {run['temperature']}, top_p {run['top_p']}, max_tokens {run['max_tokens']}.", ""]
+              f"{'; with the safety-rules system prompt' if run['rules'] else ''}; " + _sampling_note(run), ""]
     ci = metrics.get("ci95", {})
     headline = [{"metric": name, "value": metrics[name],
                  "95% CI": "-" if not ci.get(name) else f"{ci[name][0]:.2f} - {ci[name][1]:.2f}"}
@@ -527,6 +568,14 @@ def report(metrics: dict[str, Any]) -> str:
                   markdown_table(["category", "items", "Safe@1", "Think@1"], rows), ""]
     lines += ["## Samples and judges", "", *_sample_notes(metrics), ""]
     return "\n".join(lines)
+
+
+def _sampling_note(run: dict[str, Any]) -> str:
+    if run.get("generated_elsewhere"):
+        return f"samples generated elsewhere ({run['generated_elsewhere']['samples']}), settings unknown."
+    sample = "".join(f", {key} {value}" for key, value in (run.get("settings") or {}).get("sample", {}).items())
+    top_k = f", top_k {run[TOP_K]}" if run.get(TOP_K) is not None else ""
+    return f"temperature {run['temperature']}, top_p {run['top_p']}{top_k}{sample}, max_tokens {run['max_tokens']}."
 
 
 SAMPLE_COLUMNS = ["scenario", "samples", "truncated", "unscored answers", "with reasoning",
