@@ -46,18 +46,20 @@ def exact(value: str, labels: Sequence[str]) -> str | None:
 
 
 def read_filled_sheet(path: str | Path, answers: dict[str, LabelsOf], required: Sequence[str] = (),
-                      match: Match = exact, what: str = "a label") -> pd.DataFrame:
-    """The rows of a filled sheet with at least one answer, each answer column stripped and spelled as the
-    label it names ("" where left blank). DataError naming the file, line and field of a missing column or
-    an answer its row does not allow, and when no row has an answer."""
+                      match: Match = exact, what: str = "a label", texts: Sequence[str] = (),
+                      written_by: str = "bsa spot-check") -> pd.DataFrame:
+    """The rows of a filled sheet with at least one answer or free text (`texts` columns), each answer column
+    stripped and spelled as the label it names and each text stripped ("" where left blank). DataError naming
+    the file, line and field of a missing column or an answer its row does not allow, and when no row has an
+    answer."""
     frame, _ = read_table(path)
-    for column in [*required, *answers]:
+    for column in [*required, *answers, *texts]:
         if column not in frame.columns:
-            raise DataError(path, f"column '{column}' missing (expected a sheet written by `bsa spot-check`)",
+            raise DataError(path, f"column '{column}' missing (expected a sheet written by `{written_by}`)",
                             field=column)
-    for column in answers:
+    for column in [*answers, *texts]:
         frame[column] = frame[column].fillna("").astype(str).str.strip()
-    filled = frame[(frame[list(answers)] != "").any(axis=1)].copy()
+    filled = frame[(frame[[*answers, *texts]] != "").any(axis=1)].copy()
     for index, row in filled.iterrows():
         for column, labels_of in answers.items():
             if not row[column]:
@@ -68,7 +70,7 @@ def read_filled_sheet(path: str | Path, answers: dict[str, LabelsOf], required: 
                 raise DataError(path, f"'{row[column]}' is not {what} (use one of {', '.join(allowed)})",
                                 line=int(row["_line"]), field=column)
             filled.at[index, column] = label
-    if filled.empty:
+    if not (filled[list(answers)] != "").any(axis=None):
         raise DataError(path, f"no row has {' or '.join(repr(c) for c in answers)} filled in",
                         field=next(iter(answers)))
     return filled

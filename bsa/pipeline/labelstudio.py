@@ -36,9 +36,10 @@ class Question:
     title: str = ""
 
 
-def labeling_config(texts: dict[str, str], questions: list[Question], note: bool = True) -> str:
+def labeling_config(texts: dict[str, str], questions: list[Question], note: bool = True,
+                    areas: dict[str, str] | None = None) -> str:
     """The XML of a labeling interface: each task `data` key of `texts` shown under its title, then the
-    questions, then (with `note`) a free-text note."""
+    questions, then a free-text field per `areas` entry (from_name -> title), then (with `note`) a note."""
     view = ET.Element("View")
     for name, title in texts.items():
         ET.SubElement(view, "Header", value=title)
@@ -50,9 +51,10 @@ def labeling_config(texts: dict[str, str], questions: list[Question], note: bool
                                 showInline="true")
         for choice in question.choices:
             ET.SubElement(choices, "Choice", value=choice)
-    if note and texts:
-        ET.SubElement(view, "Header", value="Note (optional)")
-        ET.SubElement(view, "TextArea", name=NOTE, toName=next(iter(texts)), rows="2")
+    fields = {**(areas or {}), **({NOTE: "Note (optional)"} if note else {})} if texts else {}
+    for name, title in fields.items():
+        ET.SubElement(view, "Header", value=title)
+        ET.SubElement(view, "TextArea", name=name, toName=next(iter(texts)), rows="2")
     ET.indent(view)
     return ET.tostring(view, encoding="unicode") + "\n"
 
