@@ -240,6 +240,15 @@ def test_duplicate_reviews_are_errors(build, tmp_path):
     assert err.value.field == "annotations"
 
 
+def test_export_never_overwrites_a_filled_sheet(build):
+    sheet = exported(build)
+    fill_sheet(sheet, review_dir(build) / SHEET, ACCEPT_ALL)  # filled in place
+    with pytest.raises(DataError, match="holds reviews: move it away") as err:
+        export_review(build)
+    assert err.value.field == "decision"
+    assert (pd.read_csv(review_dir(build) / SHEET)["decision"] == "accept").all()
+
+
 def test_malformed_files_are_errors(build, tmp_path):
     sheet = exported(build)
     blank = fill_sheet(sheet, tmp_path / "blank.csv", [("", "", "")] * 7)
@@ -272,3 +281,23 @@ def test_the_command_line_round_trip(build, tmp_path, capsys, monkeypatch):
     files[1].write_text("id,decision\n", encoding="utf-8")
     assert main(["review", "import", *map(str, files)]) == 2
     assert f"error: {files[1]}: file has no rows" in capsys.readouterr().err
+
+
+def test_build_release_reruns_when_the_review_changes_and_metadata_validates(build, tmp_path):
+    from bsa.pipeline.runner import Runner
+    from bsa.project import PROJECT
+    from bsa.release.publish import publish
+
+    out = release_dir(build)
+    with Runner(build, PROJECT, show_progress=False) as runner:
+        assert publish(runner)[1] and not (out / RELEASE_FILE).exists()
+        sheet = exported(build)
+        import_reviews(build, [fill_sheet(sheet, tmp_path / "a.csv", ALICE), fill_sheet(sheet, tmp_path / "b.csv", BOB)])
+        messages, valid = publish(runner)
+        assert valid and f"wrote {out}/" in messages and (out / RELEASE_FILE).exists()
+        assert "review" in pd.read_parquet(out / "benchmark.parquet").columns
+        assert f"wrote {out}/" not in publish(runner)[0]  # unchanged: skipped
+        reviews_path(build).unlink()
+        messages, valid = publish(runner)
+    assert valid and f"wrote {out}/" in messages and not (out / RELEASE_FILE).exists()
+    assert "**No human review was done**" in (out / "README.md").read_text(encoding="utf-8")

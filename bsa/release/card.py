@@ -185,8 +185,8 @@ def review_section(info: ReleaseInfo) -> str:
                 ["disagreements (decisions or corrections differ)", len(review.disagreements)]]
     return "\n\n".join([
         "## Human review",
-        f"Every candidate item was put to {len(review.reviewers)} reviewers, who accepted, rejected or fixed "
-        "(accepted with a corrected risk summary) each. An item is released when the rule "
+        f"The build's {len(review.outcomes)} candidate items were put to {len(review.reviewers)} reviewers, who "
+        "accepted, rejected or fixed (accepted with a corrected risk summary) each. An item is released when the rule "
         f"**{review.rule.rule}** keeps it (a fix counts as an accept; at least {review.rule.min_reviewers} reviews "
         f"an item). Agreement on the decision: {agreement}.",
         markdown_table(["reviewer", "items reviewed"], rows),

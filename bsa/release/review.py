@@ -29,7 +29,7 @@ from bsa.eval.metrics import agreement
 from bsa.pipeline.config import BuildConfig
 from bsa.pipeline.errors import DataError
 from bsa.pipeline.human_check import read_filled_sheet, spreadsheet_safe
-from bsa.pipeline.io import write_json, write_table
+from bsa.pipeline.io import read_table, write_json, write_table
 from bsa.pipeline.labelstudio import NOTE, Question, labeling_config, read_export, write_tasks
 from bsa.release.config import ReviewConfig, review_config
 from bsa.release.files import release_candidates
@@ -85,12 +85,24 @@ def task_config() -> str:
                                              "'Query A: ...' and 'Query B: ...' on two lines)"})
 
 
+def _refuse_filled(sheet: Path) -> None:
+    """DataError when a sheet about to be written anew already holds someone's reviews."""
+    if not sheet.exists():
+        return
+    frame, _ = read_table(sheet, allow_empty=True)
+    for column in (DECISION, CORRECTED, NOTE):
+        if column in frame.columns and (frame[column].astype(str).str.strip() != "").any():
+            raise DataError(sheet, "holds reviews: move it away (or `bsa review import` it) before exporting again",
+                            field=column)
+
+
 def export_review(config: BuildConfig) -> str:
     """Write the review sheet and Label Studio tasks of the release candidates; what to do next."""
     candidates = Candidates.of(release_candidates(config))
     rows = candidates.shown.reset_index(drop=True).assign(**{ITEM_SHA: list(candidates.items.values()),
                                                              SET_SHA: candidates.sha256})
     out = review_dir(config)
+    _refuse_filled(out / SHEET)
     sheet = rows.assign(**{DECISION: "", CORRECTED: "", NOTE: "", REVIEWER: ""})
     sheet = sheet[[*SHOWN, DECISION, CORRECTED, NOTE, REVIEWER, ITEM_SHA, SET_SHA]]
     write_table(spreadsheet_safe(sheet, [c for c in SHOWN if c != "id"]), out / SHEET)
@@ -175,7 +187,8 @@ def read_reviews(path: Path, candidates: Candidates) -> list[Review]:
     seen: dict[str, int] = {}
     for row in rows:
         values = row.values
-        decision, corrected, item = values[DECISION], values[CORRECTED], values["id"]
+        decision, item = values[DECISION], values["id"]
+        corrected = "\n".join(line.strip() for line in values[CORRECTED].splitlines() if line.strip())
         if not decision:
             raise fail(row, "a corrected risk summary or note, but no decision", DECISION)
         if values[SET_SHA] != candidates.sha256:
