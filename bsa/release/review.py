@@ -61,17 +61,15 @@ class Candidates:
 
     shown: pd.DataFrame  # SHOWN columns, indexed by id
     items: dict[str, str]  # id -> sha256 of the item as shown
+    sha256: str  # of the whole set: every id with its item's sha256
 
     @classmethod
     def of(cls, release_frame: pd.DataFrame) -> Candidates:
         shown = release_frame.rename(columns=FROM_RELEASE)[list(SHOWN)]
         items = {row[0]: hashlib.sha256(json.dumps(row, ensure_ascii=False).encode()).hexdigest()
                  for row in shown.itertuples(index=False, name=None)}
-        return cls(shown.set_index("id", drop=False), items)
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(sorted(self.items.items())).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps(sorted(items.items())).encode()).hexdigest()
+        return cls(shown.set_index("id", drop=False), items, digest)
 
 
 # -- export --------------------------------------------------------------------------------------------------
