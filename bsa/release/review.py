@@ -263,7 +263,7 @@ def decide(item: str, reviews: list[Review], section: ReviewConfig) -> Outcome:
         return Outcome(item, HELD_BACK, f"{count} of {section.min_reviewers} reviews", reviews, disagreement=differ)
     keep = len(accepting) == count if section.rule == "unanimous" else 2 * len(accepting) > count
     if not keep:
-        return Outcome(item, REJECTED, f"{count - len(accepting)} of {count} reject ({section.rule})", reviews,
+        return Outcome(item, REJECTED, f"{count - len(accepting)} of {count} reject, rule {section.rule}", reviews,
                        disagreement=differ)
     if len(corrections) > 1:
         return Outcome(item, HELD_BACK, f"{len(corrections)} different corrections to resolve", reviews,
