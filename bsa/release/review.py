@@ -187,6 +187,8 @@ def read_reviews(path: Path, candidates: Candidates) -> list[Review]:
         values = row.values
         decision, item = values[DECISION], values["id"]
         corrected = "\n".join(line.strip() for line in values[CORRECTED].splitlines() if line.strip())
+        if not (decision or corrected or values[NOTE]):
+            continue  # a Label Studio annotation submitted empty
         if not decision:
             raise fail(row, "a corrected risk summary or note, but no decision", DECISION)
         if values[SET_SHA] != candidates.sha256:
