@@ -63,14 +63,13 @@ def fill_sheet(sheet: pd.DataFrame, path: Path, decisions: list[tuple[str, str, 
 
 
 def fill_labelstudio(config: BuildConfig, path: Path, decisions: list[tuple[str, str, str]], email: str) -> Path:
-    """A Label Studio export of the task file with one annotation per task that has a decision."""
+    """A Label Studio export of the task file with one annotation per task (submitted empty, without a
+    decision)."""
     tasks = json.loads((review_dir(config) / TASKS).read_text(encoding="utf-8"))
     for number, (task, (decision, corrected, note)) in enumerate(zip(tasks, decisions, strict=True), start=1):
         task["id"] = number
-        if not decision:
-            continue
         result = [{"from_name": "decision", "to_name": "query", "type": "choices",
-                   "value": {"choices": [decision]}}]
+                   "value": {"choices": [decision]}}] if decision else []
         result += [{"from_name": name, "to_name": "query", "type": "textarea", "value": {"text": [text]}}
                    for name, text in (("corrected_risk_summary", corrected), ("note", note)) if text]
         task["annotations"] = [{"completed_by": {"email": email}, "was_cancelled": False, "result": result}]
