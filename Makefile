@@ -5,7 +5,7 @@ BSA ?= .venv/bin/bsa
 CONFIG ?= configs/default.yaml
 SET ?=
 SETS := $(foreach s,$(SET),--set $(s))
-.PHONY: setup llama-wheel lock test test-fast build-dataset build lm bench lint clean eval sweep judge leaderboard spot-check release croissant
+.PHONY: setup llama-wheel lock test test-fast build-dataset build lm bench lint clean eval sweep judge leaderboard spot-check review-export review-import release croissant
 
 # -- setup: pinned versions (requirements.lock), and llama.cpp's server built for any x86-64 CPU ----------------
 LOCK := requirements.lock
@@ -86,6 +86,13 @@ croissant: .venv/.setup-done
 
 spot-check: .venv/.setup-done
 	$(BSA) spot-check --config $(CONFIG) $(SETS) --n $(or $(N),50)
+
+# the human double check: every release candidate to the reviewers, then their files back (FILES="a.csv b.csv")
+review-export: .venv/.setup-done
+	$(BSA) review export --config $(CONFIG) $(SETS)
+
+review-import: .venv/.setup-done
+	$(BSA) review import --config $(CONFIG) $(SETS) $(FILES)
 
 # -- evaluation ---------------------------------------------------------------------------------------
 MODEL ?= local

@@ -100,6 +100,17 @@ def cmd_spot_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from bsa.release import review
+
+    config = _load(args)
+    if args.action == "export":
+        print(review.export_review(config))
+    else:
+        print(review.import_reviews(config, [Path(f) for f in args.files]))
+    return 0
+
+
 def eval_request(args: argparse.Namespace, model: str = ""):
     """The typed request of the arguments of `bsa eval`, `sweep` and `judge` (the options they share)."""
     from dataclasses import fields
@@ -270,6 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="import_file", help="a checked CSV: report agreement with the judge")
     _config_args(p)
     p.set_defaults(func=cmd_spot_check)
+
+    p = sub.add_parser("review", help="the human double check of every release candidate (export, import)")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("export", help="write build/review/: review.csv and Label Studio tasks.json/.xml")
+    _config_args(q)
+    q = actions.add_parser("import", help="merge the reviewers' files; report agreement and disagreements")
+    q.add_argument("files", nargs="+", metavar="FILE", help="one per reviewer: a filled review.csv or a Label "
+                                                            "Studio JSON export")
+    _config_args(q)
+    p.set_defaults(func=cmd_review)
 
     p = sub.add_parser("eval", help="sample a model k times per item, judge, and score")
     p.add_argument("--model", nargs="+", default=None,

@@ -14,6 +14,7 @@ import pandas as pd
 from bsa.eval.metrics import agreement
 from bsa.pipeline.config import BuildConfig
 from bsa.pipeline.errors import ConfigError, DataError
+from bsa.pipeline.human_check import read_filled_sheet, stratified_sample
 from bsa.pipeline.io import read_table, write_table
 from bsa.pipeline.layout import stage_paths
 from bsa.stages.relevance import REASON, RISKY_VERDICTS, SAFE_VERDICTS, VERDICT
@@ -36,15 +37,6 @@ def judged_rows(config: BuildConfig) -> pd.DataFrame:
     return rows[rows[VERDICT].isin([*RISKY_VERDICTS, *SAFE_VERDICTS])]
 
 
-def stratified_sample(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """`n` rows spread evenly over the (category, verdict) strata: one of each in turn, in seeded order."""
-    strata = [rows["category"].fillna("(none)"), rows[VERDICT]]
-    shuffled = rows.assign(_turn=rows.groupby(strata, dropna=False).cumcount())
-    shuffled = shuffled.sample(frac=1.0, random_state=seed).sort_values("_turn", kind="stable")
-    sample = shuffled.head(n).drop(columns="_turn")
-    return sample.sort_values(["category", VERDICT], kind="stable", na_position="last")
-
-
 def spot_check_sheet(rows: pd.DataFrame) -> pd.DataFrame:
     """The columns a person needs, with empty `human_verdict` / `human_note` to fill in."""
     sheet = rows[["id", "category", "subcategory", "is_risky", "text", VERDICT, REASON]].copy()
@@ -54,21 +46,8 @@ def spot_check_sheet(rows: pd.DataFrame) -> pd.DataFrame:
 
 def read_checked(path: Path) -> pd.DataFrame:
     """The rows of a checked spot-check CSV that carry a human verdict (validated)."""
-    frame, _ = read_table(path)
-    for column in (VERDICT, HUMAN_VERDICT):
-        if column not in frame.columns:
-            raise DataError(path, f"column '{column}' missing (expected a sheet written by `bsa spot-check`)",
-                            field=column)
-    frame[HUMAN_VERDICT] = frame[HUMAN_VERDICT].fillna("").str.strip()
-    checked = frame[frame[HUMAN_VERDICT] != ""]
-    known = {*RISKY_VERDICTS, *SAFE_VERDICTS}
-    for line, value in zip(checked["_line"], checked[HUMAN_VERDICT], strict=True):
-        if value not in known:
-            raise DataError(path, f"'{value}' is not a verdict (use one of {', '.join(sorted(known))})",
-                            line=int(line), field=HUMAN_VERDICT)
-    if checked.empty:
-        raise DataError(path, f"no row has a '{HUMAN_VERDICT}' filled in", field=HUMAN_VERDICT)
-    return checked
+    known = sorted({*RISKY_VERDICTS, *SAFE_VERDICTS})
+    return read_filled_sheet(path, {HUMAN_VERDICT: lambda row: known}, required=[VERDICT], what="a verdict")
 
 
 def agreement_report(checked: pd.DataFrame, keep_verdicts: list[str]) -> dict[str, object]:
@@ -95,7 +74,7 @@ def _format_report(report: dict[str, object]) -> str:
 def write_sheet(config: BuildConfig, n: int = 50, output: Path | None = None) -> str:
     """Write the spot-check sheet of a build (`n` rows, stratified); what to do next, for the person."""
     rows = judged_rows(config)
-    sample = spot_check_sheet(stratified_sample(rows, n, config.seed))
+    sample = spot_check_sheet(stratified_sample(rows, ["category", VERDICT], n, config.seed))
     output = output or config.build_path / "spot-check.csv"
     write_table(sample, output)
     strata = sample.groupby(["category", VERDICT], dropna=False).ngroups

@@ -19,6 +19,9 @@ class Config(Section):
     local_max_tokens: int = 160  # per sample on the embedded model (slow on CPU)
     judge_endpoint: str | None = None  # an endpoint under `endpoints:` to judge with (`local`: the toy judge)
     models: list[str] = []  # endpoints evaluated by `bsa eval` without --model, one run each
+    judges: list[str] = []  # or several endpoints: an ensemble (bsa.eval.ensemble: the verdict by majority)
+    # the judges' prompts from other files: a directory of judge_*.md, or {safety | <scenario>: file.md}
+    judge_prompts: str | dict[str, str] | None = None
     judge_max_tokens: int | None = 1024
     local_judge_max_tokens: int = 96  # the judge schemas put the verdict first and cap the reason
     local_timeout: float = 900.0  # seconds a request may take on the embedded model (slow or busy CPUs)

@@ -9,14 +9,20 @@ reasoning gets its scenario's FAILURE label by rule (`by_rule`), and no reasonin
 Prompts: `prompts/<lang>/judge_safety.md`, `judge_risk_omission.md`, `judge_cognitive_shortcut.md`,
 `judge_over_sensitivity.md`, each with a `.schema.json` of `{"label": ..., "reason": ...}`: the verdict comes
 first (it cannot be lost to a cut-off, and constrained decoding stays short) in the schema's order and in
-alphabetical order alike, since a request body may be serialised with sorted keys.
+alphabetical order alike, since a request body may be serialised with sorted keys. `eval.judge_prompts` points
+the judges at other files (`judge_prompts`): each is checked for its placeholders before any request, and
+hashed into the run's provenance under its path. Several judges: bsa.eval.ensemble.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bsa.benchmark import (
@@ -28,11 +34,12 @@ from bsa.benchmark import (
     SCENARIOS,
     THINK_LABELS,
 )
+from bsa.pipeline.errors import ConfigError
 from bsa.pipeline.llm import Request, Response
+from bsa.pipeline.prompts import Prompt, PromptLoader
 
 if TYPE_CHECKING:
     from bsa.pipeline.llm import Engine
-    from bsa.pipeline.prompts import PromptLoader
 
 NO_REASONING = "no reasoning: labelled by rule, the judge was not asked"
 UNSCORED = "unscored"
@@ -43,6 +50,10 @@ THINK_PROMPTS = {
     COGNITIVE_SHORTCUT: "judge_cognitive_shortcut",
     OVER_SENSITIVITY: "judge_over_sensitivity",
 }
+# what each judge prompt is given: every placeholder must be in its file, and no other
+PLACEHOLDERS = {SAFETY_PROMPT: ("query", "risk_summary", "answer"),
+                **{name: ("query", "risk_summary", "reasoning") for name in THINK_PROMPTS.values()}}
+PROMPT_KEYS = {"safety": SAFETY_PROMPT, **THINK_PROMPTS}  # the keys of eval.judge_prompts
 JUDGE_PARAMS = {"temperature": 0.0}
 LABEL_FIELD = "label"  # the verdict's field in the judge schemas
 MAX_REASON_CHARS = 500
@@ -157,3 +168,84 @@ def judge_thinking(engine: Engine, endpoint: str, items: list[dict], prompts: Pr
     for index, verdict in zip(asked, judged, strict=True):
         verdicts[index] = verdict
     return verdicts
+
+
+# -- the judges' prompts, shipped or the user's own -------------------------------------------------------
+
+class JudgePrompts(PromptLoader):
+    """A PromptLoader whose judge prompts may come from other files (`overrides`: prompt name -> file).
+
+    An override is read with the `.schema.json` beside it, or else the shipped prompt's schema (the labels
+    are BSA's; the wording is what changes), and recorded in `used` under its path, hashed with its schema.
+    """
+
+    def __init__(self, lang: str = "en", overrides: Mapping[str, Path] | None = None, **kwargs: Any):
+        super().__init__(lang, **kwargs)
+        self.overrides = dict(overrides or {})
+
+    def load(self, name: str, lang: str | None = None) -> Prompt:
+        path = self.overrides.get(name)
+        if path is None:
+            return super().load(name, lang)
+        own = PromptLoader(path.parent.name, root=path.parent.parent).load(path.stem)
+        if own.schema is None:
+            schema_path = self.root / (lang or self.lang) / f"{name}.schema.json"
+            schema = schema_path.read_bytes()
+            own = replace(own, schema=json.loads(schema),
+                          sha256=hashlib.sha256(path.read_bytes() + schema).hexdigest())
+        self.used[str(path)] = own.sha256
+        return replace(own, name=name, lang=lang or self.lang)
+
+
+def prompt_files(setting: str | Mapping[str, str] | None) -> dict[str, Path]:
+    """The files `eval.judge_prompts` names, by prompt name: a directory holding any of the judge prompts'
+    file names (`judge_safety.md`, ...), or a mapping from `safety` and the scenarios to files."""
+    if setting is None:
+        return {}
+    if isinstance(setting, str):
+        folder = Path(setting)
+        if not folder.is_dir():
+            raise ConfigError(f"eval.judge_prompts: {folder} is not a directory")
+        found = {name: folder / f"{name}.md" for name in PLACEHOLDERS if (folder / f"{name}.md").exists()}
+        if not found:
+            raise ConfigError(f"eval.judge_prompts: {folder} holds none of "
+                              f"{', '.join(f'{name}.md' for name in PLACEHOLDERS)}")
+        return found
+    unknown = sorted(set(setting) - set(PROMPT_KEYS))
+    if unknown:
+        raise ConfigError(f"eval.judge_prompts: unknown key '{unknown[0]}' (expected one of "
+                          f"{', '.join(PROMPT_KEYS)})")
+    files = {PROMPT_KEYS[key]: Path(value) for key, value in setting.items()}
+    for key, path in zip(setting, files.values(), strict=True):
+        if path.suffix != ".md" or not path.is_file():
+            raise ConfigError(f"eval.judge_prompts.{key}: {path} is not a prompt file (<name>.md)")
+    return files
+
+
+def check_placeholders(prompt: Prompt) -> None:
+    """ConfigError naming the file when a judge prompt lacks a placeholder its judge is given, or has one
+    it is not (or a `$` that is no placeholder)."""
+    wanted = set(PLACEHOLDERS[prompt.name])
+    found: set[str] = set()
+    for part in (prompt.system, prompt.user):
+        template = string.Template(part)
+        if not template.is_valid():
+            raise ConfigError(f"{prompt.path}: a '$' that is no placeholder; write a literal $ as $$")
+        found |= set(template.get_identifiers())
+    missing, extra = sorted(wanted - found), sorted(found - wanted)
+    if missing or extra:
+        problem = (f"placeholder ${missing[0]} missing" if missing else f"unknown placeholder ${extra[0]}")
+        raise ConfigError(f"{prompt.path}: {problem} (a {prompt.name} prompt is given "
+                          f"{', '.join('$' + name for name in PLACEHOLDERS[prompt.name])})")
+
+
+def judge_prompts(lang: str, setting: str | Mapping[str, str] | None,
+                  scenarios: Iterable[str]) -> JudgePrompts:
+    """The judges' prompts for a run on `scenarios`, each loaded and its placeholders checked now, before
+    any request (ConfigError naming the file)."""
+    scenarios = list(dict.fromkeys(scenarios))
+    check_scenarios(scenarios)
+    prompts = JudgePrompts(lang, prompt_files(setting))
+    for name in [SAFETY_PROMPT, *(THINK_PROMPTS[scenario] for scenario in scenarios)]:
+        check_placeholders(prompts.load(name))
+    return prompts

@@ -25,6 +25,7 @@ from bsa.release.files import (
     license_url,
     source_license,
 )
+from bsa.release.review import CORRECTED_OUTCOME, HELD_BACK, KEPT, REJECTED, RELEASE_FILE
 from bsa.text.markdown import markdown_table
 
 SPLIT = "test"
@@ -166,6 +167,35 @@ def funnel_section(info: ReleaseInfo) -> str:
     ])
 
 
+def review_section(info: ReleaseInfo) -> str:
+    """Who reviewed the candidates, how much they agreed, and what their decisions did (or that no one did)."""
+    review = info.review
+    if review is None:
+        return ("## Human review\n\n**No human review was done**: no person checked these items after the build "
+                "(`bsa review export` puts them to reviewers; `bsa review import` records their decisions).")
+    figures = review.agreement
+    kappa = "undefined" if figures["kappa"] is None else f"{figures['kappa']:.3f}"
+    agreement = (f"{figures['method']} {kappa} over the {figures['items']} items every reviewer decided (all "
+                 f"agree on {figures['all_agree']:.1%} of them)" if figures["method"] else "not measured (one reviewer)")
+    rows = [[name, entry["items"]] for name, entry in review.reviewers.items()]
+    outcomes = [["candidates", len(review.outcomes)], ["kept as written", review.count(KEPT)],
+                ["kept with a corrected risk summary", review.count(CORRECTED_OUTCOME)],
+                ["rejected", review.count(REJECTED)], ["held back (too few reviews, or conflicting corrections)",
+                                                         review.count(HELD_BACK)],
+                ["disagreements (decisions or corrections differ)", len(review.disagreements)]]
+    return "\n\n".join([
+        "## Human review",
+        f"The build's {len(review.outcomes)} candidate items were put to {len(review.reviewers)} reviewers, who "
+        "accepted, rejected or fixed (accepted with a corrected risk summary) each. An item is released when the rule "
+        f"**{review.rule.rule}** keeps it (a fix counts as an accept; at least {review.rule.min_reviewers} reviews "
+        f"an item). Agreement on the decision: {agreement}.",
+        markdown_table(["reviewer", "items reviewed"], rows),
+        markdown_table(["outcome", "items"], outcomes),
+        f"Every decision, note and outcome is in `{RELEASE_FILE}` (candidate set sha256 "
+        f"`{review.candidates_sha256}`); each released item carries its own in the `review` column.",
+    ])
+
+
 def files_read(info: ReleaseInfo) -> list[str]:
     """The side files (annotations, models, word lists) each stage read, from the manifest."""
     stages = info.manifest.get("stages", {})
@@ -215,6 +245,9 @@ def contents_section(info: ReleaseInfo) -> str:
 
 def files_section(info: ReleaseInfo) -> str:
     rows = [[f"`{name}`", role, f"`{info.files.get(name, '')}`"] for name, role in DATA_FILES.items()]
+    if info.review is not None:
+        rows.append(["`review.json`", "Every candidate's human review: decisions, notes, the rule, the outcome.",
+                     ""])
     rows.append(["`croissant.json`", "Croissant metadata (with Responsible-AI fields), validated by mlcroissant.", ""])
     fields = [[f"`{column}`", FIELD_DESCRIPTIONS.get(column, "provenance column of the build"),
                "CSV, JSONL, Parquet" if column in BSA_COLUMNS else "JSONL, Parquet"]
@@ -253,7 +286,7 @@ def render_card(info: ReleaseInfo) -> str:
     versions = info.manifest.get("versions", {})
     built_with = ", ".join(f"{name} {version}" for name, version in versions.items())
     sections = [f"---\n{header}---", f"# {config.name}", intro, contents_section(info), files_section(info),
-                funnel_section(info), models_section(info), sources_section(info), responsible_ai_section(info),
+                funnel_section(info), review_section(info), models_section(info), sources_section(info), responsible_ai_section(info),
                 loading_section()]
     if info.section.citation:
         sections.append(f"## Citation\n\n```\n{info.section.citation.strip()}\n```")

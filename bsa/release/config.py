@@ -1,6 +1,11 @@
-"""The config's `release:` section: what the card and the Croissant metadata say about the dataset."""
+"""The config's `release:` section (what the card and the Croissant metadata say about the dataset) and its
+`review:` section (how the reviewers' decisions decide what the release keeps)."""
 
 from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
 
 from bsa.pipeline.config import BuildConfig, Section, validate_section
 
@@ -30,3 +35,17 @@ class Config(Section):
 def release_config(config: BuildConfig) -> Config:
     """The validated `release:` section."""
     return validate_section(config, "release", Config)
+
+
+class ReviewConfig(Section):
+    """The `review:` section: the rule that turns the reviewers' decisions into what the release keeps
+    (bsa.release.review). It applies once a review is on file (`bsa review import`); without one the release
+    keeps every candidate and its card says that no person reviewed them."""
+
+    rule: Literal["unanimous", "majority"] = "unanimous"  # unanimous: every reviewer keeps the item
+    min_reviewers: int = Field(default=2, ge=1)  # reviews an item needs; with fewer it is held back
+
+
+def review_config(config: BuildConfig) -> ReviewConfig:
+    """The validated `review:` section."""
+    return validate_section(config, "review", ReviewConfig)

@@ -20,18 +20,21 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from bsa.benchmark import BSA_COLUMNS, PAIRED_SCENARIO, SCENARIOS, query_letters, risk_labels, split_label
 from bsa.pipeline.config import BuildConfig, SourceConfig
 from bsa.pipeline.errors import DataError
-from bsa.pipeline.io import file_sha256, load_table, write_table, write_text
+from bsa.pipeline.io import file_sha256, load_table, write_json, write_table, write_text
 from bsa.pipeline.layout import INGEST, manifest_path, stage_paths
 from bsa.pipeline.stats import funnel_table, read_stats
 from bsa.pipeline.taxonomy import Taxonomy
 from bsa.release.config import Config, release_config
+
+if TYPE_CHECKING:
+    from bsa.release.review import ReviewSummary
 
 RENAMED = {"text": "query", "scenario": "dataset_name"}  # record field -> BSA column
 DATA_FILES = {
@@ -64,6 +67,8 @@ FIELD_DESCRIPTIONS = {
     "difficulty_failed": "How many of the difficulty-check models missed the risk.",
     "difficulty_models": "How many models the difficulty check asked.",
     "difficulty_results": "JSON list, per difficulty-check model: whether it failed the item, and its labels.",
+    "review": "JSON object of the human review: the rule, the outcome, each reviewer's decision, correction "
+              "and note, and the risk summary before a correction (only when a review is on file).",
 }
 PROVENANCE_COLUMNS = [name for name in FIELD_DESCRIPTIONS if name not in BSA_COLUMNS]
 
@@ -80,6 +85,7 @@ class ReleaseInfo:
     manifest: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)  # released file name -> sha256
     items_by_source: dict[str, int] = field(default_factory=dict)  # configured source -> items drawing on it
+    review: ReviewSummary | None = None  # the human review applied (None: no review on file)
 
     @property
     def date(self) -> str:
@@ -225,6 +231,15 @@ def write_data(frame: pd.DataFrame, out: Path) -> dict[str, str]:
     return {name: file_sha256(out / name) for name in DATA_FILES}
 
 
+def release_candidates(config: BuildConfig, taxonomy: Taxonomy | None = None) -> pd.DataFrame:
+    """The rows `bsa release` would release before any human review: the last stage's output, checked and in
+    release order (what `bsa review export` puts to the reviewers)."""
+    source = last_output(config)
+    if not source.exists():
+        raise DataError(source, "the last stage's output is missing: run `bsa build` first")
+    return to_release_frame(load_table(source), source, taxonomy or Taxonomy.load(config.taxonomy))
+
+
 def write_release(config: BuildConfig) -> list[Path]:
     """Write build/release/ from the last stage's output; the paths written."""
     from bsa.release.card import (  # matplotlib: late
@@ -233,19 +248,21 @@ def write_release(config: BuildConfig) -> list[Path]:
         plot_funnel,
         render_card,
     )
+    from bsa.release.review import RELEASE_FILE, apply_review
 
-    source = last_output(config)
-    if not source.exists():
-        raise DataError(source, "the last stage's output is missing: run `bsa build` first")
     taxonomy = Taxonomy.load(config.taxonomy)
-    frame = to_release_frame(load_table(source), source, taxonomy)
+    frame, review = apply_review(config, release_candidates(config, taxonomy))
     out = release_dir(config)
     out.mkdir(parents=True, exist_ok=True)
     (out / CROISSANT_FILE).unlink(missing_ok=True)  # it would describe the previous files
     info = ReleaseInfo(config=config, section=release_config(config), taxonomy=taxonomy, records=frame,
                        funnel=read_funnel(config), manifest=read_manifest(config), files=write_data(frame, out),
-                       items_by_source=items_by_source(frame, config))
+                       items_by_source=items_by_source(frame, config), review=review)
     written = [out / name for name in DATA_FILES]
+    if review is None:
+        (out / RELEASE_FILE).unlink(missing_ok=True)  # the decisions of a review no longer on file
+    else:
+        written.append(write_json(review.to_json(), out / RELEASE_FILE))
     written.append(write_text(funnel_table(info.funnel) + "\n", out / "funnel.txt"))
     written.append(plot_funnel(info.funnel, out / "funnel.png"))
     counts = category_counts(frame, list(taxonomy.categories))

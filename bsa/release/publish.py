@@ -11,6 +11,7 @@ from bsa.pipeline.layout import INGEST, stage_paths
 from bsa.pipeline.llm.cache_key import endpoint_result_settings
 from bsa.pipeline.runner import Runner
 from bsa.release.files import CROISSANT_FILE, DATA_FILES, last_output, release_dir, write_release
+from bsa.release.review import RELEASE_FILE, reviews_path
 
 RELEASE_FILES = [*DATA_FILES, "funnel.txt", "funnel.png", "categories.png", "README.md"]
 
@@ -21,13 +22,13 @@ def _sha(path: Path) -> str | None:
 
 def made_from(runner: Runner) -> dict[str, Any]:
     """What the release is made from: the config (endpoints by the settings that change results), the rows,
-    the ingest output (sources of seeds) and every stage's stats."""
+    the ingest output (sources of seeds), every stage's stats and the human review on file."""
     config = runner.config
     data = config.model_dump(mode="json", exclude={"endpoints", "llm", "config_path"})
     data["endpoints"] = {name: endpoint_result_settings(e) for name, e in config.endpoints.items()}
     stats = {name: _sha(stage_paths(config, name).stats) for name in [INGEST, *config.order]}
     return {"config": data, "rows": _sha(last_output(config)), "ingest": _sha(stage_paths(config, INGEST).output),
-            "stats": stats}
+            "stats": stats, "review": _sha(reviews_path(config))}
 
 
 def publish(runner: Runner) -> tuple[list[str], bool]:
@@ -39,8 +40,9 @@ def publish(runner: Runner) -> tuple[list[str], bool]:
     out = release_dir(config)  # write_release says so when the last stage's output is missing
     messages: list[str] = []
     parts = made_from(runner)
-    if runner.run_task("release", ["bsa.release.files"], parts,
-                       [out / name for name in RELEASE_FILES], lambda: write_release(config)):
+    outputs = [*RELEASE_FILES, *([RELEASE_FILE] if reviews_path(config).exists() else [])]
+    if runner.run_task("release", ["bsa.release.files"], parts, [out / name for name in outputs],
+                       lambda: write_release(config)):
         messages.append(f"wrote {out}/")
     target = out / CROISSANT_FILE
     report = None
@@ -50,7 +52,7 @@ def publish(runner: Runner) -> tuple[list[str], bool]:
         messages.append(write_metadata(config)[1])
         report = validate(target)
 
-    parts = {**parts, "files": {name: _sha(out / name) for name in RELEASE_FILES}}
+    parts = {**parts, "files": {name: _sha(out / name) for name in outputs}}
     runner.run_task("croissant", ["bsa.release.croissant", "bsa.release.croissant.validate"], parts, [target],
                     describe)
     if report is not None:
