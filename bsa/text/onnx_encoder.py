@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -57,7 +58,12 @@ def exported(model_dir: Path, cache_dir: Path, int8: bool = False) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         partial = quantised.with_suffix(".partial.onnx")
-        quantize_dynamic(fp32, partial, weight_type=QuantType.QInt8, per_channel=True)
+        root = logging.getLogger()
+        level, root.level = root.level, logging.ERROR  # its advice to pre-process is for static quantisation
+        try:
+            quantize_dynamic(fp32, partial, weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
         partial.replace(quantised)
     return quantised if int8 else fp32
 
