@@ -162,6 +162,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_viewer(args: argparse.Namespace) -> int:
+    from bsa.eval.viewer import write_run_page
+
+    for run in args.runs:
+        print(f"wrote {write_run_page(run)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bsa", description="Build and score risk-awareness benchmarks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -249,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.add_argument("--output", default=None, help="output dir (default: the results dir)")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("viewer", help="(re)write results/<run>/samples.html from a run's samples and metrics")
+    p.add_argument("runs", nargs="+", help="run directories written by `bsa eval`")
+    p.set_defaults(func=cmd_viewer)
     return parser
 
 

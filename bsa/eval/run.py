@@ -8,6 +8,7 @@ reasoning, score, and write `results/<model>/`:
     judged.second.csv   the same from the second judge (only with --second-judge-model)
     metrics.json    bsa.eval.metrics figures plus the run's provenance (`run`)
     report.md       a short human summary
+    samples.html    every item with its k samples and verdicts, filters and search (bsa.eval.viewer)
     llm-cache.sqlite    every reply, so a rerun after a crash resumes and never pays twice
 
 Endpoints: `--base-url` names an OpenAI-compatible server; a `--model` that names an endpoint of the config
@@ -44,6 +45,7 @@ from bsa.eval.judges import (
     sample_model,
 )
 from bsa.eval.metrics import compute_metrics
+from bsa.eval.viewer import write_samples_page
 from bsa.pipeline.config import EMBEDDED, BuildConfig, EndpointConfig, validate_section
 from bsa.pipeline.errors import ConfigError, DataError
 from bsa.pipeline.io import file_sha256, read_table, write_json, write_table, write_text
@@ -471,6 +473,7 @@ def run_eval(plan: EvalPlan) -> dict[str, Any]:
                       "usage": usage, "seconds": round(time.monotonic() - started, 1)}
     write_json(metrics, plan.out / "metrics.json")
     write_text(report(metrics), plan.out / "report.md")
+    write_samples_page(samples, metrics, plan.out)
     return metrics
 
 
