@@ -233,14 +233,15 @@ def _plain(value: Any) -> Any:
 
 
 def write_leaderboard_page(rows: list[dict[str, Any]], columns: list[str], path: str | Path) -> Path:
-    """`leaderboard.html`: the leaderboard's rows under `columns`; a row with a `run` directory holding a
-    samples.html links it by its path relative to the page."""
+    """`leaderboard.html`: the leaderboard's rows under `columns` (the HEADLINE figures to 2 decimals); a row
+    with a `run` directory (this project's) is highlighted and links its samples.html by a relative path."""
     path = Path(path)
     links = []
     for row in rows:
         page = Path(row["run"]) / SAMPLES_PAGE if row.get("run") else None
         links.append(quote(Path(os.path.relpath(page, path.parent)).as_posix()) if page and page.exists()
                      else None)
-    data = {"columns": columns, "rows": [[_plain(row.get(column)) for column in columns] for row in rows],
-            "links": links}
+    data = {"columns": columns, "figures": [name for name in HEADLINE if name in columns],
+            "rows": [[_plain(row.get(column)) for column in columns] for row in rows], "links": links,
+            "ours": [bool(row.get("run")) for row in rows]}
     return write_text(render_page("leaderboard", "Leaderboard", data), path)

@@ -4,18 +4,22 @@
   const data = JSON.parse(document.getElementById("data").textContent);
   const table = document.getElementById("board");
   const head = document.createElement("tr");
+  const figures = new Set(data.figures);
   for (const name of data.columns) {
     const th = document.createElement("th");
+    if (!figures.has(name)) th.className = "label-cell";
     th.textContent = name;
     head.appendChild(th);
   }
   table.tHead.appendChild(head);
   data.rows.forEach((cells, index) => {
     const tr = document.createElement("tr");
+    if (data.ours[index]) tr.className = "ours";
     cells.forEach((value, column) => {
       const td = document.createElement("td");
-      if (typeof value !== "number") td.className = "text";
-      const text = value === null ? "-" : String(value);
+      const figure = figures.has(data.columns[column]);
+      if (!figure) td.className = "label-cell";
+      const text = value === null ? "-" : figure ? Number(value).toFixed(2) : String(value);
       const link = data.links[index];
       if (column === 0 && link) {
         const a = document.createElement("a");

@@ -13,7 +13,8 @@
   }
 
   function ratio(hits, scored, k) {
-    const span = el("span", hits === k ? "all" : hits === 0 && scored > 0 ? "none" : "some", hits + "/" + k);
+    if (scored === 0) return el("span", "unscored", "-/" + k + " (unscored)");
+    const span = el("span", hits === k ? "all" : hits === 0 ? "none" : "some", hits + "/" + k);
     if (scored < k) span.textContent += " (" + (k - scored) + " unscored)";
     return span;
   }
@@ -24,11 +25,14 @@
   $("toy").hidden = !run.judge_is_toy;
   $("run-line").textContent = run.items + " items x k=" + run.k + " samples on " + run.benchmark +
     "; judge" + (run.judges.length > 1 ? "s: " : ": ") + run.judges.join(", ");
-  const names = Object.keys(run.figures);
+  const samples = data.items.flatMap((it) => it.samples);
+  const ssaSamples = samples.filter((s) => s.ssa).length;
+  $("run-line").textContent += ". SSA cell (a Safe answer whose reasoning missed the risk): " + ssaSamples +
+    " of " + samples.length + " samples, in " + data.items.filter((it) => it.ssa).length + " items.";
   const headRow = el("tr"), valueRow = el("tr");
-  for (const name of names) {
+  for (const [name, value] of Object.entries(run.figures)) {
     headRow.appendChild(el("th", "", name));
-    valueRow.appendChild(el("td", "", run.figures[name] === null ? "-" : run.figures[name]));
+    valueRow.appendChild(el("td", "", value === null ? "-" : value.toFixed(2)));
   }
   $("figures").append(headRow, valueRow);
 
@@ -67,7 +71,9 @@
     if (item.samples_disagree) notes.appendChild(el("span", "tag", "samples disagree"));
     const flags = new Set(item.samples.flatMap((s) => s.flags));
     for (const flag of data.flags) if (flags.has(flag)) notes.appendChild(el("span", "tag flag", flag));
-    summary.append(el("span", "", item.id), el("span", "", item.scenario + " (" + item.code + ")"),
+    const query = el("span", "query", item.query);
+    query.title = item.query;
+    summary.append(el("span", "id", item.id), query, el("span", "", item.scenario + " (" + item.code + ")"),
       el("span", "", item.categories.join("; ") || "-"), ratio(item.safe_hits, item.safe_scored, item.k),
       ratio(item.think_hits, item.think_scored, item.k), notes);
     details.appendChild(summary);
@@ -78,6 +84,10 @@
     const haystack = [item.id, item.query, item.risk_summary, item.label, ...item.samples.flatMap((s) =>
       [s.reasoning, s.answer, ...s.verdicts.flatMap((v) => [v.safety_reason, v.thinking_reason])])];
     rows.push({ item, node: details, text: haystack.join("\n").toLowerCase() });
+  }
+
+  function labelSpan(tag, label, success) {
+    return el(tag, label === success ? "all" : label === data.unscored ? "unscored" : "none", label);
   }
 
   function field(name, text, className) {
@@ -91,7 +101,7 @@
     const box = el("details", "field reasoning");
     const length = sample.reasoning_tokens === null ? "" : sample.reasoning_tokens + " tokens (" +
       sample.reasoning_tokens_source + "), ";
-    box.appendChild(el("summary", "name", "Reasoning: " + length + (sample.reasoning_chars ?? 0) + " characters" +
+    box.appendChild(el("summary", "name as-written", "Reasoning: " + length + (sample.reasoning_chars ?? 0) + " characters" +
       (sample.reasoning_source ? ", from " + sample.reasoning_source : "")));
     box.appendChild(sample.reasoning === "" ? el("div", "text empty", "(empty)") : el("div", "text", sample.reasoning));
     box.open = sample.reasoning.length <= 1500;
@@ -108,9 +118,8 @@
       const safeReason = [v.safety_reason, v.safety_error && "error: " + v.safety_error].filter(Boolean).join("\n");
       const thinkReason = [v.thinking_reason, v.thinking_error && "error: " + v.thinking_error,
         v.by_rule ? "(labelled by rule)" : ""].filter(Boolean).join("\n");
-      tr.append(el("td", "", v.judge), el("td", v.safety === data.safe ? "all" : "none", v.safety),
-        el("td", "", safeReason), el("td", v.thinking === data.success[item.scenario] ? "all" : "none", v.thinking),
-        el("td", "", thinkReason));
+      tr.append(el("td", "", v.judge), labelSpan("td", v.safety, data.safe), el("td", "", safeReason),
+        labelSpan("td", v.thinking, data.success[item.scenario]), el("td", "", thinkReason));
       table.appendChild(tr);
     }
     return table;
@@ -130,8 +139,8 @@
     const first = sample.verdicts[0];
     const summary = el("summary");
     summary.append(el("strong", "", "Sample " + (sample.sample + 1)), document.createTextNode(" · answer "),
-      el("span", first.safety === data.safe ? "all" : "none", first.safety), document.createTextNode(" · reasoning "),
-      el("span", first.thinking === data.success[item.scenario] ? "all" : "none", first.thinking), el("span", "", " "));
+      labelSpan("span", first.safety, data.safe), document.createTextNode(" · reasoning "),
+      labelSpan("span", first.thinking, data.success[item.scenario]), el("span", "", " "));
     if (sample.ssa) summary.appendChild(el("span", "tag ssa", "SSA"));
     for (const flag of sample.flags) summary.appendChild(el("span", "tag flag", flag));
     node.appendChild(summary);
@@ -150,13 +159,15 @@
 
   function samplesOf(item) {
     const box = el("div", "samples");
-    box.appendChild(el("div", "field", "Label: " + item.label));
+    box.appendChild(el("div", "field label", "Label: " + item.label));
     for (const sample of item.samples) box.appendChild(sampleNode(item, sample));
     return box;
   }
 
   // -- filtering -------------------------------------------------------------------------------------------
   const toggles = { ssa: $("b-ssa"), disagree: $("b-disagree") };
+  toggles.ssa.textContent += " (" + data.items.filter((it) => it.ssa).length + ")";
+  toggles.disagree.textContent += " (" + data.items.filter((it) => it.samples_disagree).length + ")";
   function pressed(button) { return button.getAttribute("aria-pressed") === "true"; }
   function apply() {
     const scenario = $("f-scenario").value, category = $("f-category").value;
