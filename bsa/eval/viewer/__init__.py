@@ -75,15 +75,15 @@ def _asset(name: str) -> str:
 
 
 def render_page(page: str, title: str, data: Any) -> str:
-    """The page `page` (`samples` or `leaderboard`: its `<page>.html` skeleton and `<page>.js`, with the
-    shared viewer.css) holding `data`."""
+    """The page `page` (`samples` or `leaderboard`: its `<page>.body.html` and `<page>.js` in the shared
+    page.html with viewer.css) holding `data`."""
     script, style = _asset(f"{page}.js"), _asset("viewer.css")
     for source, tag in ((script, "script"), (style, "style")):
         if f"</{tag}" in source.lower():
             raise ValueError(f"the viewer's {tag} must not contain '</{tag}'")
-    return Template(_asset(f"{page}.html")).substitute(
+    return Template(_asset("page.html")).substitute(
         csp=content_security_policy(script, style), title=html.escape(title), style=style,
-        script=script, data=embed_json(data))
+        body=_asset(f"{page}.body.html"), script=script, data=embed_json(data))
 
 
 # -- the samples page ----------------------------------------------------------------------------------------
