@@ -27,6 +27,7 @@ from bsa.eval.viewer import (
     csp_hash,
     embed_json,
     samples_page_data,
+    write_leaderboard_page,
     write_run_page,
     write_samples_page,
 )
@@ -286,3 +287,19 @@ def test_the_leaderboard_page_links_each_run(run_dir, opened):
     link.click()
     page.wait_for_selector("details.item")
     assert page.url.endswith("/scripted/samples.html") and len(shown_ids(page)) == len(ITEMS)
+
+
+def test_leaderboard_cells_are_text_and_links_are_quoted_paths(run_dir, opened, tmp_path):
+    odd = tmp_path / "a run #1?"
+    odd.mkdir()
+    (odd / "samples.html").write_bytes((run_dir / "samples.html").read_bytes())
+    rows = [{"model": IMG_XSS, "judge": SCRIPT_XSS, "Safe@1": 12.5, "run": odd},
+            {"model": BOLD, "judge": None, "Safe@1": None}]
+    page = opened(write_leaderboard_page(rows, ["model", "judge", "Safe@1"], tmp_path / "leaderboard.html"))
+    cells = page.eval_on_selector_all("#board tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    assert cells == [[IMG_XSS, SCRIPT_XSS, "12.50"], [BOLD, "-", "-"]]
+    assert page.evaluate("document.querySelectorAll('main img, main b, main script').length") == 0
+    assert page.get_attribute("#board a", "href") == "a%20run%20%231%3F/samples.html"
+    page.click("#board a")
+    page.wait_for_selector("details.item")
+    assert len(shown_ids(page)) == len(ITEMS)
