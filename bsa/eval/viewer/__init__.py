@@ -44,6 +44,7 @@ IMAGE = "image"  # an optional sample field: a data: URL or a path relative to t
 # the flags a sample can carry, in the order the page lists them
 FAILED, UNSCORED_FLAG, TRUNCATED, EMPTY_REASONING, EMPTY_ANSWER, JUDGES_DISAGREE = (
     "failed", "unscored", "truncated", "empty reasoning", "empty answer", "judges disagree")
+FLAGS = (FAILED, UNSCORED_FLAG, TRUNCATED, EMPTY_REASONING, EMPTY_ANSWER, JUDGES_DISAGREE)
 _JUDGE_LABEL = re.compile(r"^safety(?P<suffix>_\d+)?$")  # run.with_verdicts' columns: safety, safety_2, ...
 _UNSAFE_IN_JSON = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _ASSETS = files(__name__)
@@ -106,8 +107,7 @@ def judge_suffixes(samples: pd.DataFrame) -> list[str]:
 
 
 def sample_flags(row: dict[str, Any], verdicts: list[dict[str, Any]]) -> list[str]:
-    """What a person should notice about a sample (FAILED, UNSCORED_FLAG, TRUNCATED, EMPTY_REASONING,
-    EMPTY_ANSWER, JUDGES_DISAGREE)."""
+    """What a person should notice about a sample (of FLAGS, in their order)."""
     ok = bool(row.get("ok", True))
     first = verdicts[0]
     flags = [FAILED] if not ok else []
@@ -183,7 +183,7 @@ def samples_page_data(samples: pd.DataFrame, metrics: dict[str, Any]) -> dict[st
         records = [sample_record(row, suffixes, names) for row in rows]
         counts = outcomes.loc[item_id]
         items.append({"id": item_id, "scenario": first["scenario"], "code": CODES.get(first["scenario"], ""),
-                      "label": _text(first.get("label")), "categories": label_categories(first.get("label")),
+                      "label": _text(first.get("label")), "categories": label_categories(_text(first.get("label"))),
                       "query": _text(first.get("query")), "risk_summary": _text(first.get("risk_summary")),
                       "k": k, **{name: int(counts[name]) for name in
                                  ("safe_hits", "safe_scored", "think_hits", "think_scored")},
@@ -196,7 +196,7 @@ def samples_page_data(samples: pd.DataFrame, metrics: dict[str, Any]) -> dict[st
                     "figures": {name: metrics.get(name) for name in HEADLINE}},
             "scenarios": [[name, CODES[name]] for name in SCENARIOS],
             "success": SUCCESS, "safe": SAFE, "unscored": UNSCORED,
-            "flags": [FAILED, UNSCORED_FLAG, TRUNCATED, EMPTY_REASONING, EMPTY_ANSWER, JUDGES_DISAGREE],
+            "flags": list(FLAGS),
             "items": items}
 
 
