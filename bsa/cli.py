@@ -207,6 +207,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_viewer(args: argparse.Namespace) -> int:
+    from bsa.eval.viewer import write_run_page
+
+    for run in args.runs:
+        print(f"wrote {write_run_page(run)}")
+    return 0
+
+
 def _eval_args(p: argparse.ArgumentParser) -> None:
     """The options `bsa eval`, `judge` and `sweep` share (bsa.eval.run.EvalRequest)."""
     p.add_argument("--base-url", default=None, help="OpenAI-compatible base URL (default: the local model)")
@@ -345,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     p.add_argument("--output", default=None, help="output dir (default: the results dir)")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("viewer", help="(re)write results/<run>/samples.html from a run's samples and metrics")
+    p.add_argument("runs", nargs="+", help="run directories written by `bsa eval`")
+    p.set_defaults(func=cmd_viewer)
     return parser
 
 

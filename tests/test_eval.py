@@ -261,7 +261,7 @@ def test_rules_add_the_safety_rules_system_prompt(evaluated, monkeypatch):
 def test_leaderboard_puts_runs_beside_the_published_figures(evaluated):
     out = evaluated["out"]
     written = build_leaderboard(out, out / "board")
-    assert [p.name for p in written] == ["leaderboard.csv", "leaderboard.md", "leaderboard.png"]
+    assert [p.name for p in written] == ["leaderboard.csv", "leaderboard.md", "leaderboard.png", "leaderboard.html"]
     board = pd.read_csv(out / "board" / "leaderboard.csv")
     ours = board[board["source"] == "this project"]
     assert set(ours["model"]) == {"model-field", "model-think", "model-plain"}

@@ -42,6 +42,15 @@ def test_jsonl_rows_carry_their_line_numbers_and_blank_lines_are_skipped(tmp_pat
     assert bad.empty
 
 
+def test_jsonl_values_may_hold_unicode_line_separators(tmp_path):
+    texts = ["a\u2028b", "c\u2029d", "e\x85f", "g\x1ch"]
+    path = write_table(pd.DataFrame({"text": texts}), tmp_path / "a.jsonl")
+    frame, _ = read_table(path)
+    assert frame["text"].tolist() == texts and frame["_line"].tolist() == [1, 2, 3, 4]
+    crlf = write(tmp_path / "b.jsonl", '{"text": "one"}\r\n{"text": "two"}\r\n')
+    assert read_table(crlf)[0]["text"].tolist() == ["one", "two"]
+
+
 def test_malformed_jsonl_line_raises_naming_file_and_line(tmp_path):
     path = write(tmp_path / "a.jsonl", jsonl({"text": "ok"}, '{"text": "broken"', {"text": "ok too"}))
     with pytest.raises(DataError) as caught:

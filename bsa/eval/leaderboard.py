@@ -1,7 +1,7 @@
-"""`bsa leaderboard`: gather `results/*/metrics.json` into `leaderboard.md`, `leaderboard.csv` and
-`leaderboard.png`, beside BSA's published figures (`data/reference/bsa_published.csv`, cited in the `.md`
-beside it) when a run used BSA's released set. A run judged by the embedded toy model has its judge marked
-" (toy)".
+"""`bsa leaderboard`: gather `results/*/metrics.json` into `leaderboard.md`, `leaderboard.csv`,
+`leaderboard.png` and `leaderboard.html` (linking each run's samples.html), beside BSA's published figures
+(`data/reference/bsa_published.csv`, cited in the `.md` beside it) when a run used BSA's released set. A run
+judged by the embedded toy model has its judge marked " (toy)".
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from bsa import PROJECT_ROOT
 from bsa.eval.compare import NOT_DIFFERENT, SIGNIFICANCE, marks_against_top
 from bsa.eval.metrics import HEADLINE
 from bsa.eval.run import BSA_RELEASED
+from bsa.eval.viewer import write_leaderboard_page
 from bsa.pipeline.errors import ConfigError, DataError
 from bsa.pipeline.io import write_table, write_text
 from bsa.text.markdown import markdown_table
@@ -105,11 +106,12 @@ def chart(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def build_leaderboard(results: str | Path, output: str | Path | None = None) -> list[Path]:
-    """Write leaderboard.md, .csv and .png into `output` (default: the results directory)."""
+    """Write leaderboard.md, .csv, .png and .html into `output` (default: the results directory)."""
     results = Path(results)
     out = Path(output) if output else results
     out.mkdir(parents=True, exist_ok=True)
     rows = gather(results)
     return [write_table(pd.DataFrame(rows, columns=COLUMNS), out / "leaderboard.csv"),
             write_text(markdown(rows), out / "leaderboard.md"),
-            chart(rows, out / "leaderboard.png")]
+            chart(rows, out / "leaderboard.png"),
+            write_leaderboard_page(rows, COLUMNS, out / "leaderboard.html")]

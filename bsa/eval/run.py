@@ -8,6 +8,7 @@ reasoning, score, and write `results/<run>/` (the run named by its model and set
     judged.second.csv   the same from the second judge (only with --second-judge-model)
     metrics.json    bsa.eval.metrics figures plus the run's provenance (`run`)
     report.md       a short human summary
+    samples.html    every item with its k samples and verdicts, filters and search (bsa.eval.viewer)
 and `results/llm-cache.sqlite`, every reply of every run in `results/`, so a rerun after a crash resumes and
 never pays twice, and runs asking the same (a judge request) share the reply.
 
@@ -46,6 +47,7 @@ from bsa.eval.judges import (
 )
 from bsa.eval.metrics import compute_metrics
 from bsa.eval.naming import TOP_K, check_free, results_dir, run_name, run_settings, with_sampling
+from bsa.eval.viewer import write_samples_page
 from bsa.pipeline.config import EMBEDDED, BuildConfig, EndpointConfig, validate_section
 from bsa.pipeline.errors import ConfigError, DataError
 from bsa.pipeline.io import file_sha256, read_table, write_json, write_table, write_text
@@ -511,6 +513,7 @@ def run_eval(plan: EvalPlan, responses: list[list[Response]] | None = None) -> d
                       "usage": usage, "seconds": round(time.monotonic() - started, 1)}
     write_json(metrics, plan.out / "metrics.json")
     write_text(report(metrics), plan.out / "report.md")
+    write_samples_page(samples, metrics, plan.out)
     return metrics
 
 

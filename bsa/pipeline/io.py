@@ -42,7 +42,9 @@ def read_jsonl(path: str | Path, on_error: str = "raise") -> tuple[list[dict], l
     path = Path(path)
     text = _decode(path, path.read_bytes())
     rows, bad = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # lines end at \n only: str.splitlines would also split inside a value at U+2028, U+2029 or U+0085,
+    # which json.dumps(ensure_ascii=False) writes as they are (a trailing \r is JSON whitespace)
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
