@@ -28,3 +28,8 @@ def combination(img_risk: bool, text_risk: bool, pair_risky: bool = True) -> str
     if not pair_risky:
         return BENIGN
     return f"{'R' if img_risk else 'S'}I{'R' if text_risk else 'S'}T"
+
+# every field above, in the order ingest and the release put them after the text record's core fields
+FIELDS = (IMAGE, IMAGE_SHA256, IMAGE_STYLE, IMAGE_SOURCE, IMAGE_DESCRIPTION, RENDER_SPEC, IMG_RISK, TEXT_RISK,
+          COMBINATION, *CATEGORY_LEVELS)
+RENDERED = "rendered"  # IMAGE_SOURCE of an image the tool rendered (RENDER_SPEC rebuilds it)
