@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image, ImageFont
 
 from bsa.multimodal import fields as mm
 from bsa.multimodal.images import ImageProblem, check_image
 from bsa.multimodal.render import FONTS, FontMissing, make_spec, render, render_json, wrap
 from bsa.pipeline.config import ImageLimits, RenderConfig, SourceConfig
-from bsa.pipeline.errors import DataError
+from bsa.pipeline.errors import ConfigError, DataError
+from bsa.pipeline.taxonomy import Taxonomy
 from bsa.stages.ingest import ingest
 
 
@@ -173,3 +175,44 @@ def test_a_changed_font_file_refuses_to_rebuild():
     with pytest.raises(FontMissing, match="not the file the spec was made with"):
         render(altered)
 
+
+
+# -- the taxonomy of any depth ------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bsa_taxonomy_loads_as_before():
+    data = yaml.safe_load((ROOT / "configs/taxonomy/bsa.yaml").read_text(encoding="utf-8"))
+    taxonomy = Taxonomy.load(ROOT / "configs/taxonomy/bsa.yaml")
+    # what the two-level loader built, read from the file by hand
+    assert taxonomy.categories == {c["name"]: list(c["subcategories"]) for c in data["categories"]}
+    assert taxonomy.levels == ("category", "subcategory") and taxonomy.counts == [9, 17]
+    assert taxonomy.paths() == [tuple(label.split("-", 1)) for label in taxonomy.labels]
+    assert taxonomy.translations == data["translations"]
+
+
+def test_usb_taxonomy_has_three_levels_with_chinese_names():
+    taxonomy = Taxonomy.load(ROOT / "configs/taxonomy/usb.yaml")
+    assert taxonomy.levels == ("primary", "secondary", "tertiary") and taxonomy.counts == [3, 16, 61]
+    assert list(taxonomy.tree) == ["National Safety", "Public Safety", "Ethical Safety"]
+    assert taxonomy.is_valid_path("Public Safety", "Hazardous & Controlled Materials", "Cold Weapon")
+    assert not taxonomy.is_valid_path("National Safety", "Hazardous & Controlled Materials")
+    assert taxonomy.is_valid("Ethical Safety", "Superstition")  # the first two levels, as BSA's labels
+    assert taxonomy.translate("Ethical Safety", "zh") == "伦理安全"
+    assert len({taxonomy.translate(n, "zh") for path in taxonomy.paths() for n in path}) == 3 + 16 + 61
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("levels: [a, b, c]\ncategories: [{name: X, subcategories: [Y]}]", "'Y' has no c"),
+    ("categories: [{name: X, subcategories: [{name: Y, subcategories: [Z]}]}]", "children below the last level"),
+    ("categories: [{name: X, subcategories: [Y]}, {name: Z, subcategories: [Y]}]", "'Y' appears more than once"),
+    ("categories: [{name: X, subcategories: [Y, Y]}]", "'Y' appears twice under the same parent"),
+    ("categories: [{name: X, subcategories: [Y]}]\ntranslations: {zh: {X: 甲}}", "translations.zh: no name for 'Y'"),
+    ("categories: [{name: X, subcategories: [Y]}]\ntranslations: {zh: {X: 甲, Y: 乙, W: 丙}}", "'W' is not a name"),
+    ("counts: [1, 2]\ncategories: [{name: X, subcategories: [Y]}]", r"counts \[1, 2\] declared, the file holds \[1, 1\]"),
+])
+def test_a_taxonomy_is_validated_on_load(tmp_path, body, message):
+    path = tmp_path / "t.yaml"
+    path.write_text(body, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        Taxonomy.load(path)
