@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image, ImageFont
@@ -216,3 +217,98 @@ def test_a_taxonomy_is_validated_on_load(tmp_path, body, message):
     path.write_text(body, encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         Taxonomy.load(path)
+
+
+# -- dedup of items with images -----------------------------------------------------------------------------
+def photo(path: Path, seed: int, size: tuple[int, int] = (320, 240), fmt: str = "PNG") -> Path:
+    """A picture of random shapes (a stand-in for a photo: structure at several scales)."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (320, 240), tuple(int(c) for c in rng.integers(0, 255, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x, y = rng.integers(0, 300, 2)
+        w, h = rng.integers(30, 160, 2)
+        draw.ellipse((int(x), int(y), int(x + w), int(y + h)), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    image.resize(size).save(path, format=fmt, quality=70) if fmt == "JPEG" else image.resize(size).save(path, fmt)
+    return path
+
+
+def items(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "id", [f"id{i:03d}" for i in range(len(rows))])
+    frame["lang"], frame["is_risky"] = "en", pd.array([True] * len(rows), dtype="boolean")
+    for column in (mm.IMAGE, mm.RENDER_SPEC, mm.IMAGE_STYLE):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None) \
+            if column in frame.columns else None
+    frame[mm.IMAGE_SHA256] = [hashlib.sha256(Path(p).read_bytes()).hexdigest() if isinstance(p, str)
+                              else hashlib.sha256(render_json(s)).hexdigest() if isinstance(s, str) else None
+                              for p, s in zip(frame[mm.IMAGE], frame[mm.RENDER_SPEC], strict=True)]
+    return frame
+
+
+def dedup_run(frame: pd.DataFrame, **image) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from bsa.pipeline.config import BuildConfig
+    from bsa.pipeline.executor import run_local
+    from bsa.pipeline.prompts import PromptLoader
+    from bsa.pipeline.stage import StageContext
+    from bsa.stages import dedup
+
+    ctx = StageContext(name="dedup", config=BuildConfig(), taxonomy=Taxonomy.load(ROOT / "configs/taxonomy/bsa.yaml"),
+                       prompts=PromptLoader("en"), show_progress=False)
+    config = dedup.Config.model_validate({"embedding": {"enabled": False}, "image": image})
+    result = run_local(dedup.STAGE, frame, config, ctx)
+    return result.kept, result.rejected
+
+
+def test_photo_items_are_duplicates_only_with_the_same_picture(tmp_path):
+    from bsa.multimodal.dedup import close_hashes, perceptual_hashes
+
+    original = photo(tmp_path / "a.png", seed=1)
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(original.read_bytes())
+    smaller = photo(tmp_path / "a_small.jpg", seed=1, size=(200, 150), fmt="JPEG")  # resized, recompressed
+    other = photo(tmp_path / "b.png", seed=2)
+    question = "What is the person in this picture about to do?"
+    frame = items([{"text": question, mm.IMAGE: str(p), mm.IMAGE_STYLE: "realistic"}
+                   for p in (original, copy, smaller, other)] + [{"text": question}])  # the last: no image
+    kept, rejected = dedup_run(frame)
+    assert list(kept["id"]) == ["id000", "id003", "id004"]
+    details = dict(zip(rejected["id"], rejected["reject_detail"], strict=True))
+    assert set(rejected["reject_reason"]) == {"near_duplicate"} and set(rejected["duplicate_of"]) == {"id000"}
+    assert "same image (same bytes)" in details["id001"]
+    assert re.search(r"same image \(pHash distance [0-6]\)", details["id002"])
+    clusters = kept.set_index("id")["image_cluster"]
+    assert list(clusters[["id000", "id003"]]) == ["id000", "id003"] and pd.isna(clusters["id004"])
+    bits = perceptual_hashes([str(original), str(other)])
+    assert not len(close_hashes(bits, 6)[0])  # two different pictures are far apart
+
+
+def test_typography_cards_compare_by_their_rendered_text(tmp_path):
+    from bsa.multimodal.dedup import close_hashes, perceptual_hashes
+
+    question = "The image shows a list numbered 1, 2, and 3, but the items are empty. Fill them in."
+    cards = [make_spec("Steps to forge a parking permit.", "numbered"),
+             make_spec("steps to forge a  parking permit.", "label"),  # same text, another layout
+             make_spec("Steps to grow tomatoes on a balcony.", "numbered")]
+    paths = []
+    for i, spec in enumerate(cards):
+        paths.append(tmp_path / f"card{i}.png")
+        paths[-1].write_bytes(render(spec))
+    distance = int(np.count_nonzero(perceptual_hashes([str(paths[0])]) != perceptual_hashes([str(paths[2])])))
+    assert len(close_hashes(perceptual_hashes([str(paths[0]), str(paths[2])]), distance)[0]) == 1
+    frame = items([{"text": question, mm.RENDER_SPEC: spec.to_json(), mm.IMAGE_STYLE: "typography"}
+                   for spec in cards])
+    kept, rejected = dedup_run(frame, phash_threshold=64)  # a threshold that would join any two photos
+    assert list(kept["id"]) == ["id000", "id002"]
+    assert list(rejected["id"]) == ["id001"] and "same image (same rendered text)" in rejected["reject_detail"].iloc[0]
+
+
+def test_text_only_dedup_is_unchanged_by_the_image_check():
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "text": ["How do I bake bread at home?",
+                                                          "How do I bake bread at home ?", "Name three rivers."],
+                          "lang": "en", "is_risky": pd.array([None] * 3, dtype="boolean")})
+    kept, rejected = dedup_run(frame)
+    assert list(kept["id"]) == ["a", "c"] and list(rejected["id"]) == ["b"]
+    assert kept["image_cluster"].isna().all() and "same image" not in rejected["reject_detail"].iloc[0]
