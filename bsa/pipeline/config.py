@@ -19,6 +19,24 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ImageLimits(Section):
+    """What an image of a source may be; anything else is rejected at ingest with the reason."""
+
+    formats: list[str] = ["PNG", "JPEG", "WEBP", "GIF"]  # Pillow's format names, read from the bytes
+    max_bytes: int = Field(20_000_000, gt=0)
+    max_pixels: int = Field(40_000_000, gt=0)  # checked from the header, before decoding (decompression bombs)
+    max_side: int = Field(8192, gt=0)
+    min_side: int = Field(16, ge=1)
+
+
+class RenderConfig(Section):
+    """Typography rendered from each row of a source (bsa.multimodal.render): the image carries `text`'s
+    column, the item's text is the source's `text` column."""
+
+    layout: str  # one of bsa.multimodal.render.LAYOUTS: numbered, label, caption
+    text: str  # the column whose text the image shows
+
+
 class SourceConfig(Section):
     """One input table, its columns mapped onto record fields declaratively."""
 
@@ -37,6 +55,10 @@ class SourceConfig(Section):
     query: str | None = None  # pandas query selecting rows, e.g. "FunctionalCategory == 'standard'"
     limit: int | None = None
     on_error: Literal["raise", "reject"] = "raise"
+    image: str | None = None  # column with each row's image path, relative to the source file
+    render: RenderConfig | None = None  # or: each row's image rendered as typography
+    image_limits: ImageLimits = ImageLimits()
+    fields: dict[str, str] = {}  # further record fields read from columns: {field: column}, e.g. img_risk
     license: str | None = None  # the source's licence (SPDX id or URL), shown in the release's card
     citation: str | None = None  # how to cite the source, shown in the release's card
 

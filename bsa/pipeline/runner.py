@@ -155,10 +155,11 @@ class Runner:
         paths = stage_paths(self.config, INGEST)
         inputs = {s.path: file_sha256(s.path) for s in self.config.sources if Path(s.path).exists()}
         fingerprint_ = ingest_fingerprint(self.registry, self.config, hash_json(inputs))
-        return self._run(INGEST, paths, fingerprint_, {"sources": inputs}, lambda ctx: self._ingest_result())
+        return self._run(INGEST, paths, fingerprint_, {"sources": inputs}, self._ingest_result)
 
-    def _ingest_result(self) -> StageResult:
-        records, rejects = self.registry.ingest(self.config.sources, self.taxonomy)
+    def _ingest_result(self, ctx: StageContext) -> StageResult:
+        # files the sources point at (images) join the resources: a changed one reruns ingest
+        records, rejects = self.registry.ingest(self.config.sources, self.taxonomy, ctx.resources)
         return StageResult(records.drop(columns=["_line"]), rejects)
 
     def run_stage(self, name: str, input_path: Path, paths: StagePaths | None = None) -> Path:
@@ -276,7 +277,7 @@ def run_single(config: BuildConfig, registry: Registry, name: str, input_path: P
                                   **{f: f for f in ("id", "lang", "category", "subcategory", "is_risky")
                                      if f in present})
     if source is not None:
-        records, rejects = registry.ingest([source], Taxonomy.load(config.taxonomy))
+        records, rejects = registry.ingest([source], Taxonomy.load(config.taxonomy), {})
         records = records.drop(columns=["_line"])
         input_path = Path(output_path).with_suffix(".input.parquet")
         write_table(_arrow_safe(records), input_path)

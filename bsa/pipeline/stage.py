@@ -193,7 +193,9 @@ class StageContext:
         self.stats.update(figures)
 
 
-IngestFunction = Callable[[list[SourceConfig], Taxonomy], tuple[pd.DataFrame, pd.DataFrame]]
+# (sources, taxonomy, resources) -> (records with a `_line` column, rejected rows); the sha256 of every file the
+# sources point at (images) is added to `resources` (path -> sha256)
+IngestFunction = Callable[[list[SourceConfig], Taxonomy, dict[str, str]], tuple[pd.DataFrame, pd.DataFrame]]
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ class Registry:
     """What a project hands the framework: its stages, its ingest and its other config sections."""
 
     stages: Mapping[str, Stage]
-    ingest: IngestFunction  # sources -> (records with a `_line` column, rejected rows)
+    ingest: IngestFunction
     sections: Mapping[str, type[Section]] = field(default_factory=dict)  # release:, eval:, ...
     input_columns: tuple[str, ...] = ()  # what ingest gives every record
 

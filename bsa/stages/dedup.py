@@ -18,11 +18,18 @@ punctuation, spacing, function words or a polite phrase are near duplicates, and
 little wording (rewordings) semantic duplicates, as before. The relevance stage merges twins whose labels
 turn out to agree (`twin_duplicate`) and marks the others confirmed.
 
+Items with images (bsa.multimodal.fields) are duplicates only when their images are the same too: the same
+bytes, for rendered typography the same rendered text, for photos a perceptual hash within
+`image.phash_threshold` bits (bsa/multimodal/dedup.py); a text pair whose images differ (the same question
+about two pictures) is never joined, nor an item with an image and one without.
+
 Columns added to kept and rejected rows:
 - `minhash_cluster`: id of the row's MinHash representative (its own id when it has no near duplicate).
 - `embed_cluster`: id of the row finally kept for it after the embedding pass (None when that is off).
 - `contrast_twins`: on kept rows, a JSON list of the kept rows it was kept apart from as a contrast pair
   (labels differing, or a contrast twin), else None.
+- `image_cluster`: id of the earliest row holding the same image (its own id when none does; None without
+  an image).
 Rejected rows also get `duplicate_of`, the id of the kept row, and reason `near_duplicate` (MinHash, detail
 with the Jaccard similarity to its representative) or `semantic_duplicate` (embeddings, with the cosine).
 """
@@ -37,6 +44,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
+from bsa.multimodal import fields as mm
+from bsa.multimodal.dedup import same_images
 from bsa.pipeline.config import Section
 from bsa.pipeline.stage import Stage, StageContext, reject, whole
 from bsa.text import contrast, embeddings, minhash
@@ -94,8 +103,15 @@ class EmbeddingConfig(Section):
         return self.models.get(lang or "default", self.models["default"])
 
 
+class ImageConfig(Section):
+    enabled: bool = True  # off: images are ignored and items compared by their text alone
+    phash_threshold: int = Field(6, ge=0, le=64)  # bits between two photos' pHashes for the same image
+    hash_size: int = Field(8, ge=4, le=16)  # pHash of hash_size**2 bits
+
+
 class Config(Section):
     minhash: MinHashConfig = MinHashConfig()
+    image: ImageConfig = ImageConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     # never join two rows whose known `is_risky` labels differ, nor, where a label is unknown, contrast twins
     keep_contrast_pairs: bool = True
@@ -163,27 +179,53 @@ class ContrastGuard:
         return local
 
 
+def same_image_only(pairs: np.ndarray, similarity: np.ndarray,
+                    images: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (and their similarities) whose rows hold the same image, or both none (`images`: each row's
+    image cluster, -1 without an image; None: no row has one)."""
+    if images is None or not len(pairs):
+        return pairs, similarity
+    same = images[pairs[:, 0]] == images[pairs[:, 1]]
+    return pairs[same], similarity[same]
+
+
+def image_clusters(records: pd.DataFrame, config: ImageConfig, ctx: StageContext) -> tuple[np.ndarray | None, dict]:
+    """Each row's image cluster (its earliest row with the same image; -1 without an image) and how each
+    pair of the same image was found; (None, {}) when no row has an image or the check is off."""
+    if not config.enabled or mm.IMAGE_SHA256 not in records.columns or records[mm.IMAGE_SHA256].isna().all():
+        return None, {}
+    found = same_images(records, config.phash_threshold, config.hash_size)
+    clusters = representatives(len(records), found.pairs)
+    clusters[records[mm.IMAGE_SHA256].isna().to_numpy()] = -1
+    for how in found.how:
+        ctx.count(f"image_pairs_{how.split(' distance')[0].replace(' ', '_').lower()}")
+    return clusters, {tuple(pair): how for pair, how in zip(found.pairs.tolist(), found.how, strict=True)}
+
+
 def minhash_pass(texts: list[str], langs: list[str | None] | None, config: MinHashConfig, ctx: StageContext,
-                 guard: ContrastGuard | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 guard: ContrastGuard | None = None,
+                 images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's MinHash representative and its Jaccard similarity to it (1 for representatives)."""
     found = minhash.near_duplicates(texts, langs, num_perm=config.num_perm, threshold=config.threshold,
                                     ngram=config.ngram, char_ngram=config.char_ngram, seed=config.seed,
                                     verify=config.verify, false_negative_weight=config.false_negative_weight)
     everyone = np.arange(len(texts))
-    rep = (guard.cluster(everyone, found.pairs, found.similarity, ctx, "minhash") if guard
-           else representatives(len(texts), found.pairs))
+    pairs, pair_similarity = same_image_only(found.pairs, found.similarity, images)
+    rep = (guard.cluster(everyone, pairs, pair_similarity, ctx, "minhash") if guard
+           else representatives(len(texts), pairs))
     moved = np.flatnonzero(rep != everyone)
     similarity = np.ones(len(texts))
     similarity[moved] = minhash.jaccard(found.shingles, np.stack([rep[moved], moved], axis=1))
     ctx.count("minhash_candidate_pairs", found.candidates)
-    ctx.count("minhash_pairs", len(found.pairs))
+    ctx.count("minhash_pairs", len(pairs))
     ctx.log.info("minhash: %d bands x %d rows, %d candidate pairs, %d verified, %d rows in clusters",
                  found.bands, found.rows, found.candidates, len(found.pairs), len(moved))
     return rep, similarity
 
 
 def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingConfig, ctx: StageContext,
-                   guard: ContrastGuard | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   guard: ContrastGuard | None = None,
+                   images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Each row's semantic representative (within its language) and the cosine similarity to it."""
     rep = np.arange(len(texts))
     similarity = np.ones(len(texts))
@@ -195,6 +237,7 @@ def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingC
             [texts[i] for i in index], model.name, model.threshold, batch_size=config.batch_size,
             block_rows=config.block_rows, backend=config.backend, cache_dir=str(ctx.config.build_path / "models"),
             prefilter_margin=config.prefilter_margin)
+        pairs, cosines = same_image_only(pairs, cosines, images[index] if images is not None else None)
         local = (guard.cluster(index, pairs, cosines, ctx, "embedding") if guard
                  else representatives(len(index), pairs))
         rep[index] = index[local]
@@ -212,20 +255,23 @@ def find_duplicates(records: pd.DataFrame, config: Config, ctx: StageContext) ->
     texts = records["text"].fillna("").astype(str).tolist()
     langs = records["lang"].tolist() if "lang" in records.columns else [None] * n
     guard = ContrastGuard(texts, risk_codes(records), config.twin_min_shared) if config.keep_contrast_pairs else None
-    near, jaccard = (minhash_pass(texts, langs, config.minhash, ctx, guard) if config.minhash.enabled and n
+    images, image_how = image_clusters(records, config.image, ctx)
+    near, jaccard = (minhash_pass(texts, langs, config.minhash, ctx, guard, images) if config.minhash.enabled and n
                      else (np.arange(n), np.ones(n)))
     kept = np.flatnonzero(near == np.arange(n))
     final = near.copy()
     cosine = np.ones(n)
     if config.embedding.enabled and len(kept):
         semantic, cosine_kept = embedding_pass([texts[i] for i in kept], [langs[i] for i in kept],
-                                               config.embedding, ctx, guard.within(kept, near) if guard else None)
+                                               config.embedding, ctx, guard.within(kept, near) if guard else None,
+                                               images[kept] if images is not None else None)
         final[kept] = kept[semantic]
         cosine[kept] = cosine_kept
         final = final[near]  # a near duplicate follows its representative
     frame = records.copy()
     frame["minhash_cluster"] = ids[near]
     frame["embed_cluster"] = ids[final] if config.embedding.enabled else None
+    frame["image_cluster"] = [ids[c] if c >= 0 else None for c in images] if images is not None else None
     reasons = pd.Series(None, index=frame.index, dtype=object)
     details = pd.Series("", index=frame.index, dtype=object)
     for i in np.flatnonzero(final != np.arange(n)):
@@ -236,6 +282,9 @@ def find_duplicates(records: pd.DataFrame, config: Config, ctx: StageContext) ->
         else:
             reasons.iat[i] = "semantic_duplicate"
             details.iat[i] = f"cosine {cosine[i]:.3f} with {ids[final[i]]}"
+        if images is not None and images[i] >= 0:
+            pair = (int(min(i, final[i])), int(max(i, final[i])))
+            details.iat[i] += f"; same image ({image_how.get(pair, 'through other rows of its image cluster')})"
     frame = reject(frame, reasons, details)
     frame["duplicate_of"] = pd.Series(ids[final], index=frame.index, dtype=object).where(reasons.notna(), None)
     twins = final[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
@@ -256,4 +305,5 @@ def twin_lists(ids: np.ndarray, pairs: np.ndarray) -> list[str | None]:
 
 
 STAGE = Stage("dedup", Config, (whole(find_duplicates),), needs=("id", "text"),
-              adds=("minhash_cluster", "embed_cluster", contrast.TWINS), reject_columns=("duplicate_of",))
+              adds=("minhash_cluster", "embed_cluster", "image_cluster", contrast.TWINS),
+              reject_columns=("duplicate_of",))
