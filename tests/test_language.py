@@ -116,7 +116,7 @@ def test_perplexity_orders_fluent_below_shuffled_and_garbage(config):
 def test_absolute_and_percentile_thresholds(config):
     garbage = "qzx vbnrt plokm wxyzq jjkl"
     records = frame([*ENGLISH, garbage], ["en"] * 5)
-    absolute = run(config, records, keep=["en"], max_perplexity={"en": 3000})
+    absolute = run(config, records, keep=["en"], max_perplexity={"en": 3000}, second_opinion=False)
     assert absolute.rejected["text"].tolist() == [garbage]
     assert absolute.rejected["reject_reason"].tolist() == ["high_perplexity"]
     assert absolute.stats["perplexity_limits"] == {"en": 3000.0}
