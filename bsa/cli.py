@@ -112,9 +112,13 @@ def eval_request(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     from bsa.eval.metrics import HEADLINE
     from bsa.eval.run import TOY_WARNING, plan_eval, run_eval
+    from bsa.multimodal.evaluate import cmd_eval_multimodal, is_multimodal_run
     from bsa.text.markdown import markdown_table
 
-    plan = plan_eval(eval_request(args), _load(args))
+    request, config = eval_request(args), _load(args)
+    if is_multimodal_run(request, config):  # an image + text benchmark (bsa.multimodal.evaluate)
+        return cmd_eval_multimodal(request, config)
+    plan = plan_eval(request, config)
     metrics = run_eval(plan)
     if metrics["run"]["judge_is_toy"]:
         print(TOY_WARNING)

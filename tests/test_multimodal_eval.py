@@ -75,3 +75,103 @@ def test_missing_columns_are_named(tmp_path):
     path.write_text("id,text,image\nx,hello,a.png\n", encoding="utf-8")
     with pytest.raises(DataError, match="missing column\\(s\\) lang, img_risk, text_risk, combination"):
         load_multimodal(path)
+
+
+# -- 2. messages with images, vision endpoints, the cache key ------------------------------------------------
+
+def _engine(server, tmp_path, vision=True):
+    from bsa.pipeline.config import EndpointConfig
+    from bsa.pipeline.llm import Engine
+
+    endpoint = EndpointConfig(base_url=server.url, model="vlm", vision=vision, max_retries=0)
+    return Engine({"vlm": endpoint}, tmp_path / "cache.sqlite")
+
+
+def test_images_reach_the_server_as_data_url_parts_and_key_the_cache_by_hash(tmp_path, fake_server):
+    import base64
+    import sqlite3
+
+    from bsa.eval.judges import sample_model
+    from bsa.multimodal.messages import data_url, image_content
+    from tests.fake_openai import images_of
+    from tests.mm_support import draw_png
+
+    server = fake_server()
+    first, second = draw_png(1), draw_png(2)
+    contents = [image_content("What is this?", data_url(first, "image/png")),
+                image_content("What is this?", data_url(second, "image/png"))]
+    with _engine(server, tmp_path) as engine:
+        responses = sample_model(engine, "vlm", contents, 2)
+    assert all(r.ok for samples in responses for r in samples)
+    assert [r.content for r in responses[0]] == ["echo: What is this?"] * 2
+    assert len(server.payloads) == 4  # two images x k=2, each its own request
+    parts = server.payloads[0]["messages"][-1]["content"]
+    assert [part["type"] for part in parts] == ["image_url", "text"]
+    assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert sorted(images_of(p)[0] for p in server.payloads) == sorted([first, first, second, second])
+    keys = {r.key for samples in responses for r in samples}
+    assert len(keys) == 4  # the image and the sample index both count
+    stored = [row[0] for row in sqlite3.connect(tmp_path / "cache.sqlite").execute("SELECT request FROM replies")]
+    assert all("sha256:" in body and base64.b64encode(first).decode()[:40] not in body for body in stored)
+    with _engine(server, tmp_path) as engine:  # the same images again: all from the cache
+        again = sample_model(engine, "vlm", contents, 2)
+    assert len(server.payloads) == 4 and all(r.cached for samples in again for r in samples)
+
+
+def test_the_cache_key_is_the_image_hash_not_its_encoding():
+    import hashlib
+
+    from bsa.multimodal.messages import data_url, image_content
+    from bsa.pipeline.llm.cache_key import with_image_digests
+    from tests.mm_support import draw_png
+
+    data = draw_png(3)
+    payload = {"model": "m", "messages": [{"role": "user", "content": image_content("hi", data_url(data, "image/png"))}]}
+    digested = with_image_digests(payload)
+    assert digested["messages"][0]["content"][0]["image_url"]["url"] == f"sha256:{hashlib.sha256(data).hexdigest()}"
+    assert digested["messages"][0]["content"][1] == {"type": "text", "text": "hi"}
+    text_only = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    assert with_image_digests(text_only) is text_only  # text requests keep their keys
+
+
+def test_a_bad_image_part_is_refused_by_the_server_and_recorded(tmp_path, fake_server):
+    from bsa.eval.judges import sample_model
+    from bsa.multimodal.messages import data_url, image_content
+    from tests.mm_support import draw_png
+
+    server = fake_server()
+    wrong_mime = image_content("x", data_url(draw_png(4), "image/jpeg"))
+    with _engine(server, tmp_path) as engine:
+        [[response]] = sample_model(engine, "vlm", [wrong_mime], 1)
+    assert not response.ok and "400" in response.error and "MIME type image/jpeg" in response.raw + response.error
+
+
+def _config(tmp_path, url, *, model_vision=True, judge_vision=False):
+    from bsa.project import load_config
+    from tests.conftest import ROOT
+
+    path = tmp_path / "mm.yaml"
+    path.write_text(f"extends: {ROOT / 'configs' / 'default.yaml'}\n"
+                    f"endpoints:\n"
+                    f"  vlm: {{base_url: '{url}', model: vlm-model, vision: {str(model_vision).lower()}, "
+                    f"api_key_env: MM_KEY}}\n"
+                    f"  judge: {{base_url: '{url}', model: judge-model, vision: {str(judge_vision).lower()}, "
+                    f"api_key_env: MM_KEY}}\n", encoding="utf-8")
+    return load_config(path)
+
+
+def test_an_image_item_on_a_model_that_cannot_see_images_is_a_clear_error(tmp_path):
+    from bsa.eval.run import EvalRequest
+    from bsa.multimodal.evaluate import is_multimodal_run, plan_multimodal
+    from bsa.pipeline.errors import ConfigError
+
+    dataset = write_benchmark(tmp_path)
+    config = _config(tmp_path, "http://127.0.0.1:9/v1", model_vision=False)
+    request = EvalRequest(model="vlm", dataset=str(dataset), judge_model="judge", output_dir=str(tmp_path))
+    assert is_multimodal_run(request, config)
+    with pytest.raises(ConfigError, match="model 'vlm' is not marked vision-capable: set `vision: true` on "
+                                          "endpoints.vlm"):
+        plan_multimodal(request, config)
+    with pytest.raises(ConfigError, match="not marked vision-capable: set `vision: true` on an endpoint"):
+        plan_multimodal(EvalRequest(model="some-vlm", base_url="http://127.0.0.1:9/v1", dataset=str(dataset),
+                                    judge_model="judge"), config)
