@@ -469,3 +469,17 @@ def test_a_dead_model_endpoint_stops_the_run(tmp_path, monkeypatch, capsys):
                  "--output-dir", str(tmp_path / "out"), "--config", str(config.config_path),
                  "--set", "endpoints.vlm.down_after=0.5", "--set", "endpoints.vlm.max_retries=1"])
     assert code == 2 and "vlm" in capsys.readouterr().err
+
+
+def test_leaderboard_rows_for_multimodal_runs(tmp_path, fake_server, monkeypatch):
+    import pandas as pd
+
+    from bsa.eval.leaderboard import build_leaderboard
+
+    _, _, run, _ = _e2e(tmp_path, fake_server, monkeypatch, judge_vision=True)
+    written = build_leaderboard(run.parent, tmp_path / "board")
+    assert sorted(p.name for p in written) == ["leaderboard.md", "leaderboard.multimodal.csv"]
+    board = pd.read_csv(tmp_path / "board" / "leaderboard.multimodal.csv")
+    assert board[["model", "Safety Rate (cell mean)", "Safety Rate (item mean)", "Refusal rate", "RIST",
+                  "SIRT"]].values.tolist() == [["vlm", 40.0, 41.67, 25.0, 0.0, 100.0]]
+    assert "## Multimodal (USB-style)" in (tmp_path / "board" / "leaderboard.md").read_text()
