@@ -159,9 +159,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from bsa.eval.leaderboard import build_leaderboard
+    from bsa.multimodal.leaderboard import build
 
-    for path in build_leaderboard(args.results, args.output):
+    for path in build(args.results, args.output):  # text and multimodal runs
         print(f"wrote {path}")
     return 0
 

@@ -474,10 +474,10 @@ def test_a_dead_model_endpoint_stops_the_run(tmp_path, monkeypatch, capsys):
 def test_leaderboard_rows_for_multimodal_runs(tmp_path, fake_server, monkeypatch):
     import pandas as pd
 
-    from bsa.eval.leaderboard import build_leaderboard
+    from bsa.multimodal.leaderboard import build
 
     _, _, run, _ = _e2e(tmp_path, fake_server, monkeypatch, judge_vision=True)
-    written = build_leaderboard(run.parent, tmp_path / "board")
+    written = build(run.parent, tmp_path / "board")
     assert sorted(p.name for p in written) == ["leaderboard.md", "leaderboard.multimodal.csv"]
     board = pd.read_csv(tmp_path / "board" / "leaderboard.multimodal.csv")
     assert board[["model", "Safety Rate (cell mean)", "Safety Rate (item mean)", "Refusal rate", "RIST",

@@ -16,8 +16,6 @@ from bsa import PROJECT_ROOT
 from bsa.eval.compare import NOT_DIFFERENT, SIGNIFICANCE, marks_against_top
 from bsa.eval.metrics import HEADLINE
 from bsa.eval.run import BSA_RELEASED
-from bsa.multimodal import leaderboard as mm
-from bsa.multimodal.leaderboard import is_multimodal_run
 from bsa.pipeline.errors import ConfigError, DataError
 from bsa.pipeline.io import write_table, write_text
 from bsa.text.markdown import markdown_table
@@ -42,6 +40,14 @@ def result_row(path: Path) -> dict[str, Any]:
         raise DataError(path, f"not a metrics.json written by `bsa eval` ({err!r})") from err
 
 
+def other_kind(path: Path) -> bool:
+    """A run of another kind (metrics.json with a `kind`, e.g. multimodal): not a row of this table."""
+    try:
+        return "kind" in json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise DataError(path, f"not JSON ({err})") from err
+
+
 def published_rows(path: Path = PUBLISHED) -> list[dict[str, Any]]:
     """BSA's published figures as leaderboard rows (the full released set)."""
     frame = pd.read_csv(path)
@@ -51,7 +57,7 @@ def published_rows(path: Path = PUBLISHED) -> list[dict[str, Any]]:
 
 def gather(results: Path) -> list[dict[str, Any]]:
     """Our rows, plus the published ones when a run used the released set; best F-score first."""
-    rows = [result_row(path) for path in sorted(results.glob("*/metrics.json")) if not is_multimodal_run(path)]
+    rows = [result_row(path) for path in sorted(results.glob("*/metrics.json")) if not other_kind(path)]
     if not rows:
         raise ConfigError(f"no {results}/*/metrics.json: run `make eval MODEL=...` first")
     if any(row["benchmark"] == BSA_RELEASED for row in rows):
@@ -111,15 +117,7 @@ def build_leaderboard(results: str | Path, output: str | Path | None = None) -> 
     results = Path(results)
     out = Path(output) if output else results
     out.mkdir(parents=True, exist_ok=True)
-    paths = sorted(results.glob("*/metrics.json"))
-    multimodal = mm.rows([path for path in paths if is_multimodal_run(path)])  # bsa.multimodal.leaderboard
-    written, text = [], ["# Leaderboard\n"]
-    if len(multimodal) < len(paths) or not paths:  # text runs (gather says so when there is no run at all)
-        rows = gather(results)
-        written += [write_table(pd.DataFrame(rows, columns=COLUMNS), out / "leaderboard.csv"),
-                    chart(rows, out / "leaderboard.png")]
-        text = [markdown(rows)]
-    if multimodal:
-        written.append(write_table(pd.DataFrame(multimodal, columns=mm.COLUMNS), out / "leaderboard.multimodal.csv"))
-        text.append(mm.markdown(multimodal))
-    return [write_text("\n".join(text), out / "leaderboard.md"), *written]
+    rows = gather(results)
+    return [write_table(pd.DataFrame(rows, columns=COLUMNS), out / "leaderboard.csv"),
+            write_text(markdown(rows), out / "leaderboard.md"),
+            chart(rows, out / "leaderboard.png")]

@@ -1,6 +1,6 @@
 """Leaderboard rows of multimodal runs (metrics.json with `kind: multimodal`): USB's columns, the Safety
-Rate per combination, both means and the refusal rate; written as `leaderboard.multimodal.csv` and a section
-of `leaderboard.md` by bsa.eval.leaderboard."""
+Rate per combination, both means and the refusal rate; `build` writes them as `leaderboard.multimodal.csv` and a
+section of `leaderboard.md`, beside the text runs' table (bsa.eval.leaderboard, which leaves them out)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from bsa.eval.leaderboard import build_leaderboard
 from bsa.multimodal import fields
 from bsa.multimodal.metrics import HEADLINE, NOTICED_ITEMS
 from bsa.pipeline.errors import DataError
+from bsa.pipeline.io import write_table, write_text
 from bsa.text.markdown import markdown_table
 
 KIND = "multimodal"
@@ -51,3 +55,19 @@ def markdown(found: list[dict[str, Any]]) -> str:
     return "\n".join(["## Multimodal (USB-style)", "", markdown_table(COLUMNS, found), "",
                       f"Combination columns: Safety Rate per combination (item mean). {NOTICED_ITEMS}: only for "
                       "models that reason.", ""])
+
+
+def build(results: str | Path, output: str | Path | None = None) -> list[Path]:
+    """`bsa leaderboard`: the text runs' files (when there are any, or no run at all: then its error), plus
+    `leaderboard.multimodal.csv` and a section of `leaderboard.md` for the multimodal runs."""
+    results = Path(results)
+    out = Path(output) if output else results
+    paths = sorted(results.glob("*/metrics.json"))
+    found = rows([path for path in paths if is_multimodal_run(path)])
+    written = build_leaderboard(results, out) if len(found) < len(paths) or not paths else []
+    if found:
+        board = out / "leaderboard.md"
+        text = board.read_text(encoding="utf-8") if written else "# Leaderboard\n"
+        written += [write_table(pd.DataFrame(found, columns=COLUMNS), out / "leaderboard.multimodal.csv"),
+                    write_text(f"{text}\n{markdown(found)}", board)]
+    return written
