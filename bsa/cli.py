@@ -136,10 +136,17 @@ def _print_runs(results) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from bsa.eval.many import models_to_run, run_models
+    from bsa.multimodal.evaluate import cmd_eval_multimodal, is_multimodal_run
+    from bsa.pipeline.errors import ConfigError
 
     config = _load(args)
     models = models_to_run(args.model, config)
-    results = run_models(eval_request(args), models, config)
+    request = eval_request(args, models[0])
+    if is_multimodal_run(request, config):  # an image + text benchmark (bsa.multimodal.evaluate)
+        if len(models) > 1:
+            raise ConfigError("several models on a multimodal benchmark: run them one at a time for now")
+        return cmd_eval_multimodal(request, config)
+    results = run_models(request, models, config)
     _print_runs(results)
     if len(results) > 1:
         from bsa.eval.leaderboard import build_leaderboard
@@ -200,9 +207,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from bsa.eval.leaderboard import build_leaderboard
+    from bsa.multimodal.leaderboard import build
 
-    for path in build_leaderboard(args.results, args.output):
+    for path in build(args.results, args.output):  # text and multimodal runs
         print(f"wrote {path}")
     return 0
 

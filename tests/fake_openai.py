@@ -24,6 +24,10 @@ model), `timeout` (no answer for `hang` seconds, then 504),
 `malformed` (200 with a body that is not a chat completion), `truncated` (the connection drops mid-body),
 `drop` (the connection closes before any reply).
 
+Images: a message's `content` may be a list of parts (`text` and `image_url`); the prompt is its text parts
+joined. Every image must be a `data:` URL whose bytes Pillow reads and whose MIME type matches them, else the
+request gets a 400, as a vision server answers; `images_of(payload)` decodes a request's images.
+
 Counters, keyed by the last message's text: `received` (every arrival) and `answered` (valid replies sent);
 `payloads` holds every request body and `authorizations` the Authorization headers seen.
 """
@@ -32,7 +36,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
+import io
 import json
 import random
 import sys
@@ -51,10 +58,44 @@ ReplyFn = Callable[[dict, int], dict]
 FaultFn = Callable[[dict, int], str | None]
 
 
+def text_of(content: Any) -> str:
+    """A message content's text: the string, or its text parts joined by newlines."""
+    if isinstance(content, list):
+        return "\n".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
+    return str(content if content is not None else "")
+
+
 def prompt_of(payload: dict) -> str:
-    """The text that identifies a request: its last message's content."""
+    """The text that identifies a request: its last message's text."""
     messages = payload.get("messages") or [{}]
-    return str(messages[-1].get("content", ""))
+    return text_of(messages[-1].get("content", ""))
+
+
+def images_of(payload: dict) -> list[bytes]:
+    """The images of a request's messages, decoded from their `data:` URLs (ValueError naming what is wrong:
+    not a data URL, bad base64, unreadable bytes, a MIME type that does not match them)."""
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for message in payload.get("messages") or []:
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            if part.get("type") != "image_url":
+                continue
+            url = str((part.get("image_url") or {}).get("url", ""))
+            header, _, encoded = url.partition(",")
+            if not (header.startswith("data:image/") and header.endswith(";base64")):
+                raise ValueError(f"not a base64 data URL of an image: {url[:40]!r}")
+            try:
+                data = base64.b64decode(encoded, validate=True)
+                with Image.open(io.BytesIO(data)) as image:
+                    fmt = str(image.format).lower()
+            except (binascii.Error, UnidentifiedImageError, OSError) as err:
+                raise ValueError(f"image does not decode ({err})") from err
+            if header[len("data:image/"):-len(";base64")] != fmt:
+                raise ValueError(f"MIME type {header[5:-7]} but the bytes are {fmt}")
+            images.append(data)
+    return images
 
 
 def response_format_form(payload: dict) -> str | None:
@@ -144,6 +185,11 @@ class FakeOpenAI:
         self.authorizations[request.headers.get("Authorization", "")] += 1
         if self.latency:
             await asyncio.sleep(self.latency)
+        try:
+            images_of(payload)
+        except ValueError as err:
+            return web.json_response({"error": {"message": f"invalid image: {err}",
+                                                "type": "invalid_request_error"}}, status=400)
         form = response_format_form(payload)
         if form is not None and form not in self.accepts:
             self.rejected_forms[form] += 1

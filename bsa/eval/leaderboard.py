@@ -41,6 +41,14 @@ def result_row(path: Path) -> dict[str, Any]:
         raise DataError(path, f"not a metrics.json written by `bsa eval` ({err!r})") from err
 
 
+def other_kind(path: Path) -> bool:
+    """A run of another kind (metrics.json with a `kind`, e.g. multimodal): not a row of this table."""
+    try:
+        return "kind" in json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise DataError(path, f"not JSON ({err})") from err
+
+
 def published_rows(path: Path = PUBLISHED) -> list[dict[str, Any]]:
     """BSA's published figures as leaderboard rows (the full released set)."""
     frame = pd.read_csv(path)
@@ -50,7 +58,7 @@ def published_rows(path: Path = PUBLISHED) -> list[dict[str, Any]]:
 
 def gather(results: Path) -> list[dict[str, Any]]:
     """Our rows, plus the published ones when a run used the released set; best F-score first."""
-    rows = [result_row(path) for path in sorted(results.glob("*/metrics.json"))]
+    rows = [result_row(path) for path in sorted(results.glob("*/metrics.json")) if not other_kind(path)]
     if not rows:
         raise ConfigError(f"no {results}/*/metrics.json: run `make eval MODEL=...` first")
     if any(row["benchmark"] == BSA_RELEASED for row in rows):

@@ -222,9 +222,11 @@ def category_figures(scores: pd.DataFrame, dataset: pd.DataFrame) -> dict[str, d
     return dict(sorted(breakdown.items(), key=lambda kv: (-kv[1]["items"], kv[0])))
 
 
-def stratified_picks(scenarios: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Item positions drawn with replacement within each scenario, one row per resample."""
-    positions = [np.flatnonzero(scenarios == name) for name in SCENARIOS]
+def stratified_picks(scenarios: np.ndarray, resamples: int, rng: np.random.Generator,
+                     strata: Sequence[Any] = SCENARIOS) -> np.ndarray:
+    """Item positions drawn with replacement within each scenario (each of `strata`, in its order: the
+    columns come in blocks, one a stratum), one row per resample."""
+    positions = [np.flatnonzero(scenarios == name) for name in strata]
     return np.concatenate([rng.choice(pos, size=(resamples, len(pos))) for pos in positions if len(pos)],
                           axis=1)
 

@@ -29,6 +29,7 @@ import hashlib
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -135,22 +136,24 @@ def _line(frame: pd.DataFrame, row: Any) -> int | None:
     return int(frame.at[row, "_line"]) if "_line" in frame.columns else None
 
 
-def stratified_limit(items: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    """`limit` items, scenarios in proportion (largest remainders), drawn with `seed`, in file order.
+def stratified_limit(items: pd.DataFrame, limit: int | None, seed: int, by: str = "dataset_name",
+                     groups: Sequence[str] = SCENARIOS) -> pd.DataFrame:
+    """`limit` items, the `groups` of column `by` (scenarios) in proportion (largest remainders), drawn with
+    `seed`, in file order.
 
-    Each scenario is shuffled once and cut, so a larger limit keeps the items of a smaller one (and their
+    Each group is shuffled once and cut, so a larger limit keeps the items of a smaller one (and their
     cached replies).
     """
     if limit is None or limit >= len(items):
         return items
     if limit < 1:
         raise ConfigError(f"--limit must be at least 1 (got {limit})")
-    counts = items["dataset_name"].value_counts().reindex(SCENARIOS).dropna()
+    counts = items[by].value_counts().reindex(groups).dropna()
     shares = counts / counts.sum() * limit
     quota = shares.astype(int)
     for name in (shares - quota).sort_values(ascending=False, kind="stable").index[: limit - quota.sum()]:
         quota[name] += 1
-    picked = [items[items["dataset_name"] == name].sample(frac=1, random_state=seed).head(int(n))
+    picked = [items[items[by] == name].sample(frac=1, random_state=seed).head(int(n))
               for name, n in quota.items() if n]
     return pd.concat(picked).sort_index()
 
@@ -323,24 +326,27 @@ def sample_table(items: pd.DataFrame, responses: list[list[Response]], *, templa
 
     `server_counts`: the server's reasoning-token counts are per sample (not when k samples share a request).
     """
-    rows = []
-    for item, samples in zip(items.itertuples(index=False), responses, strict=True):
-        for index, response in enumerate(samples):
-            truncation = truncation_of(response, template_opens)
-            reasoning, answer = response.reasoning or "", response.content
-            source = response.reasoning_source if reasoning else "none"
-            if truncation == LENGTH_TEMPLATE_OPENED:  # no tag: the whole reply is the unfinished reasoning
-                reasoning, answer, source = answer, "", "template_opened"
-            tokens, tokens_source = reasoning_tokens(response, reasoning, server_counts)
-            rows.append({"id": item.id, "scenario": item.dataset_name, "label": item.label, "sample": index,
-                         "query": item.query, "risk_summary": item.risk_summary, "ok": response.ok,
-                         "error": response.error, "reasoning": reasoning, "reasoning_source": source,
-                         "reasoning_shape": response.reasoning_shape, "reasoning_tokens": tokens,
-                         "reasoning_tokens_source": tokens_source, "reasoning_chars": len(reasoning.strip()),
-                         "answer": answer, "finish_reason": response.finish_reason,
-                         "truncated": bool(truncation), "truncation": truncation,
-                         "elicited": response.elicited, "usage": response.usage, "cached": response.cached})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"id": item.id, "scenario": item.dataset_name, "label": item.label, "sample": index,
+                          "query": item.query, "risk_summary": item.risk_summary,
+                          **sample_fields(response, template_opens, server_counts)}
+                         for item, samples in zip(items.itertuples(index=False), responses, strict=True)
+                         for index, response in enumerate(samples)])
+
+
+def sample_fields(response: Response, template_opens: bool, server_counts: bool) -> dict[str, Any]:
+    """What one sample said: reasoning (and its length), answer, truncation, usage (see sample_table)."""
+    truncation = truncation_of(response, template_opens)
+    reasoning, answer = response.reasoning or "", response.content
+    source = response.reasoning_source if reasoning else "none"
+    if truncation == LENGTH_TEMPLATE_OPENED:  # no tag: the whole reply is the unfinished reasoning
+        reasoning, answer, source = answer, "", "template_opened"
+    tokens, tokens_source = reasoning_tokens(response, reasoning, server_counts)
+    return {"ok": response.ok, "error": response.error, "reasoning": reasoning, "reasoning_source": source,
+            "reasoning_shape": response.reasoning_shape, "reasoning_tokens": tokens,
+            "reasoning_tokens_source": tokens_source, "reasoning_chars": len(reasoning.strip()),
+            "answer": answer, "finish_reason": response.finish_reason, "truncated": bool(truncation),
+            "truncation": truncation, "elicited": response.elicited, "usage": response.usage,
+            "cached": response.cached}
 
 
 def judge_samples(engine: Engine, endpoint: str, samples: pd.DataFrame, prompts: PromptLoader, *,
@@ -386,9 +392,10 @@ def with_verdicts(samples: pd.DataFrame, judged: Judged, suffix: str = "") -> pd
 
 # -- the run -------------------------------------------------------------------------------------------------
 
-def sample_stats(samples: pd.DataFrame) -> dict[str, Any]:
+def sample_stats(samples: pd.DataFrame, by: str = "scenario", groups: Sequence[str] = SCENARIOS
+                 ) -> dict[str, Any]:
     """What the report says about the samples themselves: failures, missing reasoning, truncation, and the
-    reasoning's length per scenario."""
+    reasoning's length per group of column `by` (per scenario, under `by_scenario`)."""
     done = samples[samples["ok"]]
     truncated = samples[samples["truncated"]]
     return {"samples": len(samples), "failed": int((~samples["ok"]).sum()),
@@ -399,8 +406,8 @@ def sample_stats(samples: pd.DataFrame) -> dict[str, Any]:
             "without_answer": int((done["answer"].str.strip() == "").sum()),
             "truncated": len(truncated), "truncation": dict(Counter(truncated["truncation"])),
             "reasoning_tokens_source": dict(Counter(done["reasoning_tokens_source"])),
-            "by_scenario": {name: _scenario_stats(samples[samples["scenario"] == name])
-                            for name in SCENARIOS if (samples["scenario"] == name).any()}}
+            "by_scenario": {name: _scenario_stats(samples[samples[by] == name])
+                            for name in groups if (samples[by] == name).any()}}
 
 
 def _scenario_stats(samples: pd.DataFrame) -> dict[str, Any]:
@@ -452,19 +459,26 @@ def plan_eval(args: EvalRequest, config: BuildConfig, items: pd.DataFrame | None
     items = stratified_limit(benchmark, args.limit, config.seed) if items is None else items
     lang = args.lang or detect_lang(items["query"])
     prompts = PromptLoader(lang)
+    name, out, run, cache = run_place(args, config, settings, endpoints)
+    return EvalPlan(model=args.model, name=name, out=out, k=args.k, dataset_path=dataset_path,
+                    cache=cache, run_settings=run, benchmark=benchmark, items=items, lang=lang, prompts=prompts,
+                    system_prompt=prompts.load("safety_rules").system if args.rules and MODEL in endpoints
+                    else None, endpoints=endpoints, settings=settings, config=config,
+                    toy_judges=[key for key in (JUDGE, SECOND_JUDGE)
+                                if key in endpoints and is_toy(endpoints[key])])
+
+
+def run_place(args: EvalRequest, config: BuildConfig, settings: Config, endpoints: dict[str, EndpointConfig]
+              ) -> tuple[str, Path, dict[str, Any], Path]:
+    """The run's name, directory, settings and reply cache; ConfigError when the directory holds a run made
+    with other settings (a run never overwrites another)."""
     judge = args.judge_model or settings.judge_endpoint
     run = run_settings(endpoints.get(MODEL), judge, args.rules)
     default = default_settings(args, config) if MODEL in endpoints else run_settings(None, "", args.rules)
     name = args.run or run_name(args.model, run, default, settings.judge_endpoint)
     out = results_dir(args.output_dir, name)
     check_free(out, run)
-    return EvalPlan(model=args.model, name=name, out=out, k=args.k, dataset_path=dataset_path,
-                    cache=Path(args.cache) if args.cache else Path(args.output_dir) / "llm-cache.sqlite",
-                    run_settings=run, benchmark=benchmark, items=items, lang=lang, prompts=prompts,
-                    system_prompt=prompts.load("safety_rules").system if args.rules and MODEL in endpoints
-                    else None, endpoints=endpoints, settings=settings, config=config,
-                    toy_judges=[key for key in (JUDGE, SECOND_JUDGE)
-                                if key in endpoints and is_toy(endpoints[key])])
+    return name, out, run, Path(args.cache) if args.cache else Path(args.output_dir) / "llm-cache.sqlite"
 
 
 def default_settings(args: EvalRequest, config: BuildConfig) -> dict[str, Any]:

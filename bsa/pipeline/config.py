@@ -89,6 +89,7 @@ class EndpointConfig(Section):
     structured_output: Literal["auto", "json_schema", "json_object_schema", "json_object", "none"] = "auto"
     reasoning: Literal["auto", "elicit", "none"] = "auto"  # elicit: ask a non-reasoning model for <think>
     supports_n: bool = False  # server honours `n` (k samples in one request)
+    vision: bool = False  # the model reads images (`image_url` content parts: bsa.multimodal.messages)
     down_after: float = 20.0  # seconds of refused connections / unknown host, nothing answered: stop the run
     down_after_requests: int = 3  # ... or this many 401/403/404 replies in a row: stop the run
     price_per_million: dict[str, float] = {}  # {"prompt": ..., "completion": ...}

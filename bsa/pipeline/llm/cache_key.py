@@ -3,7 +3,8 @@
 In: the endpoint's identity (its URL; for the embedded model `local:<GGUF file name>`, since its port changes
 every run), the sample index, the reply schema (as the grammar sees it) and the request body: the
 endpoint's `extra_body`, model, messages (with the elicit-reasoning instruction when it applies), its sampling
-fields and the request's own parameters.
+fields and the request's own parameters. An image sent as a `data:` URL counts by the sha256 of its bytes
+(`with_image_digests`), not by its base64 text: the key stays small, and the cache stores the digest too.
 Out: how the schema is asked for (the structured-output form is negotiated per endpoint), concurrency,
 rate limits, timeouts, retry pacing, the API key's variable and prices: they change how a reply is obtained,
 never which reply is right. The fingerprint of a stage uses the same split of the endpoint's settings.
@@ -11,6 +12,7 @@ never which reply is right. The fingerprint of a stage uses the same split of th
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
@@ -20,7 +22,7 @@ from bsa.pipeline.config import EndpointConfig, LocalServerConfig
 SAMPLING_FIELDS = ("temperature", "top_p", "max_tokens", "seed")
 # EndpointConfig fields that can change a reply or its outcome (so a stage using the endpoint reruns) ...
 RESULT_FIELDS = frozenset({"base_url", "model", *SAMPLING_FIELDS, "reasoning", "supports_n", "parse_retries",
-                           "extra_body"})
+                           "extra_body", "vision"})
 # ... and those that cannot: how replies are fetched and paid for
 SERVING_FIELDS = frozenset({"api_key_env", "concurrency", "requests_per_minute", "tokens_per_minute", "timeout",
                             "max_retries", "backoff_base", "backoff_max", "structured_output", "down_after",
@@ -65,3 +67,29 @@ def cache_key(identity: str, sample: int, schema_json: str | None, body: bytes) 
     digest = hashlib.sha256(f"{identity}\n{sample}\n{schema_json}\n".encode())
     digest.update(body)
     return digest.hexdigest()
+
+
+def with_image_digests(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with each `data:` URL of an `image_url` content part replaced by `sha256:<hex>` of the
+    image's bytes (the payload itself when no message holds content parts)."""
+    messages = payload.get("messages") or []
+    if not any(isinstance(message.get("content"), list) for message in messages):
+        return payload
+    return {**payload, "messages": [{**message, "content": [_digest_part(part) for part in message["content"]]}
+                                    if isinstance(message.get("content"), list) else message
+                                    for message in messages]}
+
+
+def _digest_part(part: Any) -> Any:
+    url = (part.get("image_url") or {}).get("url", "") if isinstance(part, dict) else ""
+    if not url.startswith("data:"):
+        return part
+    data = base64.b64decode(url.partition(",")[2])
+    return {**part, "image_url": {**part["image_url"], "url": f"sha256:{hashlib.sha256(data).hexdigest()}"}}
+
+
+def stored_request(body: bytes) -> str:
+    """A request body as the cache stores it: images by their digest (`with_image_digests`)."""
+    if b'"image_url"' not in body:
+        return body.decode()
+    return json.dumps(with_image_digests(json.loads(body)), ensure_ascii=False)

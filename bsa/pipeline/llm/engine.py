@@ -33,7 +33,14 @@ from tqdm.auto import tqdm
 from bsa.pipeline.config import EndpointConfig, LocalServerConfig
 from bsa.pipeline.errors import ConfigError, EndpointDown
 from bsa.pipeline.llm.cache import CachedReply, LLMCache
-from bsa.pipeline.llm.cache_key import body_bytes, cache_key, request_payload, schema_text
+from bsa.pipeline.llm.cache_key import (
+    body_bytes,
+    cache_key,
+    request_payload,
+    schema_text,
+    stored_request,
+    with_image_digests,
+)
 from bsa.pipeline.llm.client import CONNECTION_KINDS, EndpointClient, EndpointHealth, SendError, retry_delay
 from bsa.pipeline.llm.providers import EmbeddedProvider, RemoteProvider
 from bsa.pipeline.llm.reasoning import Split, split_reasoning
@@ -64,7 +71,7 @@ class Request:
     """One chat completion to make. `sample` distinguishes the k samples of the same prompt (cache key)."""
 
     endpoint: str  # a name under `endpoints:` in the config
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # content: a text, or content parts (an image: bsa.multimodal.messages)
     schema: dict | None = None  # JSON schema of the reply: structured output, parsed into Response.parsed
     sample: int = 0
     params: dict[str, Any] = field(default_factory=dict)  # overrides: temperature, top_p, max_tokens, ...
@@ -208,7 +215,9 @@ class Engine:
         payload = request_payload(config, self._messages(request.messages, elicit), request.params, request.sample)
         schema_json = schema_text(grammar_schema(request.schema)) if request.schema else None
         body = body_bytes(payload)
-        key = cache_key(self.provider(request.endpoint).identity(), request.sample, schema_json, body)
+        keyed = with_image_digests(payload)  # images count by their sha256
+        key = cache_key(self.provider(request.endpoint).identity(), request.sample, schema_json,
+                        body if keyed is payload else body_bytes(keyed))
         return _Call(request.endpoint, config, request, payload, body, key, elicit, schema_json,
                      [(index, request.tag)])
 
@@ -382,7 +391,7 @@ class Engine:
 
     def _store(self, call: _Call, body: bytes, reply: CachedReply) -> None:
         if self.cache is not None:
-            self.cache.put(call.key, call.endpoint, body.decode(), reply)
+            self.cache.put(call.key, call.endpoint, stored_request(body), reply)
 
     async def _send(self, session: aiohttp.ClientSession, call: _Call, parse_attempt: int = 0,
                     n: int | None = None) -> tuple[list[CachedReply], int, bytes]:
@@ -433,7 +442,7 @@ class Engine:
     def _failure(self, call: _Call, body: bytes, error: str, raw: str, attempts: int, kind: str,
                  response: Response | None = None) -> Response:
         if self.cache is not None:
-            self.cache.record_failure(call.key, call.endpoint, body.decode(), error, raw, attempts)
+            self.cache.record_failure(call.key, call.endpoint, stored_request(body), error, raw, attempts)
         failure = response or Response(ok=False, model=call.payload["model"], elicited=call.elicited, key=call.key)
         failure.ok, failure.error, failure.raw, failure.attempts, failure.parsed = False, error, raw, attempts, None
         for _, tag in call.targets:
