@@ -5,7 +5,7 @@ BSA ?= .venv/bin/bsa
 CONFIG ?= configs/default.yaml
 SET ?=
 SETS := $(foreach s,$(SET),--set $(s))
-.PHONY: setup llama-wheel lock test test-fast build-dataset build lm bench lint clean eval sweep judge leaderboard spot-check review-export review-import release croissant
+.PHONY: setup llama-wheel lock test test-fast build-dataset build lm bench bench-large lint clean eval sweep judge leaderboard spot-check review-export review-import release croissant
 
 # -- setup: pinned versions (requirements.lock), and llama.cpp's server built for any x86-64 CPU ----------------
 LOCK := requirements.lock
@@ -123,6 +123,10 @@ leaderboard: .venv/.setup-done
 
 bench: .venv/.setup-done
 	$(PY) bench/run_all.py
+
+# a 1M-row pool through clean, language and dedup (MinHash) on each executor (needs the [ray] extra)
+bench-large: .venv/.setup-done
+	$(PY) bench/large.py $(ROWS)
 
 clean:
 	rm -rf $$($(PY) -c "import sys; from bsa.project import load_config as l; print(l(sys.argv[1], sys.argv[2:]).build_dir)" '$(CONFIG)' $(SET) || echo build) .pytest_cache

@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,9 +33,22 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
 
 
-def main(names: list[str]) -> None:
+def write_section(name: str, run: Callable[[], str]) -> None:
+    """Run one bench, keep its section in bench/sections/<name>.md (stamped), rewrite results.md."""
     sections_dir = HERE / "sections"
     sections_dir.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    body = run().strip()
+    stamp = f"_Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; took {time.perf_counter() - started:.0f} s._"
+    (sections_dir / f"{name}.md").write_text(f"{body}\n\n{stamp}\n", encoding="utf-8")
+    parts = ["# Benchmarks\n\nWritten by `make bench` (bench/run_all.py). Each section says where and when it ran."]
+    parts += [p.read_text(encoding="utf-8") for p in sorted(sections_dir.glob("*.md"))]
+    out = HERE / "results.md"
+    out.write_text("\n\n".join(parts), encoding="utf-8")
+    print(f"wrote {out}")
+
+
+def main(names: list[str]) -> None:
     for path in sorted(HERE.glob("bench_*.py")):
         name = path.stem.removeprefix("bench_")
         if names and name not in names:
@@ -42,17 +56,8 @@ def main(names: list[str]) -> None:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        started = time.perf_counter()
         print(f"running {path.name} ...", flush=True)
-        body = module.run().strip()
-        stamp = f"_Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; took {time.perf_counter() - started:.0f} s._"
-        (sections_dir / f"{name}.md").write_text(f"{body}\n\n{stamp}\n", encoding="utf-8")
-    parts = ["# Benchmarks\n\nWritten by `make bench` (bench/run_all.py). Each section says where and when it ran."]
-    parts += [p.read_text(encoding="utf-8") for p in sorted(sections_dir.glob("*.md"))]
-    out = HERE / "results.md"
-    out.write_text("\n\n".join(parts), encoding="utf-8")
-    print(f"wrote {out}")
-
+        write_section(name, module.run)
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -33,6 +33,8 @@ def _runner(config, force: bool = False):
 def cmd_build(args: argparse.Namespace) -> int:
     from bsa.pipeline.stats import funnel_table
 
+    if args.executor:
+        args.overrides.append(f"executor={args.executor}")
     config = _load(args)
     valid = True
     with _runner(config, args.force) as runner:
@@ -262,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun even unchanged stages")
     p.add_argument("--release", action="store_true",
                    help="then write build/release/ and its Croissant metadata (each skipped when unchanged)")
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="where the stages compute (the config's `executor:`; ray needs the [ray] extra)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("stage", help="run one stage on any JSONL/CSV/Parquet file")

@@ -119,6 +119,18 @@ class LLMConfig(Section):
     local: LocalServerConfig = LocalServerConfig()
 
 
+class RaySettings(Section):
+    """The Ray Data executor (`executor: ray`, bsa.pipeline.executor_ray; docs/scale.md)."""
+
+    address: str | None = None  # a running cluster (`ray start --head`); else RAY_ADDRESS; else a local one
+    num_cpus: int | None = Field(None, ge=1)  # CPUs of a local cluster (default: all)
+    object_store_memory: int | None = Field(None, ge=78_643_200)  # bytes, local cluster only (Ray's minimum 75 MiB)
+    blocks: int | None = Field(None, ge=1)  # blocks the rows are split into (default: Ray's choice)
+    batch_rows: int = Field(10_000, ge=1)  # rows a `per_batch` call gets
+    actor_cpus: float = Field(0.5, gt=0)  # CPUs each model-loading actor asks for (a whole CPU hung on 2 cores)
+    actors: int | None = Field(None, ge=1)  # model-loading actors (default: the cluster's CPUs / actor_cpus)
+
+
 class BuildConfig(BaseModel):
     """The whole build. Stage sections (`clean:`, `language:`, ...) and the project's other sections
     (`release:`, `eval:`, ...) are extra keys, validated by `load_config` against the classes it is given."""
@@ -136,6 +148,8 @@ class BuildConfig(BaseModel):
     order: list[str] = ["clean", "language", "dedup", "relevance", "annotations", "synthesis", "difficulty"]
     endpoints: dict[str, EndpointConfig] = {EMBEDDED: EndpointConfig()}
     llm: LLMConfig = LLMConfig()
+    executor: Literal["local", "ray"] = "local"  # where stages compute; the results are the same
+    ray: RaySettings = RaySettings()
     config_path: str | None = None
 
     def section(self, name: str) -> dict[str, Any]:

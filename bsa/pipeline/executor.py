@@ -3,7 +3,7 @@
 `LocalExecutor` runs in this process: a `per_batch` step gets the rows `batch_rows` at a time (in order),
 a `whole` step gets them all. The batches' frames are joined in order, so the result is the one a single
 batch would give. A distributed executor runs the same steps: `per_batch` ones as Ray Data's `map_batches`,
-`whole` ones on the gathered rows.
+`whole` ones on the gathered rows (bsa.pipeline.executor_ray). `executor_for` picks one from the config.
 """
 
 from __future__ import annotations
@@ -47,6 +47,15 @@ class LocalExecutor:
                  for start in tqdm(starts, desc=f"{ctx.name}: {step.name} ({self.batch_rows:,} rows a batch)",
                                    disable=None if ctx.show_progress else True, leave=False, dynamic_ncols=True)]
         return pd.concat(parts)
+
+
+def executor_for(config: Any) -> Executor:
+    """The executor a build config names (`executor: local` or `ray`; Ray is imported only when named)."""
+    if config.executor == "ray":
+        from bsa.pipeline.executor_ray import RayExecutor
+
+        return RayExecutor(config.ray)
+    return LocalExecutor()
 
 
 def run_local(stage: Stage, records: pd.DataFrame, config: Any, ctx: StageContext,

@@ -26,7 +26,7 @@ import pandas as pd
 
 from bsa.pipeline.config import BuildConfig, SourceConfig
 from bsa.pipeline.errors import DataError
-from bsa.pipeline.executor import Executor, LocalExecutor
+from bsa.pipeline.executor import Executor, executor_for
 from bsa.pipeline.fingerprint import fingerprint, hash_json
 from bsa.pipeline.io import file_sha256, load_table, write_json, write_table
 from bsa.pipeline.layout import INGEST, StagePaths, manifest_path, stage_paths
@@ -119,7 +119,7 @@ class Runner:
     def __init__(self, config: BuildConfig, registry: Registry, force: bool = False, show_progress: bool = True,
                  manifest: Path | None = None, executor: Executor | None = None):
         self.config, self.registry, self.force, self.show_progress = config, registry, force, show_progress
-        self.executor = executor or LocalExecutor()
+        self.executor = executor or executor_for(config)
         self.taxonomy = Taxonomy.load(config.taxonomy)
         self.manifest = Manifest.load(manifest or manifest_path(config))
         self._engine = None
@@ -134,6 +134,9 @@ class Runner:
         return self._engine
 
     def close(self) -> None:
+        closer = getattr(self.executor, "close", None)
+        if closer is not None:
+            closer()
         if self._engine is not None:
             self._engine.close()
             self._engine = None

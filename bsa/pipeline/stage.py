@@ -39,15 +39,17 @@ class Step:
 
     function: StepFunction
     per_batch: bool  # True: row by row (any batching gives the same rows); False: needs every row at once
+    loads_models: bool = False  # loads models (fastText, KenLM, encoders): run in long-lived workers
 
     @property
     def name(self) -> str:
         return self.function.__name__
 
 
-def per_batch(function: StepFunction) -> Step:
-    """A step that works row by row: an executor may give it the rows in batches."""
-    return Step(function, per_batch=True)
+def per_batch(function: StepFunction, loads_models: bool = False) -> Step:
+    """A step that works row by row: an executor may give it the rows in batches (`loads_models`: in
+    long-lived workers, so each loads its models once)."""
+    return Step(function, per_batch=True, loads_models=loads_models)
 
 
 def whole(function: StepFunction) -> Step:

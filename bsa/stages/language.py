@@ -405,6 +405,6 @@ def drop_perplexing(frame: pd.DataFrame, config: Config, ctx: StageContext) -> p
     return frame
 
 
-STAGE = Stage("language", Config, (per_batch(identify_rows), whole(drop_perplexing)), setup=ensure_models,
+STAGE = Stage("language", Config, (per_batch(identify_rows, loads_models=True), whole(drop_perplexing)), setup=ensure_models,
               needs=("text",), adds=("lang", "declared_lang", "detected_lang", "lang_score", "second_lang", "second_score",
                     "perplexity"))

@@ -1,0 +1,165 @@
+"""The Ray Data executor: the same stage steps as `LocalExecutor`, spread over a Ray cluster.
+
+A `per_batch` step runs as `Dataset.map_batches` on pandas batches of `batch_rows` rows; a step that
+`loads_models` runs in a pool of actors asking for a fraction of a CPU each, so every actor loads its
+models once (the stage code caches them) and keeps them. A `whole` step runs on the rows gathered in input
+order. Rows carry `_seq`, their position in the stage's input, so gathering restores the local order
+whatever the number of blocks. Counters and declared resources of the workers are sent to one actor and
+merged into the stage's context. Stages that call LLM endpoints run in the driver (their engine is
+asynchronous I/O with its own concurrency and one reply cache). Needs the `[ray]` extra.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bsa.pipeline.config import RaySettings
+from bsa.pipeline.executor import LocalExecutor
+from bsa.pipeline.stage import Stage, StageContext, StageResult, Step, split_rejects
+
+SEQ = "_seq"  # a row's position in the stage's input: the order gathered rows are put back in
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError as err:
+        raise RuntimeError("executor: ray needs Ray Data: pip install 'bsa-builder[ray]'") from err
+    return ray
+
+
+class _Tally:
+    """One actor collecting the workers' counters and declared resources."""
+
+    def __init__(self) -> None:
+        self.counters: Counter = Counter()
+        self.resources: dict[str, str] = {}
+
+    def add(self, counters: dict[str, int], resources: dict[str, str]) -> None:
+        self.counters.update(counters)
+        self.resources.update(resources)
+
+    def take(self) -> tuple[dict[str, int], dict[str, str]]:
+        out = dict(self.counters), dict(self.resources)
+        self.counters, self.resources = Counter(), {}
+        return out
+
+
+def normalize(batch: pd.DataFrame, dtypes: dict[str, Any]) -> pd.DataFrame:
+    """A batch as the stage code expects it: Arrow-backed columns as numpy/object ones (missing as None),
+    the input's columns in their input dtypes."""
+    import pyarrow as pa
+
+    columns = {}
+    for column in batch.columns:
+        series = batch[column]
+        kind = series.dtype.pyarrow_dtype if isinstance(series.dtype, pd.ArrowDtype) else None
+        if kind is not None and pa.types.is_floating(kind):
+            series = series.astype("float64")
+        elif kind is not None and (pa.types.is_integer(kind) or pa.types.is_boolean(kind)) and not series.isna().any():
+            series = series.astype(series.dtype.numpy_dtype)
+        elif not isinstance(series.dtype, np.dtype) and column not in dtypes:  # Arrow strings, pickled objects
+            series = pd.Series(series.to_numpy(dtype=object), index=series.index)
+        if series.dtype == object:
+            series = series.astype(object).where(series.notna(), None)
+        if column in dtypes and series.dtype != dtypes[column]:
+            series = series.astype(dtypes[column])
+        columns[column] = series.to_numpy() if isinstance(series.dtype, np.dtype) else series.array
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(batch)))
+
+
+class _StepCall:
+    """A step applied to a batch, its counters and resources sent to the tally (a task or an actor)."""
+
+    def __init__(self, step: Step, config: Any, ctx: StageContext, tally: Any, dtypes: dict[str, Any]):
+        self.step, self.config, self.ctx, self.tally, self.dtypes = step, config, ctx, tally, dtypes
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        ctx = replace(self.ctx, counters=Counter(), resources={}, stats={})
+        out = self.step.function(normalize(batch, self.dtypes), self.config, ctx)
+        if ctx.counters or ctx.resources:
+            _ray().get(self.tally.add.remote(dict(ctx.counters), dict(ctx.resources)))
+        return out
+
+
+class RayExecutor:
+    """Runs stages on a Ray cluster: the one at `address` (or RAY_ADDRESS), else a local one it starts."""
+
+    def __init__(self, settings: RaySettings | None = None):
+        self.settings = settings or RaySettings()
+        self._started = False
+
+    def _connect(self):
+        ray = _ray()
+        if not ray.is_initialized():
+            address = self.settings.address or os.environ.get("RAY_ADDRESS")
+            local = {} if address else {"num_cpus": self.settings.num_cpus,
+                                        "object_store_memory": self.settings.object_store_memory}
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
+            self._started = True
+        return ray
+
+    def close(self) -> None:
+        """Shut down the cluster connection this executor opened."""
+        if self._started:
+            _ray().shutdown()
+            self._started = False
+
+    def run(self, stage: Stage, records: pd.DataFrame, config: Any, ctx: StageContext) -> StageResult:
+        if stage.endpoints or not any(step.per_batch for step in stage.steps):
+            return LocalExecutor(self.settings.batch_rows).run(stage, records, config, ctx)
+        ray = self._connect()
+        if stage.setup is not None:
+            stage.setup(config, ctx)
+        tally = ray.remote(num_cpus=0)(_Tally).remote()
+        worker_ctx = replace(ctx, engine_factory=None, show_progress=False)
+        frame: pd.DataFrame | None = records.reset_index(drop=True)
+        dtypes = {column: records[column].dtype for column in records.columns}
+        dataset = None
+        for step in stage.steps:
+            if step.per_batch:
+                if dataset is None:
+                    dataset = self.dataset(frame)
+                dataset, frame = self._map(dataset, step, config, worker_ctx, tally, dtypes), None
+            else:
+                frame = self.gather(dataset, dtypes) if frame is None else frame
+                frame, dataset = step.function(frame, config, ctx), None
+        frame = self.gather(dataset, dtypes) if frame is None else frame
+        counters, resources = ray.get(tally.take.remote())
+        ctx.counters.update(counters)
+        ctx.resources.update(resources)
+        kept, rejected = split_rejects(frame, stage.reject_columns)
+        return StageResult(kept, rejected, dict(ctx.stats))
+
+    def dataset(self, frame: pd.DataFrame):
+        """The rows as a Ray Dataset of `blocks` blocks, each row with its `_seq`."""
+        ray = _ray()
+        blocks = self.settings.blocks or max(1, min(len(frame) // self.settings.batch_rows + 1,
+                                                    int(ray.cluster_resources().get("CPU", 1)) * 2))
+        frame = frame.assign(**{SEQ: np.arange(len(frame), dtype=np.int64)})
+        bounds = np.linspace(0, len(frame), blocks + 1).astype(int)
+        return ray.data.from_pandas([frame.iloc[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)])
+
+    def _map(self, dataset, step: Step, config: Any, ctx: StageContext, tally: Any, dtypes: dict[str, Any]):
+        options = {"batch_format": "pandas", "batch_size": self.settings.batch_rows}
+        if not step.loads_models:
+            return dataset.map_batches(_StepCall(step, config, ctx, tally, dtypes), **options)
+        cpus = _ray().cluster_resources().get("CPU", 1)
+        actors = self.settings.actors or max(1, int(cpus / self.settings.actor_cpus))
+        return dataset.map_batches(_StepCall, fn_constructor_args=(step, config, ctx, tally, dtypes),
+                                   concurrency=actors, num_cpus=self.settings.actor_cpus, **options)
+
+    @staticmethod
+    def gather(dataset, dtypes: dict[str, Any]) -> pd.DataFrame:
+        """Every row of a Dataset in input order (by `_seq`), the input's columns in their input dtypes."""
+        # block by block: blocks may type a column differently (all missing in one), which Ray's own
+        # to_pandas() joins into a pickled-object column
+        blocks = [normalize(block, dtypes) for block in _ray().get(dataset.to_pandas_refs())]
+        frame = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+        return frame.sort_values(SEQ, kind="stable").drop(columns=[SEQ]).reset_index(drop=True)
