@@ -66,6 +66,16 @@ class SourceConfig(Section):
 EMBEDDED = "local"  # the base_url (and endpoint name) of the embedded llama.cpp model
 
 
+class ReplicaConfig(Section):
+    """One more server of an endpoint's pool (docs/llm.md, Endpoint pools); unset fields are the endpoint's."""
+
+    base_url: str
+    concurrency: int | None = Field(None, ge=1)
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    api_key_env: str | None = None
+
+
 class EndpointConfig(Section):
     """An OpenAI-compatible endpoint. The key is read from the environment variable named here."""
 
@@ -94,6 +104,9 @@ class EndpointConfig(Section):
     down_after_requests: int = 3  # ... or this many 401/403/404 replies in a row: stop the run
     price_per_million: dict[str, float] = {}  # {"prompt": ..., "completion": ...}
     extra_body: dict[str, Any] = {}
+    replicas: list[ReplicaConfig] = []  # more servers of the same model besides base_url: a pool (not cached by)
+    cool_off: float = Field(30.0, ge=0)  # seconds a failing replica of a pool rests before it is tried again
+    cool_off_after: int = Field(3, ge=1)  # ... after this many connection errors, timeouts or 5xx in a row
 
     @property
     def embedded(self) -> bool:

@@ -41,7 +41,8 @@ from bsa.pipeline.llm.cache_key import (
     stored_request,
     with_image_digests,
 )
-from bsa.pipeline.llm.client import CONNECTION_KINDS, EndpointClient, EndpointHealth, SendError, retry_delay
+from bsa.pipeline.llm.client import CONNECTION_KINDS, SendError, retry_delay
+from bsa.pipeline.llm.pool import EndpointPool
 from bsa.pipeline.llm.providers import EmbeddedProvider, RemoteProvider
 from bsa.pipeline.llm.reasoning import Split, split_reasoning
 from bsa.pipeline.llm.structured import (
@@ -115,7 +116,7 @@ class _Call:
     elicited: bool
     schema_json: str | None
     targets: list[tuple[int, str]]
-    client: EndpointClient | None = None  # set when the call has to be sent (the cache may answer it)
+    client: EndpointPool | None = None  # set when the call has to be sent (the cache may answer it)
 
     @property
     def structured(self) -> bool:
@@ -136,9 +137,8 @@ class Engine:
         self.embedded = EmbeddedProvider(self.local_config, log_dir)  # shared by every embedded endpoint
         self.embedded.on_move(self._local_moved)
         self._remote: dict[str, RemoteProvider] = {}
-        self._clients: dict[str, EndpointClient] = {}
+        self._clients: dict[str, EndpointPool] = {}
         self._forms: dict[str, str] = {}  # endpoint -> structured-output form in use (negotiated)
-        self._health: dict[str, EndpointHealth] = {}
         self._elicit_instruction: str | None = None
         self._usage: Counter = Counter()  # (tag, endpoint, field) -> amount
         self._loop = asyncio.Runner()
@@ -165,14 +165,15 @@ class Engine:
             self._remote[name] = RemoteProvider(config)
         return self._remote[name]
 
-    def _client(self, name: str) -> EndpointClient:
+    def _client(self, name: str) -> EndpointPool:
         client = self._clients.get(name)
         if client is None:
-            config = self._endpoint(name)
-            base_url = self.provider(name).start()
-            client = self._clients[name] = EndpointClient(name, config, base_url)
-            self._health[name] = EndpointHealth(name, config, base_url)
+            client = self._clients[name] = EndpointPool(name, self._endpoint(name), self.provider(name).start())
         return client
+
+    def replica_status(self, name: str) -> dict[str, str]:
+        """Each server of an endpoint (its base_url and replicas): "live", "resting" or why it is down."""
+        return self._client(name).status()
 
     def _local_moved(self, base_url: str) -> None:
         """Point every embedded endpoint's client at a restarted server's new port."""
@@ -398,29 +399,37 @@ class Engine:
         """The reply's choices and the body that got them, retrying transient failures with backoff (raises
         SendError at the end). Asking again in the next structured-output form, or after the local server
         was restarted, spends no retry; an endpoint found down raises EndpointDown."""
-        config, health, attempt = call.config, self._health[call.endpoint], 0
+        config, pool, attempt = call.config, call.client, 0
         local = self.embedded.watch if config.embedded else None
         while True:
             form = self.structured_form(call.endpoint) if call.structured else None
             body = self._wire(call, parse_attempt, n)
             generation = local.generation if local else 0
             self._count(call, "sent")
+            replica = await pool.acquire()
+            if pool.pooled:
+                self._count(call, f"replica:{replica.url}")
             try:
-                replies = await call.client.send_once(session, body)
+                try:
+                    replies = await replica.client.send_once(session, body)
+                finally:
+                    pool.release(replica)
             except SendError as err:
                 self._count(call, f"error:{err.kind}")
+                if pool.pooled:
+                    self._count(call, f"replica_error:{replica.url}")
                 if form is not None and self._fall_back(call, err, form):
                     continue
                 if local and err.kind in CONNECTION_KINDS and await local.recover(generation):
                     continue
-                health.failed(err)
+                pool.failed(replica, err)
                 if not err.retryable or attempt == config.max_retries:
                     err.attempts = attempt + 1
                     raise
                 await asyncio.sleep(retry_delay(attempt, err.retry_after, config.backoff_base, config.backoff_max))
                 attempt += 1
                 continue
-            health.answered()
+            pool.answered(replica)
             self._count(call, "prompt_tokens", replies[0].usage["prompt_tokens"])
             self._count(call, "completion_tokens", replies[0].usage["completion_tokens"])
             return replies, attempt + 1, body
@@ -484,6 +493,12 @@ class Engine:
             if not amount:
                 continue
             kind, _, detail = name.partition(":")
+            if kind in ("replica", "replica_error"):  # attempts per server of a pool
+                field_name = "sent" if kind == "replica" else "errors"
+                servers = report.setdefault("replicas", {}).setdefault(endpoint, {})
+                counts = servers.setdefault(detail, {"sent": 0, "errors": 0})
+                counts[field_name] += amount
+                continue
             if detail:
                 group = report["errors"] if kind == "error" else report["failures"]
                 group[detail] = group.get(detail, 0) + amount

@@ -28,9 +28,13 @@ class RemoteProvider:
         return self.endpoint.base_url
 
     def workers(self) -> int:
-        return self.endpoint.concurrency
+        """Requests in flight: the endpoint's concurrency, summed over its replicas."""
+        from bsa.pipeline.llm.pool import replica_configs
+
+        return sum(replica.concurrency for replica in replica_configs(self.endpoint))
 
     def identity(self) -> str:
+        """The base_url: replicas are serving settings, the cache does not know them."""
         return self.endpoint.base_url.rstrip("/")
 
     def served_model(self) -> str:
