@@ -8,8 +8,10 @@ import time
 import pytest
 
 from bsa.pipeline.config import EndpointConfig, ReplicaConfig
-from bsa.pipeline.errors import EndpointDown
+from bsa.pipeline.errors import ConfigError, EndpointDown
 from bsa.pipeline.llm import Engine, Request
+from bsa.pipeline.llm.cache_key import endpoint_result_settings
+from bsa.pipeline.llm.pool import EndpointPool
 from tests.fake_openai import scripted_message
 
 FAST = {"timeout": 2.0, "max_retries": 4, "backoff_base": 0.005, "backoff_max": 0.02, "cool_off": 0.5,
@@ -107,6 +109,7 @@ def test_the_cache_does_not_know_the_replicas(fake_server, tmp_path):
     assert [r.key for r in pooled[:30]] == [r.key for r in single]
     assert all(r.cached for r in pooled[:30]) and not any(r.cached for r in pooled[30:])
     assert sum(a.received.values()) + sum(b.received.values()) == 40  # 30 once, 10 new once
+    assert endpoint_result_settings(pool(a.url)) == endpoint_result_settings(pool(a.url, b.url))  # no stage reruns
 
 
 def test_a_single_base_url_reports_no_replicas(fake_server):
@@ -115,3 +118,9 @@ def test_a_single_base_url_reports_no_replicas(fake_server):
         assert all(r.ok for r in engine.run(asks(5)))
         assert "replicas" not in engine.usage_since(None)
         assert engine.replica_status("fake") == {server.url: "live"}
+
+
+def test_the_embedded_model_takes_no_replicas():
+    config = EndpointConfig(replicas=[ReplicaConfig(base_url="http://x/v1")])
+    with pytest.raises(ConfigError, match="takes no replicas"):
+        EndpointPool("local", config, "http://127.0.0.1:1/v1")

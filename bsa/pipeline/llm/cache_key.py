@@ -6,8 +6,8 @@ endpoint's `extra_body`, model, messages (with the elicit-reasoning instruction 
 fields and the request's own parameters. An image sent as a `data:` URL counts by the sha256 of its bytes
 (`with_image_digests`), not by its base64 text: the key stays small, and the cache stores the digest too.
 Out: how the schema is asked for (the structured-output form is negotiated per endpoint), concurrency,
-rate limits, timeouts, retry pacing, the API key's variable and prices: they change how a reply is obtained,
-never which reply is right. The fingerprint of a stage uses the same split of the endpoint's settings.
+rate limits, timeouts, retry pacing, the API key's variable, prices and the replicas of a pool: they change
+how a reply is obtained, never which reply is right. The fingerprint of a stage uses the same split of the endpoint's settings.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ RESULT_FIELDS = frozenset({"base_url", "model", *SAMPLING_FIELDS, "reasoning", "
 # ... and those that cannot: how replies are fetched and paid for
 SERVING_FIELDS = frozenset({"api_key_env", "concurrency", "requests_per_minute", "tokens_per_minute", "timeout",
                             "max_retries", "backoff_base", "backoff_max", "structured_output", "down_after",
-                            "down_after_requests", "price_per_million"})
+                            "down_after_requests", "price_per_million", "replicas", "cool_off",
+                            "cool_off_after"})
 # LocalServerConfig fields that can change a reply of the embedded model (the rest: serving)
 LOCAL_RESULT_FIELDS = frozenset({"model_path", "n_ctx"})
 
