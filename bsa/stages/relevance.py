@@ -49,7 +49,7 @@ from bsa.multimodal.messages import attach_image, data_url, image_mime
 from bsa.multimodal.render import render_json
 from bsa.pipeline.config import Section
 from bsa.pipeline.errors import ConfigError
-from bsa.pipeline.llm import Request
+from bsa.pipeline.llm import Request, Response
 from bsa.pipeline.prompts import Prompt
 from bsa.pipeline.records import REJECT_REASON
 from bsa.pipeline.stage import Stage, StageContext, per_batch, reject, whole
@@ -138,7 +138,7 @@ def _mm_request(row: pd.Series, vision: bool, config: Config, ctx: StageContext)
                    params={"temperature": config.temperature, "max_tokens": config.max_tokens})
 
 
-def _ratings(response) -> tuple[dict[str, bool] | None, str]:
+def _ratings(response: Response) -> tuple[dict[str, bool] | None, str]:
     """The three ratings and the reason of a reply; (None, why) when it never parsed into them."""
     parsed = response.parsed if response.ok else None
     if not isinstance(parsed, dict):
