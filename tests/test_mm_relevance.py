@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from bsa.multimodal import fields as mm
+from bsa.multimodal.render import make_spec, render_json
 from bsa.pipeline.executor import run_local
 from bsa.stages import relevance as stage
 from tests.fake_openai import FakeOpenAI, images_of, prompt_of
@@ -39,6 +40,10 @@ def rows(tmp_path) -> pd.DataFrame:
                     mm.IMAGE_DESCRIPTION: None if marker == "NOWORDS" else f"picture number {seed}",
                     mm.RENDER_SPEC: None, mm.IMG_RISK: 1 if marker == "RIRT" else 0,
                     mm.TEXT_RISK: 1 if marker == "RIRT" else 0})
+    spec = make_spec("CARD WORDS", "label").to_json()  # a rendered typography card: no file, its spec
+    out.append({"text": "SIST card", "category": None, "subcategory": None, "is_risky": None, mm.IMAGE: None,
+                mm.IMAGE_SHA256: hashlib.sha256(render_json(spec)).hexdigest(), mm.IMAGE_DESCRIPTION: None,
+                mm.RENDER_SPEC: spec, mm.IMG_RISK: 0, mm.TEXT_RISK: 0})
     return records(out)
 
 
@@ -84,22 +89,23 @@ def test_combinations_ratings_and_rejects(tmp_path, server, vision):
 def test_vision_server_receives_the_items_image(tmp_path, server):
     run(tmp_path, server, vision=True)
     frame = rows(tmp_path)
-    expected = dict(zip(frame["text"].str.split(" ").str[0], frame[mm.IMAGE_SHA256], strict=True))
+    expected = dict(zip(frame["text"], frame[mm.IMAGE_SHA256], strict=True))
     checked = 0
     for payload in server.payloads:
-        marker = prompt_of(payload).split("Text: ")[-1].split(" ")[0]
+        text = prompt_of(payload).split("Text: ")[-1].split("\n")[0]
         (image,) = images_of(payload)
-        assert hashlib.sha256(image).hexdigest() == expected[marker]
-        assert "picture number" not in prompt_of(payload)
+        assert hashlib.sha256(image).hexdigest() == expected[text]
+        assert "picture number" not in prompt_of(payload) and "CARD WORDS" not in prompt_of(payload)
         checked += 1
-    assert checked >= len(CASES)
+    assert checked >= len(CASES) + 1  # the rendered card too, rebuilt from its spec
 
 
 def test_text_endpoint_reads_the_description(tmp_path, server):
     run(tmp_path, server, vision=False)
     for payload in server.payloads:
         assert images_of(payload) == []
-        assert "picture number" in prompt_of(payload)
+        words = "CARD WORDS" if "SIST card" in prompt_of(payload) else "picture number"
+        assert words in prompt_of(payload)
 
 
 def test_cache_key_differs_between_seeing_and_describing(tmp_path, server):

@@ -53,7 +53,14 @@ from bsa.pipeline.llm import Request, Response
 from bsa.pipeline.prompts import Prompt
 from bsa.pipeline.records import REJECT_REASON
 from bsa.pipeline.stage import Stage, StageContext, per_batch, reject, whole
-from bsa.pipeline.verdicts import JUDGE_FAILED, OnJudgeFailure, read_verdict, schema_verdicts
+from bsa.pipeline.verdicts import (
+    JUDGE_FAILED,
+    REASON_CHARS,
+    OnJudgeFailure,
+    clip,
+    read_verdict,
+    schema_verdicts,
+)
 from bsa.text.clusters import representatives
 from bsa.text.contrast import CONFIRMED, TWINS
 
@@ -142,10 +149,10 @@ def _ratings(response: Response) -> tuple[dict[str, bool] | None, str]:
     """The three ratings and the reason of a reply; (None, why) when it never parsed into them."""
     parsed = response.parsed if response.ok else None
     if not isinstance(parsed, dict):
-        return None, str(response.error or "reply did not parse")[:200]
+        return None, clip(response.error or "reply did not parse", REASON_CHARS)
     if not all(isinstance(parsed.get(key), bool) for key in HARMS):
-        return None, f"reply lacks a true/false for each of {list(HARMS)}"[:200]
-    return {key: parsed[key] for key in HARMS}, str(parsed.get("reason", ""))[:200]
+        return None, f"reply lacks a true/false for each of {list(HARMS)}"
+    return {key: parsed[key] for key in HARMS}, clip(parsed.get("reason", ""), REASON_CHARS)
 
 
 def _disagreements(row: pd.Series, ratings: dict[str, bool]) -> str | None:
