@@ -18,24 +18,49 @@ Adds columns:
     relevance_reason    the judge's short reason (or the error of a failed reply)
     contrast_confirmed  a JSON list of the row's twins labelled differently (a contrast pair), else None
 
+Image items (a multimodal build: records with `image_sha256`) are judged by `mm_prompt` instead: three
+separate ratings, text harm, image harm and pair harm, from which the judged combination follows (RIRT,
+RIST, SIRT, SIST, or `benign` when the pair is harmless). An endpoint marked `vision: true` gets the image
+attached; any other reads its description or rendered text, and its prompt says so (the notes
+`prompts/<lang>/mm_image_*.md` the eval judges use). A row with neither, on such an endpoint, is rejected
+`image_unreadable`. Where the row holds `img_risk` / `text_risk` labels, `relevance_disagrees` lists the
+labels the judge contradicts. Image columns:
+    text_harm, image_harm, pair_harm   the judge's three ratings (None when not judged or the reply failed)
+    relevance_combination              the combination they give (or None)
+    image_seen                         True: the judge saw the image; False: it read it in words
+    relevance_disagrees                JSON list of the labels the judge contradicts, else None
+
 A person checks the judge with the spot check (`bsa spot-check`, bsa.review).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pydantic import field_validator
 
+from bsa.multimodal import fields as mm
+from bsa.multimodal.benchmark import image_in_words
+from bsa.multimodal.judges import ATTACHED, IMAGE_NOTES
+from bsa.multimodal.messages import attach_image, data_url, image_mime
+from bsa.multimodal.render import render_json
 from bsa.pipeline.config import Section
 from bsa.pipeline.errors import ConfigError
-from bsa.pipeline.llm import Request
+from bsa.pipeline.llm import Request, Response
 from bsa.pipeline.prompts import Prompt
 from bsa.pipeline.records import REJECT_REASON
 from bsa.pipeline.stage import Stage, StageContext, per_batch, reject, whole
-from bsa.pipeline.verdicts import JUDGE_FAILED, OnJudgeFailure, read_verdict, schema_verdicts
+from bsa.pipeline.verdicts import (
+    JUDGE_FAILED,
+    REASON_CHARS,
+    OnJudgeFailure,
+    clip,
+    read_verdict,
+    schema_verdicts,
+)
 from bsa.text.clusters import representatives
 from bsa.text.contrast import CONFIRMED, TWINS
 
@@ -54,6 +79,7 @@ class Config(Section):
     on_judge_failure: OnJudgeFailure = "keep"
     temperature: float = 0.0
     max_tokens: int = 96  # verdict + one short reason
+    mm_prompt: str = "relevance_mm"  # image items: text, image and pair harm rated apart
 
     @field_validator("keep_verdicts")
     @classmethod
@@ -85,8 +111,95 @@ def _labelled(frame: pd.DataFrame, ctx: StageContext) -> pd.Series:
                       for c, s in zip(frame["category"], frame["subcategory"], strict=True)], index=frame.index)
 
 
+HARMS = ("text_harm", "image_harm", "pair_harm")
+MM_COMBINATION, IMAGE_SEEN, DISAGREES = "relevance_combination", "image_seen", "relevance_disagrees"
+MM_COLUMNS = (*HARMS, MM_COMBINATION, IMAGE_SEEN, DISAGREES)
+UNREADABLE = "image_unreadable"
+
+
+def is_multimodal(frame: pd.DataFrame) -> bool:
+    return mm.IMAGE_SHA256 in frame.columns and bool(frame[mm.IMAGE_SHA256].notna().any())
+
+
+def _image_url(row: pd.Series) -> str:
+    """The row's image as a data URL: its file, or the typography card rebuilt from its render spec."""
+    path = row.get(mm.IMAGE)
+    data = Path(path).read_bytes() if isinstance(path, str) and path else render_json(row[mm.RENDER_SPEC])
+    return data_url(data, image_mime(data))
+
+
+def _mm_request(row: pd.Series, vision: bool, config: Config, ctx: StageContext) -> Request | None:
+    """The three-rating request of an image row; None when a text-only judge could not read the image."""
+    if vision:
+        note = ctx.prompts.load(IMAGE_NOTES[ATTACHED]).render()
+    else:
+        words = image_in_words(row.to_dict())
+        if words is None:
+            return None
+        note = ctx.prompts.load(IMAGE_NOTES[words[0]]).render(description=words[1])
+    prompt = ctx.prompts.load(config.mm_prompt)
+    messages = prompt.render(text=row["text"], image_note=note[0]["content"])
+    if vision:
+        messages = attach_image(messages, _image_url(row))
+    return Request(config.endpoint, messages, schema=prompt.schema, tag=ctx.name,
+                   params={"temperature": config.temperature, "max_tokens": config.max_tokens})
+
+
+def _ratings(response: Response) -> tuple[dict[str, bool] | None, str]:
+    """The three ratings and the reason of a reply; (None, why) when it never parsed into them."""
+    parsed = response.parsed if response.ok else None
+    if not isinstance(parsed, dict):
+        return None, clip(response.error or "reply did not parse", REASON_CHARS)
+    if not all(isinstance(parsed.get(key), bool) for key in HARMS):
+        return None, f"reply lacks a true/false for each of {list(HARMS)}"
+    return {key: parsed[key] for key in HARMS}, clip(parsed.get("reason", ""), REASON_CHARS)
+
+
+def _disagreements(row: pd.Series, ratings: dict[str, bool]) -> str | None:
+    found = [label for label, key in ((mm.IMG_RISK, "image_harm"), (mm.TEXT_RISK, "text_harm"))
+             if label in row.index and not pd.isna(row[label]) and bool(int(row[label])) != ratings[key]]
+    return json.dumps(found) if found else None
+
+
+def judge_images(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd.DataFrame:
+    """Row by row, image items: text, image and pair harm rated apart, the combination they give."""
+    frame = records.copy()
+    vision = bool(ctx.config.endpoints[config.endpoint].vision)
+    requests = {index: _mm_request(row, vision, config, ctx) for index, row in frame.iterrows()}
+    asked = [index for index, request in requests.items() if request is not None]
+    responses = ctx.llm.run([requests[i] for i in asked], desc="relevance judge (image items)") if asked else []
+    for column in (VERDICT, REASON, *MM_COLUMNS):
+        frame[column] = None
+    frame[IMAGE_SEEN] = vision
+    reasons = pd.Series(None, index=frame.index, dtype=object)
+    for index, response in zip(asked, responses, strict=True):
+        ratings, why = _ratings(response)
+        frame.at[index, REASON] = why
+        if ratings is None:
+            frame.at[index, VERDICT] = JUDGE_FAILED
+            ctx.count(JUDGE_FAILED)
+            reasons[index] = JUDGE_FAILED if config.on_judge_failure == "reject" else None
+            continue
+        for key, value in ratings.items():
+            frame.at[index, key] = value
+        combo = mm.combination(ratings["image_harm"], ratings["text_harm"],
+                               ratings["pair_harm"] or ratings["image_harm"] or ratings["text_harm"])
+        frame.at[index, MM_COMBINATION] = frame.at[index, VERDICT] = combo
+        frame.at[index, DISAGREES] = _disagreements(frame.loc[index], ratings)
+        if frame.at[index, DISAGREES]:
+            ctx.count("label_disagrees")
+    unread = [index for index, request in requests.items() if request is None]
+    frame.loc[unread, REASON] = (f"the judge cannot see images and the row has neither {mm.IMAGE_DESCRIPTION} "
+                                 f"nor {mm.RENDER_SPEC}")
+    reasons[unread] = UNREADABLE
+    ctx.count("image_seen" if vision else "image_described", len(asked))
+    return reject(frame, reasons, frame[REASON])
+
+
 def judge_rows(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd.DataFrame:
     """Row by row: the judge's verdict on each labelled row, and the rows rejected for it."""
+    if is_multimodal(records):
+        return judge_images(records, config, ctx)
     frame = records.copy()
     risky = frame["is_risky"].astype("boolean")
     judged = (risky.eq(True) & _labelled(frame, ctx)) | risky.eq(False)
@@ -167,8 +280,12 @@ def merge_twins(frame: pd.DataFrame, config: Config, ctx: StageContext) -> pd.Da
 
 def count_verdicts(frame: pd.DataFrame, config: Config, ctx: StageContext) -> pd.DataFrame:
     """All rows at once: how many rows were judged, and each verdict's count."""
-    ctx.report({"verdicts": {str(k): int(v) for k, v in frame[VERDICT].value_counts().items()},
-                "judged": int(frame[VERDICT].notna().sum())})
+    figures = {"verdicts": {str(k): int(v) for k, v in frame[VERDICT].value_counts().items()},
+               "judged": int(frame[VERDICT].notna().sum())}
+    if IMAGE_SEEN in frame.columns:
+        figures[IMAGE_SEEN] = bool(frame[IMAGE_SEEN].all())
+        figures["label_disagrees"] = int(frame[DISAGREES].notna().sum())
+    ctx.report(figures)
     return frame
 
 
