@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import socket
 from pathlib import Path
 
 import mlcroissant as mlc
@@ -31,18 +30,9 @@ from bsa.release.files import CROISSANT_FILE, DATA_FILES, release_dir, write_rel
 from bsa.release.images import TABLE_COLUMNS
 from tests.mm_support import draw_png
 from tests.release_build import ORDER, ROOT, write_synthetic_build
+from tests.test_croissant import offline  # noqa: F401 - autouse: every test here runs with the network cut
 
 CARD_TEXT = "HOW TO PICK A LOCK"
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Every test here runs with the network cut: releasing and validating must not need it."""
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def jpeg(seed: int) -> bytes:
@@ -168,7 +158,7 @@ def test_card_counts_images_by_style_and_source_and_shows_some(released):
     _, out = released
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "USB-SafeBench" in card and "Beyond Safe Answers" not in card  # the intro and the intended use
-    assert "5 image files for 7 items in `images/`" in card and "2 items share one" in card
+    assert "5 image files for 7 items in `images/`" in card and "4 items share 2 files" in card
     assert "image/jpeg 1, image/png 4" in card
     assert "| realistic | 6 | 4 |" in card and "| typography | 1 | 1 |" in card
     assert "| photos | 6 | 4 |" in card and "| rendered | 1 | 1 |" in card
@@ -267,7 +257,7 @@ def test_a_text_only_release_has_no_images_and_the_same_metadata(tmp_path):
 
 
 # -- bad input ----------------------------------------------------------------------------------------------
-def broken(records: pd.DataFrame, tmp_path: Path, row: int, **changes: object) -> pd.DataFrame:
+def broken(records: pd.DataFrame, row: int, **changes: object) -> pd.DataFrame:
     records = records.copy()
     for column, value in changes.items():
         records[column] = records[column].astype(object)
@@ -292,7 +282,7 @@ def test_a_bad_row_stops_the_release_naming_file_row_and_field(tmp_path, change,
     elif change.get(mm.IMAGE) == "NOT_AN_IMAGE":
         (tmp_path / "notes.png").write_text("not an image", encoding="utf-8")
         change = {mm.IMAGE: str(tmp_path / "notes.png"), mm.IMAGE_SHA256: None}
-    config = pair_build(tmp_path, broken(records, tmp_path, 2, **change))
+    config = pair_build(tmp_path, broken(records, 2, **change))
     with pytest.raises(DataError) as caught:
         write_release(config)
     error = caught.value

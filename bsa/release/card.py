@@ -307,7 +307,7 @@ def pairs_contents_section(info: ReleaseInfo) -> str:
 
 def images_section(frame: pd.DataFrame, images: ImageSet) -> str:
     """How many images, of which styles, sources and formats, and one image of each combination."""
-    shared = len(frame) - frame[mm.IMAGE].nunique()
+    shared = frame[mm.IMAGE].duplicated(keep=False)
     formats = Counter(images.files.values())
     style_rows = [[style, n, images.files_by_style[style]] for style, n in images.items_by_style.most_common()]
     source_rows = [[source, n, images.files_by_source[source]] for source, n in images.items_by_source.most_common()]
@@ -318,7 +318,8 @@ def images_section(frame: pd.DataFrame, images: ImageSet) -> str:
     return "\n\n".join([
         "### Images",
         f"{len(images.files)} image files for {len(frame)} items in `{IMAGES_DIR}/`, each named by the sha256 of "
-        f"its bytes (an image used by several items is one file: {shared} items share one); formats: "
+        f"its bytes (an image used by several items is one file: {int(shared.sum())} items share "
+        f"{frame.loc[shared, mm.IMAGE].nunique()} files); formats: "
         + ", ".join(f"{mime} {n}" for mime, n in sorted(formats.items())) + ". The `image` column holds the file's "
         "path relative to the table, `image_sha256` its hash.",
         markdown_table(["image style", "items", "image files"], style_rows),

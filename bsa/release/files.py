@@ -194,15 +194,20 @@ def _check_rows(frame: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> None:
     _check_unique(frame, path)
 
 
+def _check_columns(records: pd.DataFrame, path: Path, needed: list[str], hint: str) -> None:
+    """Raise when a needed column is missing (`hint` says why it is needed), or when there are no rows."""
+    missing = [column for column in needed if column not in records.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}{hint}", field=missing[0])
+    if records.empty:
+        raise DataError(path, NOTHING_RELEASED)
+
+
 def to_multimodal_frame(records: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> pd.DataFrame:
     """Image + text rows to release, checked as `bsa eval` reads them (bsa.release.images), in the stages' order:
     the table's columns first, then provenance."""
-    missing = [c for c in ("id", "text", "lang", mm.IMG_RISK, mm.TEXT_RISK, mm.COMBINATION) if c not in records.columns]
-    if missing:
-        raise DataError(path, f"missing column(s) {', '.join(missing)} (image + text items need them)",
-                        field=missing[0])
-    if records.empty:
-        raise DataError(path, NOTHING_RELEASED)
+    _check_columns(records, path, ["id", "text", "lang", mm.IMG_RISK, mm.TEXT_RISK, mm.COMBINATION],
+                   " (image + text items need them)")
     frame = records.drop(columns=["_line"], errors="ignore").reset_index(drop=True)
     for row, item in enumerate(frame.to_dict("records"), start=1):
         _check_id(item["id"], path, row)
@@ -218,13 +223,8 @@ def to_release_frame(records: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> p
     """
     if is_multimodal(records):
         return to_multimodal_frame(records, path, taxonomy)
-    needed = ["id", "text", "scenario", "label", "risk_summary"]
-    missing = [column for column in needed if column not in records.columns]
-    if missing:
-        raise DataError(path, f"missing column(s) {', '.join(missing)}: is the synthesis stage in the order?",
-                        field=missing[0])
-    if records.empty:
-        raise DataError(path, NOTHING_RELEASED)
+    _check_columns(records, path, ["id", "text", "scenario", "label", "risk_summary"],
+                   ": is the synthesis stage in the order?")
     frame = records.drop(columns=["_line"], errors="ignore").rename(columns=RENAMED)
     _check_rows(frame, path, taxonomy)
     rest = [c for c in PROVENANCE_COLUMNS if c in frame.columns]
