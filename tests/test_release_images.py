@@ -290,3 +290,21 @@ def test_a_bad_row_stops_the_release_naming_file_row_and_field(tmp_path, change,
     assert message in str(error)
     if field == mm.IMAGE and "absent" in str(change[mm.IMAGE]):
         assert "absent.png" in str(error)
+
+
+def test_build_release_writes_validates_and_restores_a_lost_image(tmp_path):
+    from bsa.pipeline.runner import Runner
+    from bsa.project import PROJECT
+    from bsa.release.publish import publish
+
+    config = pair_build(tmp_path)
+    out = release_dir(config)
+    with Runner(config, PROJECT, show_progress=False) as runner:
+        messages, valid = publish(runner)
+        assert valid and "each with its image (7 decoded equal to their files)" in messages[-1]
+        publish(runner)  # the first run knew no image file yet: its outputs now list them
+        assert publish(runner) == ([], True)  # unchanged: both steps skipped
+        lost = next((out / "images").iterdir())
+        lost.unlink()
+        messages, valid = publish(runner)
+    assert valid and f"wrote {out}/" in messages and lost.is_file()
