@@ -7,29 +7,41 @@ Everything in the card comes from the released rows, the build's stats and manif
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from bsa.benchmark import BSA_COLUMNS, SCENARIOS, label_categories
+from bsa.benchmark import SCENARIOS, label_categories
+from bsa.multimodal import fields as mm
 from bsa.pipeline.config import SourceConfig
+from bsa.pipeline.taxonomy import Taxonomy
 from bsa.release.config import Config
 from bsa.release.croissant.config import croissant_config
 from bsa.release.files import (
     DATA_FILES,
-    FIELD_DESCRIPTIONS,
     ReleaseInfo,
     build_endpoints,
+    field_description,
     license_url,
     source_license,
+    table_columns,
 )
+from bsa.release.images import COMBINATION_ORDER, IMAGES_DIR, ImageSet, is_multimodal, shown
 from bsa.release.review import CORRECTED_OUTCOME, HELD_BACK, KEPT, REJECTED, RELEASE_FILE
 from bsa.text.markdown import markdown_table
 
 SPLIT = "test"
 SCENARIO_COLORS = dict(zip(SCENARIOS, ("#d94801", "#2171b5", "#238b45"), strict=True))
+COMBINATION_COLORS = dict(zip(COMBINATION_ORDER, ("#a50f15", "#fb6a4a", "#2171b5", "#6a51a3", "#238b45"),
+                              strict=True))
+NO_CATEGORY = "(no category)"
+PAIRS_INTRO = ("A multimodal benchmark in the style of USB-SafeBench (arXiv 2505.23793): each item pairs an image "
+               "with a text, and its combination says where the risk sits: in the image, in the text, in both, or "
+               "only in the pair (SIST); benign pairs measure over-refusal. A model is scored on whether its answer "
+               "is safe in each combination (Safety Rate) and whether it refuses benign pairs. ")
 
 
 def first_category(label: str) -> str:
@@ -38,16 +50,31 @@ def first_category(label: str) -> str:
     return categories[0] if categories else ""
 
 
-def category_counts(frame: pd.DataFrame, categories: list[str]) -> pd.DataFrame:
-    """Items by category (rows: every category, most items first) and scenario (columns), with totals."""
-    table = pd.crosstab(frame["label"].map(first_category), frame["dataset_name"])
-    rows = list(categories) + [c for c in table.index if c not in categories]
-    table = table.reindex(index=rows, columns=[s for s in SCENARIOS if s in table.columns], fill_value=0)
+def count_table(rows: pd.Series, columns: pd.Series, row_order: list[str], column_order: list[str],
+                name: str) -> pd.DataFrame:
+    """Items by `rows` (every name of `row_order`, most items first) and `columns` (in `column_order`), with
+    totals."""
+    table = pd.crosstab(rows, columns)
+    index = list(row_order) + [c for c in table.index if c not in row_order]
+    table = table.reindex(index=index, columns=[c for c in column_order if c in table.columns], fill_value=0)
     table["Total"] = table.sum(axis=1)
     table = table.sort_values("Total", ascending=False, kind="stable")
     table.loc["Total"] = table.sum()
-    table.index.name = "category"
+    table.index.name = name
     return table
+
+
+def category_counts(frame: pd.DataFrame, categories: list[str]) -> pd.DataFrame:
+    """Items by category (rows: every category, most items first) and scenario (columns), with totals."""
+    return count_table(frame["label"].map(first_category), frame["dataset_name"], categories, list(SCENARIOS),
+                       "category")
+
+
+def area_counts(frame: pd.DataFrame, areas: list[str]) -> pd.DataFrame:
+    """Image + text items by primary category (every one of the taxonomy) and combination, with totals."""
+    primary = frame[mm.CATEGORY_LEVELS[0]] if mm.CATEGORY_LEVELS[0] in frame.columns else pd.Series(index=frame.index)
+    return count_table(primary.map(lambda v: NO_CATEGORY if v is None or v != v or not str(v) else str(v)),
+                       frame[mm.COMBINATION], areas, COMBINATION_ORDER, "primary category")
 
 
 def _pyplot():
@@ -83,8 +110,11 @@ def plot_funnel(funnel: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_categories(counts: pd.DataFrame, path: Path) -> Path:
-    """Items by category, stacked by scenario (`counts` as `category_counts` makes it)."""
+def plot_categories(counts: pd.DataFrame, path: Path, colors: dict[str, str] = SCENARIO_COLORS,
+                    xlabel: str = "items (Cognitive Shortcut: by Query A's category)",
+                    title: str = "Items by category and scenario") -> Path:
+    """Items by category, stacked by scenario (`counts` as `category_counts` makes it; or by another split
+    with its colours, as `area_counts` makes it)."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -92,17 +122,26 @@ def plot_categories(counts: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(counts) + 1.5))
     left = pd.Series(0, index=counts.index)
     for scenario in counts.columns:
-        ax.barh(counts.index, counts[scenario], left=left, color=SCENARIO_COLORS[scenario], label=scenario)
+        ax.barh(counts.index, counts[scenario], left=left, color=colors[scenario], label=scenario)
         left += counts[scenario]
     ax.invert_yaxis()
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("items (Cognitive Shortcut: by Query A's category)")
-    ax.set_title("Items by category and scenario")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_contents(info_frame: pd.DataFrame, taxonomy: Taxonomy, path: Path) -> Path:
+    """categories.png: items by category and scenario, or for image + text items by primary category and
+    combination."""
+    if is_multimodal(info_frame):
+        return plot_categories(area_counts(info_frame, list(taxonomy.categories)), path, COMBINATION_COLORS,
+                               "items", "Items by primary category and combination")
+    return plot_categories(category_counts(info_frame, list(taxonomy.categories)), path)
 
 
 def hf_license(license_id: str) -> str:
@@ -243,21 +282,72 @@ def contents_section(info: ReleaseInfo) -> str:
     ])
 
 
+COMBINATION_MEANINGS = {"RIRT": "risky image, risky text", "RIST": "risky image, safe text",
+                        "SIRT": "safe image, risky text", "SIST": "both harmless alone, the pair harmful",
+                        mm.BENIGN: "harmless pair (over-refusal set)"}
+
+
+def pairs_contents_section(info: ReleaseInfo) -> str:
+    """Contents of an image + text release: items by combination and primary category, then its images."""
+    frame, images = info.records, info.images
+    counts = area_counts(frame, list(info.taxonomy.categories))
+    rows = [[index, *map(int, values)] for index, values in zip(counts.index, counts.to_numpy(), strict=True)]
+    by_combination = frame[mm.COMBINATION].value_counts()
+    combination_rows = [[c, COMBINATION_MEANINGS[c], int(by_combination.get(c, 0))] for c in COMBINATION_ORDER]
+    return "\n\n".join([
+        "## Contents",
+        markdown_table(["combination", "where the risk sits", "items"],
+                       [*combination_rows, ["Total", "", len(frame)]]),
+        "Items by primary category and combination:",
+        markdown_table(["primary category", *counts.columns], rows),
+        "![Items by primary category and combination](categories.png)",
+        *([images_section(frame, images)] if images else []),
+    ])
+
+
+def images_section(frame: pd.DataFrame, images: ImageSet) -> str:
+    """How many images, of which styles, sources and formats, and one image of each combination."""
+    shared = frame[mm.IMAGE].duplicated(keep=False)
+    formats = Counter(images.files.values())
+    style_rows = [[style, n, images.files_by_style[style]] for style, n in images.items_by_style.most_common()]
+    source_rows = [[source, n, images.files_by_source[source]] for source, n in images.items_by_source.most_common()]
+    samples = frame.drop_duplicates(mm.COMBINATION).set_index(mm.COMBINATION)
+    sample_rows = [[c, f"`{samples.loc[c, 'id']}`", shown(samples.loc[c].get(mm.IMAGE_STYLE)),
+                    f"![{c} item {samples.loc[c, 'id']}]({samples.loc[c, mm.IMAGE]})"]
+                   for c in COMBINATION_ORDER if c in samples.index]
+    return "\n\n".join([
+        "### Images",
+        f"{len(images.files)} image files for {len(frame)} items in `{IMAGES_DIR}/`, each named by the sha256 of "
+        f"its bytes (an image used by several items is one file: {int(shared.sum())} items share "
+        f"{frame.loc[shared, mm.IMAGE].nunique()} files); formats: "
+        + ", ".join(f"{mime} {n}" for mime, n in sorted(formats.items())) + ". The `image` column holds the file's "
+        "path relative to the table, `image_sha256` its hash.",
+        markdown_table(["image style", "items", "image files"], style_rows),
+        markdown_table(["image source", "items", "image files"], source_rows),
+        "One item of each combination:",
+        markdown_table(["combination", "id", "style", "image"], sample_rows),
+    ])
+
+
 def files_section(info: ReleaseInfo) -> str:
     rows = [[f"`{name}`", role, f"`{info.files.get(name, '')}`"] for name, role in DATA_FILES.items()]
+    if info.images:
+        rows[0][1] = "The image + text table `bsa eval` reads (id, text, lang and the image fields)."
+        rows.append([f"`{IMAGES_DIR}/`", f"{len(info.images.files)} image files, each named by its sha256.", ""])
     if info.review is not None:
         rows.append(["`review.json`", "Every candidate's human review: decisions, notes, the rule, the outcome.",
                      ""])
     rows.append(["`croissant.json`", "Croissant metadata (with Responsible-AI fields), validated by mlcroissant.", ""])
-    fields = [[f"`{column}`", FIELD_DESCRIPTIONS.get(column, "provenance column of the build"),
-               "CSV, JSONL, Parquet" if column in BSA_COLUMNS else "JSONL, Parquet"]
+    in_csv = table_columns(info.records)
+    fields = [[f"`{column}`", field_description(column, bool(info.images)) or "provenance column of the build",
+               "CSV, JSONL, Parquet" if column in in_csv else "JSONL, Parquet"]
               for column in info.records.columns]
     return "\n\n".join(["## Files", markdown_table(["file", "what", "sha256"], rows),
                         "Columns:", markdown_table(["column", "meaning", "in"], fields)])
 
 
 def responsible_ai_section(info: ReleaseInfo) -> str:
-    rai = croissant_config(info.config).rai
+    rai = croissant_config(info.config).rai.for_release(bool(info.images))
     parts = [("Intended use", rai.data_use_cases), ("Known biases", rai.data_biases),
              ("Limitations", rai.data_limitations), ("Sensitive content", rai.personal_sensitive_information),
              ("Social impact", rai.data_social_impact)]
@@ -265,7 +355,16 @@ def responsible_ai_section(info: ReleaseInfo) -> str:
                         *(f"**{title}.** {text}" for title, text in parts if text)])
 
 
-def loading_section() -> str:
+def loading_section(images: bool = False) -> str:
+    if images:
+        return "\n\n".join(["## Loading", "\n".join([
+            "```python",
+            'import pandas as pd\nfrom PIL import Image\nitems = pd.read_csv("benchmark.csv", keep_default_na=False)',
+            'image = Image.open(items["image"][0])  # paths relative to this folder',
+            'import mlcroissant as mlc  # `benchmark/image_content`: the image, decoded (PIL)',
+            'items = list(mlc.Dataset("croissant.json").records("benchmark"))',
+            "```"]), "Evaluating a vision model on it: `bsa eval --dataset benchmark.csv ...` (see the project's "
+                     "docs/multimodal.md)."])
     return "\n\n".join(["## Loading", "\n".join([
         "```python",
         'import pandas as pd\nitems = pd.read_csv("benchmark.csv", keep_default_na=False)',
@@ -278,16 +377,18 @@ def render_card(info: ReleaseInfo) -> str:
     """The dataset card: YAML header, then what it is, contents, files, funnel, models, sources, caveats."""
     config = info.config
     header = yaml.safe_dump(front_matter(info), sort_keys=False, allow_unicode=True)
-    intro = (f"{config.description}\n\n" if config.description else "") + (
+    what = PAIRS_INTRO if info.images else (
         "A benchmark in the format of Beyond Safe Answers (BSA, arXiv 2505.19690): each item is a query with the "
         "risk it hides (`risk_summary`) and that risk's label, in one of three scenarios. A reasoning model is "
-        "scored on whether its reasoning recognises the risk, not only on whether its final answer is safe. "
+        "scored on whether its reasoning recognises the risk, not only on whether its final answer is safe. ")
+    intro = (f"{config.description}\n\n" if config.description else "") + what + (
         f"Version {config.version}, built on {info.date} by `bsa build --config {config.config_path}`.")
     versions = info.manifest.get("versions", {})
     built_with = ", ".join(f"{name} {version}" for name, version in versions.items())
-    sections = [f"---\n{header}---", f"# {config.name}", intro, contents_section(info), files_section(info),
+    contents = pairs_contents_section(info) if info.images else contents_section(info)
+    sections = [f"---\n{header}---", f"# {config.name}", intro, contents, files_section(info),
                 funnel_section(info), review_section(info), models_section(info), sources_section(info), responsible_ai_section(info),
-                loading_section()]
+                loading_section(bool(info.images))]
     if info.section.citation:
         sections.append(f"## Citation\n\n```\n{info.section.citation.strip()}\n```")
     if built_with:

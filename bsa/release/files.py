@@ -11,6 +11,9 @@ Files written:
 The input must hold the synthesis stage's columns (`id, text, scenario, label, risk_summary`, see
 FIELD_DESCRIPTIONS): a row that breaks BSA's format stops the release with its row number and field,
 so nothing is released wrong and nothing is dropped silently.
+
+Image + text items (rows with an `image` column, bsa.release.images) are released as `bsa eval` reads them:
+benchmark.csv holds `id, text, lang` and the multimodal fields, the images lie in `images/<sha256>.<ext>`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from bsa.benchmark import BSA_COLUMNS, PAIRED_SCENARIO, SCENARIOS, query_letters, risk_labels, split_label
+from bsa.multimodal import fields as mm
 from bsa.pipeline.config import BuildConfig, SourceConfig
 from bsa.pipeline.errors import DataError
 from bsa.pipeline.io import file_sha256, load_table, write_json, write_table, write_text
@@ -32,6 +36,16 @@ from bsa.pipeline.layout import INGEST, manifest_path, stage_paths
 from bsa.pipeline.stats import funnel_table, read_stats
 from bsa.pipeline.taxonomy import Taxonomy
 from bsa.release.config import Config, release_config
+from bsa.release.images import FIELD_DESCRIPTIONS as IMAGE_FIELDS
+from bsa.release.images import (
+    TABLE_COLUMNS,
+    ImageSet,
+    check_pair,
+    is_multimodal,
+    release_order,
+    remove_images,
+    write_images,
+)
 
 if TYPE_CHECKING:
     from bsa.release.review import ReviewSummary
@@ -71,6 +85,14 @@ FIELD_DESCRIPTIONS = {
               "and note, and the risk summary before a correction (only when a review is on file).",
 }
 PROVENANCE_COLUMNS = [name for name in FIELD_DESCRIPTIONS if name not in BSA_COLUMNS]
+NOTHING_RELEASED = ("no items survived the build: nothing to release (the stats files and the funnel of "
+                    "`bsa build` say which stage dropped them, and why)")
+
+
+def field_description(column: str, images: bool) -> str | None:
+    """What a released column means (text releases' columns here; with `images`, those of image + text items
+    in bsa.release.images too)."""
+    return FIELD_DESCRIPTIONS.get(column) or (IMAGE_FIELDS.get(column) if images else None)
 
 
 @dataclass
@@ -86,6 +108,7 @@ class ReleaseInfo:
     files: dict[str, str] = field(default_factory=dict)  # released file name -> sha256
     items_by_source: dict[str, int] = field(default_factory=dict)  # configured source -> items drawing on it
     review: ReviewSummary | None = None  # the human review applied (None: no review on file)
+    images: ImageSet | None = None  # the image files of image + text items (None: a text-only release)
 
     @property
     def date(self) -> str:
@@ -142,11 +165,22 @@ def label_problem(label: object, scenario: str, taxonomy: Taxonomy) -> str | Non
     return None
 
 
+def _check_id(value: object, path: Path, row: int) -> None:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise DataError(path, f"id {value!r} is not 32 hexadecimal digits", row, "id")
+
+
+def _check_unique(frame: pd.DataFrame, path: Path) -> None:
+    repeated = frame["id"].duplicated()
+    if repeated.any():
+        row = int(repeated.to_numpy().nonzero()[0][0]) + 1
+        raise DataError(path, f"id {frame['id'].iloc[row - 1]} appears twice", row, "id")
+
+
 def _check_rows(frame: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> None:
     """Raise on the first row that breaks BSA's format (row numbers are 1-based)."""
     for row, item in enumerate(frame.itertuples(index=False), start=1):
-        if not isinstance(item.id, str) or not re.fullmatch(r"[0-9a-f]{32}", item.id):
-            raise DataError(path, f"id {item.id!r} is not 32 hexadecimal digits", row, "id")
+        _check_id(item.id, path, row)
         if item.dataset_name not in SCENARIOS:
             raise DataError(path, f"scenario {item.dataset_name!r} is not one of {', '.join(SCENARIOS)}",
                             row, "scenario")
@@ -157,10 +191,29 @@ def _check_rows(frame: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> None:
         problem = label_problem(item.label, item.dataset_name, taxonomy)
         if problem:
             raise DataError(path, f"{problem} (got {item.label!r})", row, "label")
-    repeated = frame["id"].duplicated()
-    if repeated.any():
-        row = int(repeated.to_numpy().nonzero()[0][0]) + 1
-        raise DataError(path, f"id {frame['id'].iloc[row - 1]} appears twice", row, "id")
+    _check_unique(frame, path)
+
+
+def _check_columns(records: pd.DataFrame, path: Path, needed: list[str], hint: str) -> None:
+    """Raise when a needed column is missing (`hint` says why it is needed), or when there are no rows."""
+    missing = [column for column in needed if column not in records.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}{hint}", field=missing[0])
+    if records.empty:
+        raise DataError(path, NOTHING_RELEASED)
+
+
+def to_multimodal_frame(records: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> pd.DataFrame:
+    """Image + text rows to release, checked as `bsa eval` reads them (bsa.release.images), in the stages' order:
+    the table's columns first, then provenance."""
+    _check_columns(records, path, ["id", "text", "lang", mm.IMG_RISK, mm.TEXT_RISK, mm.COMBINATION],
+                   " (image + text items need them)")
+    frame = records.drop(columns=["_line"], errors="ignore").reset_index(drop=True)
+    for row, item in enumerate(frame.to_dict("records"), start=1):
+        _check_id(item["id"], path, row)
+        check_pair(item, path, row, taxonomy)
+    _check_unique(frame, path)
+    return release_order(frame)
 
 
 def to_release_frame(records: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> pd.DataFrame:
@@ -168,14 +221,10 @@ def to_release_frame(records: pd.DataFrame, path: Path, taxonomy: Taxonomy) -> p
 
     Rows are grouped by scenario in BSA's order (stable: the stages' order holds within a scenario).
     """
-    needed = ["id", "text", "scenario", "label", "risk_summary"]
-    missing = [column for column in needed if column not in records.columns]
-    if missing:
-        raise DataError(path, f"missing column(s) {', '.join(missing)}: is the synthesis stage in the order?",
-                        field=missing[0])
-    if records.empty:
-        raise DataError(path, "no items survived the build: nothing to release (the stats files and the "
-                              "funnel of `bsa build` say which stage dropped them, and why)")
+    if is_multimodal(records):
+        return to_multimodal_frame(records, path, taxonomy)
+    _check_columns(records, path, ["id", "text", "scenario", "label", "risk_summary"],
+                   ": is the synthesis stage in the order?")
     frame = records.drop(columns=["_line"], errors="ignore").rename(columns=RENAMED)
     _check_rows(frame, path, taxonomy)
     rest = [c for c in PROVENANCE_COLUMNS if c in frame.columns]
@@ -223,9 +272,15 @@ def read_manifest(config: BuildConfig) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+def table_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns of benchmark.csv: BSA's, or for image + text items those `bsa eval` reads."""
+    return [c for c in TABLE_COLUMNS if c in frame.columns] if is_multimodal(frame) else BSA_COLUMNS
+
+
 def write_data(frame: pd.DataFrame, out: Path) -> dict[str, str]:
-    """benchmark.csv (BSA's columns), .jsonl and .parquet (all columns): {file name: sha256}."""
-    write_table(frame[BSA_COLUMNS], out / "benchmark.csv")
+    """benchmark.csv (BSA's columns, or the image + text table), .jsonl and .parquet (all columns): {file name:
+    sha256}."""
+    write_table(frame[table_columns(frame)], out / "benchmark.csv")
     write_table(frame, out / "benchmark.jsonl")
     write_table(frame, out / "benchmark.parquet")
     return {name: file_sha256(out / name) for name in DATA_FILES}
@@ -242,30 +297,32 @@ def release_candidates(config: BuildConfig, taxonomy: Taxonomy | None = None) ->
 
 def write_release(config: BuildConfig) -> list[Path]:
     """Write build/release/ from the last stage's output; the paths written."""
-    from bsa.release.card import (  # matplotlib: late
-        category_counts,
-        plot_categories,
-        plot_funnel,
-        render_card,
-    )
+    from bsa.release.card import plot_contents, plot_funnel, render_card  # matplotlib: late
     from bsa.release.review import RELEASE_FILE, apply_review
 
     taxonomy = Taxonomy.load(config.taxonomy)
-    frame, review = apply_review(config, release_candidates(config, taxonomy))
+    candidates = release_candidates(config, taxonomy)
+    frame, review = apply_review(config, candidates)
     out = release_dir(config)
     out.mkdir(parents=True, exist_ok=True)
     (out / CROISSANT_FILE).unlink(missing_ok=True)  # it would describe the previous files
+    images = None
+    if is_multimodal(frame):  # rows are numbered as in the last stage's output, which holds them in this order
+        rows = {item: row for row, item in enumerate(candidates["id"], start=1)}
+        frame, images = write_images(frame, last_output(config), rows, out)
+    else:
+        remove_images(out)
     info = ReleaseInfo(config=config, section=release_config(config), taxonomy=taxonomy, records=frame,
                        funnel=read_funnel(config), manifest=read_manifest(config), files=write_data(frame, out),
-                       items_by_source=items_by_source(frame, config), review=review)
+                       items_by_source=items_by_source(frame, config), review=review, images=images)
     written = [out / name for name in DATA_FILES]
+    written += [out / name for name in images.files] if images else []
     if review is None:
         (out / RELEASE_FILE).unlink(missing_ok=True)  # the decisions of a review no longer on file
     else:
         written.append(write_json(review.to_json(), out / RELEASE_FILE))
     written.append(write_text(funnel_table(info.funnel) + "\n", out / "funnel.txt"))
     written.append(plot_funnel(info.funnel, out / "funnel.png"))
-    counts = category_counts(frame, list(taxonomy.categories))
-    written.append(plot_categories(counts, out / "categories.png"))
+    written.append(plot_contents(frame, taxonomy, out / "categories.png"))
     written.append(write_text(render_card(info), out / "README.md"))
     return written

@@ -11,6 +11,7 @@ from bsa.pipeline.layout import INGEST, stage_paths
 from bsa.pipeline.llm.cache_key import endpoint_result_settings
 from bsa.pipeline.runner import Runner
 from bsa.release.files import CROISSANT_FILE, DATA_FILES, last_output, release_dir, write_release
+from bsa.release.images import IMAGES_DIR
 from bsa.release.review import RELEASE_FILE, reviews_path
 
 RELEASE_FILES = [*DATA_FILES, "funnel.txt", "funnel.png", "categories.png", "README.md"]
@@ -41,6 +42,7 @@ def publish(runner: Runner) -> tuple[list[str], bool]:
     messages: list[str] = []
     parts = made_from(runner)
     outputs = [*RELEASE_FILES, *([RELEASE_FILE] if reviews_path(config).exists() else [])]
+    outputs += sorted(p.relative_to(out).as_posix() for p in (out / IMAGES_DIR).glob("*"))  # a lost image reruns
     if runner.run_task("release", ["bsa.release.files"], parts, [out / name for name in outputs],
                        lambda: write_release(config)):
         messages.append(f"wrote {out}/")

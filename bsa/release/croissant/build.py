@@ -18,6 +18,7 @@ import mlcroissant as mlc
 import pandas as pd
 
 from bsa.benchmark import BSA_COLUMNS, SCENARIOS
+from bsa.multimodal import fields as mm
 from bsa.pipeline.config import BuildConfig
 from bsa.pipeline.errors import DataError
 from bsa.pipeline.io import file_sha256, read_table
@@ -26,8 +27,8 @@ from bsa.release.config import Creator, release_config
 from bsa.release.croissant.config import ResponsibleAI, croissant_config
 from bsa.release.files import (
     DATA_FILES,
-    FIELD_DESCRIPTIONS,
     build_endpoints,
+    field_description,
     license_url,
     read_funnel,
     read_manifest,
@@ -35,11 +36,16 @@ from bsa.release.files import (
     release_dir,
     source_license,
 )
+from bsa.release.images import COMBINATION_ORDER, IMAGES_DIR, is_multimodal, mime_type
 
 CONFORMS_TO = ["http://mlcommons.org/croissant/1.1", "http://mlcommons.org/croissant/RAI/1.0"]
 RECORD_SET = "benchmark"
 ENCODINGS = {".csv": "text/csv", ".jsonl": "application/jsonlines", ".parquet": "application/x-parquet"}
 RECORDS_FILE = "benchmark.parquet"
+IMAGE_FILE_SET = "image-files"  # the FileSet of the release's images
+IMAGE_RECORD_SET = "images"  # the RecordSet reading them (its id differs from the FileSet's)
+IMAGE_CONTENT = "image_content"  # the benchmark's field holding the image itself
+MLCROISSANT_IMAGES = ("image/png", "image/jpeg")  # the image formats mlcroissant 1.1 decodes
 
 
 @dataclass
@@ -79,14 +85,45 @@ def file_object(ctx: mlc.Context, path: Path, content_url: str, description: str
                           content_url=content_url, encoding_formats=[encoding], sha256=file_sha256(path))
 
 
-def record_set(ctx: mlc.Context, file_id: str, columns: pd.DataFrame, description: str) -> mlc.RecordSet:
-    """One RecordSet reading every column of `columns` from the FileObject `file_id`, keyed by `id`."""
+def record_set(ctx: mlc.Context, file_id: str, columns: pd.DataFrame, description: str,
+               images: bool = False) -> mlc.RecordSet:
+    """One RecordSet reading every column of `columns` from the FileObject `file_id`, keyed by `id`. With
+    `images`, the fields.IMAGE path references the IMAGE_RECORD_SET's path, and IMAGE_CONTENT is the image."""
+    reference = mlc.Source(ctx=ctx, field=f"{IMAGE_RECORD_SET}/path") if images else None
     fields = [mlc.Field(ctx=ctx, id=f"{RECORD_SET}/{name}", name=name, data_types=[data_type(columns[name])],
-                        description=FIELD_DESCRIPTIONS.get(name, f"Column '{name}' of the file."),
-                        source=mlc.Source(ctx=ctx, file_object=file_id, extract=mlc.Extract(ctx=ctx, column=name)))
+                        description=field_description(name, images) or f"Column '{name}' of the file.",
+                        source=mlc.Source(ctx=ctx, file_object=file_id, extract=mlc.Extract(ctx=ctx, column=name)),
+                        references=reference if name == mm.IMAGE else None)
               for name in columns.columns]
+    if images:
+        fields.append(mlc.Field(ctx=ctx, id=f"{RECORD_SET}/{IMAGE_CONTENT}", name=IMAGE_CONTENT,
+                                data_types=[mlc.DataType.IMAGE_OBJECT], description=field_description(IMAGE_CONTENT, True),
+                                source=mlc.Source(ctx=ctx, field=f"{IMAGE_RECORD_SET}/content")))
     return mlc.RecordSet(ctx=ctx, id=RECORD_SET, name=RECORD_SET, description=description, fields=fields,
                          key=[f"{RECORD_SET}/id"])
+
+
+def image_nodes(ctx: mlc.Context, frame: pd.DataFrame) -> tuple[mlc.FileSet, mlc.RecordSet]:
+    """The FileSet of the release's images (`images/*`, by MIME type) and the RecordSet reading each file's
+    path (relative to the metadata) and content, which the benchmark's `image` path joins on."""
+    mimes = {mime_type(str(path)) for path in frame[mm.IMAGE]}
+    formats = sorted(mimes, key=lambda m: (m not in MLCROISSANT_IMAGES, m))  # mlcroissant reads by the first
+    file_set = mlc.FileSet(ctx=ctx, id=IMAGE_FILE_SET, name=IMAGE_FILE_SET, includes=[f"{IMAGES_DIR}/*"],
+                           encoding_formats=formats,
+                           description="The items' images, one file per distinct image, named by its sha256.")
+
+    def from_files(name: str, file_property: str, kind: Any, description: str) -> mlc.Field:
+        return mlc.Field(ctx=ctx, id=f"{IMAGE_RECORD_SET}/{name}", name=name, data_types=[kind],
+                         description=description,
+                         source=mlc.Source(ctx=ctx, file_set=IMAGE_FILE_SET,
+                                           extract=mlc.Extract(ctx=ctx, file_property=file_property)))
+
+    fields = [from_files("path", "fullpath", mlc.DataType.TEXT, "The file's path relative to the metadata, as "
+                         "the benchmark's `image` column gives it."),
+              from_files("content", "content", mlc.DataType.IMAGE_OBJECT, "The image.")]
+    records = mlc.RecordSet(ctx=ctx, id=IMAGE_RECORD_SET, name=IMAGE_RECORD_SET, fields=fields,
+                            key=[f"{IMAGE_RECORD_SET}/path"], description="The image files, by path.")
+    return file_set, records
 
 
 def _creator(ctx: mlc.Context, creator: Creator) -> mlc.Person | mlc.Organization:
@@ -94,8 +131,8 @@ def _creator(ctx: mlc.Context, creator: Creator) -> mlc.Person | mlc.Organizatio
     return kind(ctx=ctx, name=creator.name, url=creator.url, email=creator.email)
 
 
-def metadata_jsonld(info: DatasetInfo, ctx: mlc.Context, files: list[mlc.FileObject],
-                    records: mlc.RecordSet) -> dict[str, Any]:
+def metadata_jsonld(info: DatasetInfo, ctx: mlc.Context, files: list[mlc.FileObject | mlc.FileSet],
+                    records: list[mlc.RecordSet]) -> dict[str, Any]:
     """The JSON-LD of a dataset (mlcroissant raises ValidationError on anything it rejects)."""
     licence = license_url(info.license) if info.license else None
     metadata = mlc.Metadata(
@@ -103,13 +140,15 @@ def metadata_jsonld(info: DatasetInfo, ctx: mlc.Context, files: list[mlc.FileObj
         license=[licence or info.license] if info.license else None, cite_as=info.citation, version=info.version,
         url=info.url, date_published=info.date_published, keywords=info.keywords or None,
         in_language=info.languages or None, creators=[_creator(ctx, c) for c in info.creators],
-        distribution=files, record_sets=[records], **info.rai)
+        distribution=files, record_sets=records, **info.rai)
     return metadata.to_json()
 
 
 def scenario_counts(frame: pd.DataFrame) -> str:
-    counts = frame["dataset_name"].value_counts()
-    return ", ".join(f"{s} {int(counts[s])}" for s in SCENARIOS if s in counts)
+    """Items by scenario (for image + text items: by combination), in their order."""
+    column, order = (mm.COMBINATION, COMBINATION_ORDER) if is_multimodal(frame) else ("dataset_name", SCENARIOS)
+    counts = frame[column].value_counts()
+    return ", ".join(f"{s} {int(counts[s])}" for s in order if s in counts)
 
 
 # -- the release ---------------------------------------------------------------------------------------
@@ -126,7 +165,7 @@ def stage_lines(funnel: list[dict[str, Any]], manifest: dict[str, Any]) -> list[
 
 
 def release_rai(config: BuildConfig, rai: ResponsibleAI, manifest: dict[str, Any],
-                funnel: list[dict[str, Any]]) -> dict[str, Any]:
+                funnel: list[dict[str, Any]], images: bool = False) -> dict[str, Any]:
     """The Responsible-AI fields: what the build knows (sources, funnel, models, prompts) plus the config's text."""
     section = release_config(config)
     sources = "; ".join(f"{s.name} ({s.path}, licence: {source_license(s, section) or 'not stated'})"
@@ -135,9 +174,13 @@ def release_rai(config: BuildConfig, rai: ResponsibleAI, manifest: dict[str, Any
     models = sorted({e.get("model", "") for e in build_endpoints(config, manifest).values()} - {""})
     taxonomy = Taxonomy.load(config.taxonomy)
     prompts = ", ".join(f"{key} (sha256 {digest[:12]})" for key, digest in sorted(manifest.get("prompts", {}).items()))
-    annotation = [f"Labels are 'Category-Subcategory' of the taxonomy '{taxonomy.name}' ({len(taxonomy.categories)} "
-                  f"categories, {len(taxonomy.labels)} subcategories). Models of the build's endpoints: "
-                  f"{', '.join(models)}" + (f"; prompt templates: {prompts}." if prompts else ".")]
+    labels = (f"Each image + text pair records whether its image and its text carry risk (img_risk, text_risk), "
+              f"their combination, and its categories on the levels of the taxonomy '{taxonomy.name}' ("
+              + ", ".join(f"{n} {level}" for level, n in zip(taxonomy.levels, taxonomy.counts, strict=True)) + ")."
+              if images else f"Labels are 'Category-Subcategory' of the taxonomy '{taxonomy.name}' "
+              f"({len(taxonomy.categories)} categories, {len(taxonomy.labels)} subcategories).")
+    annotation = [f"{labels} Models of the build's endpoints: {', '.join(models)}"
+                  + (f"; prompt templates: {prompts}." if prompts else ".")]
     fields = {
         "data_collection": " ".join(filter(None, [collection, rai.data_collection])),
         "data_collection_type": rai.data_collection_type or None,
@@ -175,12 +218,22 @@ def release_jsonld(config: BuildConfig, output: Path) -> dict[str, Any]:
         citation=section.citation, url=section.url, date_published=release_date(section, manifest),
         creators=section.creators, keywords=section.keywords,
         languages=sorted(frame["lang"].dropna().astype(str).unique()) if "lang" in frame.columns else [],
-        rai=release_rai(config, croissant_config(config).rai, manifest, funnel))
+        rai=release_rai(config, croissant_config(config).rai.for_release(is_multimodal(frame)), manifest, funnel,
+                        is_multimodal(frame)))
     ctx = mlc.Context(conforms_to=CONFORMS_TO[0])
-    files = [file_object(ctx, out / name, relative_url(out / name, output), description)
-             for name, description in DATA_FILES.items()]
-    records = record_set(ctx, RECORDS_FILE, frame, "The benchmark's items: BSA's columns, then provenance.")
-    return metadata_jsonld(info, ctx, files, records)
+    files: list[mlc.FileObject | mlc.FileSet] = [
+        file_object(ctx, out / name, relative_url(out / name, output), description)
+        for name, description in DATA_FILES.items()]
+    if not is_multimodal(frame):
+        records = record_set(ctx, RECORDS_FILE, frame, "The benchmark's items: BSA's columns, then provenance.")
+        return metadata_jsonld(info, ctx, files, [records])
+    if output.resolve().parent != out.resolve():
+        raise DataError(output, f"the metadata of a release with images must lie in {out} (its FileSet "
+                                f"'{IMAGE_FILE_SET}' reads `{IMAGES_DIR}/*` beside it)")
+    file_set, images = image_nodes(ctx, frame)
+    records = record_set(ctx, RECORDS_FILE, frame, "The benchmark's image + text items: the table `bsa eval` "
+                         "reads, then provenance; `image_content` is the image.", images=True)
+    return metadata_jsonld(info, ctx, [*files, file_set], [records, images])
 
 
 # -- any BSA-format CSV -----------------------------------------------------------------------------------
@@ -246,4 +299,4 @@ def csv_jsonld(csv_path: Path, output: Path, config: BuildConfig, overrides: dic
     ctx = mlc.Context(conforms_to=CONFORMS_TO[0])
     files = [file_object(ctx, csv_path, relative_url(csv_path, output), "The benchmark's items, one a row.")]
     records = record_set(ctx, csv_path.name, frame, "The benchmark's items.")
-    return metadata_jsonld(info, ctx, files, records)
+    return metadata_jsonld(info, ctx, files, [records])

@@ -32,6 +32,17 @@ class ResponsibleAI(Section):
     data_social_impact: str | None = None
     data_release_maintenance_plan: str | None = None
 
+    def for_release(self, images: bool) -> ResponsibleAI:
+        """The texts for a release: of image + text items, the intended use says so unless the config set it."""
+        if not images or "data_use_cases" in self.model_fields_set:
+            return self
+        return self.model_copy(update={"data_use_cases": PAIRS_USE_CASES})
+
+
+PAIRS_USE_CASES = ("Evaluating whether multimodal models stay safe when the risk sits in the image, in the text, or "
+                   "only in their combination (Safety Rate per combination, USB-SafeBench's protocol, `bsa eval`), "
+                   "and whether they refuse benign pairs. Not for training models to produce harmful content.")
+
 
 class Config(Section):
     """The `croissant:` section."""
