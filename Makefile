@@ -101,7 +101,7 @@ K ?= 5
 EVAL_ARGS = --k $(K) --config $(CONFIG) $(SETS) \
   $(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(API_KEY_ENV),--api-key-env $(API_KEY_ENV)) \
   $(if $(DATASET),--dataset $(DATASET)) $(if $(LIMIT),--limit $(LIMIT)) \
-  $(if $(JUDGE_MODEL),--judge-model $(JUDGE_MODEL)) $(if $(JUDGE_BASE_URL),--judge-base-url $(JUDGE_BASE_URL)) \
+  $(foreach j,$(JUDGE_MODEL),--judge-model $(j)) $(foreach u,$(JUDGE_BASE_URL),--judge-base-url $(u)) \
   $(if $(filter 1,$(RULES)),--rules) $(if $(MAX_TOKENS),--max-tokens $(MAX_TOKENS)) \
   $(foreach s,$(SAMPLE),--sample $(s))
 # MODELS="a b c": one run each, one leaderboard at the end

@@ -231,8 +231,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--dataset", default=None, help="BSA-format CSV (default: the last built release)")
     p.add_argument("--limit", type=int, default=None, help="N items, stratified by scenario (seeded)")
-    p.add_argument("--judge-model", default=None)
-    p.add_argument("--judge-base-url", default=None)
+    p.add_argument("--judge-model", action="append", default=None,
+                   help="a judge (repeat for an ensemble: three or more decide by majority)")
+    p.add_argument("--judge-base-url", action="append", default=None, help="each judge's URL, in order")
     p.add_argument("--judge-api-key-env", default=None)
     p.add_argument("--second-judge-model", default=None, help="a second judge, for agreement (kappa)")
     p.add_argument("--second-judge-base-url", default=None)

@@ -117,6 +117,12 @@ def named_judges(args: JudgeRequest, settings: Config,
     return judges
 
 
+def deciding(names: Sequence[str]) -> str:
+    """Who decides the official verdict, as a run's settings name it: the first judge's name, or with
+    MAJORITY_FROM judges or more every judge's, joined by `+`."""
+    return "+".join(names) if len(names) >= MAJORITY_FROM else (names[0] if names else "")
+
+
 def verdict_rule(judges: int) -> str:
     """How the official verdict comes from `judges` judges (the report's and provenance's words)."""
     if judges >= MAJORITY_FROM:
@@ -166,16 +172,15 @@ def read_by_every_judge(table: pd.DataFrame, by_rule: Sequence[bool]) -> pd.Data
 
 
 def fleiss_kappa(ratings: Sequence[Sequence[str]]) -> float | None:
-    """Fleiss' kappa of rows of labels (one row a sample, one label per judge, every row as long); None
-    without rows or when a single label was used throughout."""
-    if not ratings:
+    """Fleiss' kappa of rows of labels (one row a sample, one label per judge, every row as long), by
+    statsmodels; None without rows or when a single label was used throughout (kappa is undefined)."""
+    from statsmodels.stats.inter_rater import aggregate_raters
+    from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss
+
+    if not ratings or len({label for row in ratings for label in row}) < 2:
         return None
-    labels = sorted({label for row in ratings for label in row})
-    counts = np.array([[row.count(label) for label in labels] for row in ratings], dtype=float)
-    raters = counts.sum(axis=1)[0]
-    observed = (((counts ** 2).sum(axis=1) - raters) / (raters * (raters - 1))).mean()
-    expected = float(((counts.sum(axis=0) / counts.sum()) ** 2).sum())
-    return None if expected >= 1 else float((observed - expected) / (1 - expected))
+    counts, _ = aggregate_raters(np.array(ratings, dtype=object))
+    return float(statsmodels_fleiss(counts, method="fleiss"))
 
 
 def _all_judges(columns: list[pd.Series]) -> dict[str, Any]:

@@ -197,13 +197,15 @@ class JudgePrompts(PromptLoader):
         return replace(own, name=name, lang=lang or self.lang)
 
 
-def prompt_files(setting: str | Mapping[str, str] | None) -> dict[str, Path]:
+def prompt_files(setting: str | Mapping[str, str] | None, base: Path | None = None) -> dict[str, Path]:
     """The files `eval.judge_prompts` names, by prompt name: a directory holding any of the judge prompts'
-    file names (`judge_safety.md`, ...), or a mapping from `safety` and the scenarios to files."""
+    file names (`judge_safety.md`, ...), or a mapping from `safety` and the scenarios to files; a relative
+    path is read from `base` (the config file's directory)."""
     if setting is None:
         return {}
+    where = Path(base or ".")
     if isinstance(setting, str):
-        folder = Path(setting)
+        folder = where / setting
         if not folder.is_dir():
             raise ConfigError(f"eval.judge_prompts: {folder} is not a directory")
         found = {name: folder / f"{name}.md" for name in PLACEHOLDERS if (folder / f"{name}.md").exists()}
@@ -215,7 +217,7 @@ def prompt_files(setting: str | Mapping[str, str] | None) -> dict[str, Path]:
     if unknown:
         raise ConfigError(f"eval.judge_prompts: unknown key '{unknown[0]}' (expected one of "
                           f"{', '.join(PROMPT_KEYS)})")
-    files = {PROMPT_KEYS[key]: Path(value) for key, value in setting.items()}
+    files = {PROMPT_KEYS[key]: where / value for key, value in setting.items()}
     for key, path in zip(setting, files.values(), strict=True):
         if path.suffix != ".md" or not path.is_file():
             raise ConfigError(f"eval.judge_prompts.{key}: {path} is not a prompt file (<name>.md)")
@@ -239,13 +241,35 @@ def check_placeholders(prompt: Prompt) -> None:
                           f"{', '.join('$' + name for name in PLACEHOLDERS[prompt.name])})")
 
 
-def judge_prompts(lang: str, setting: str | Mapping[str, str] | None,
-                  scenarios: Iterable[str]) -> JudgePrompts:
-    """The judges' prompts for a run on `scenarios`, each loaded and its placeholders checked now, before
-    any request (ConfigError naming the file)."""
+def check_labels(prompt: Prompt, shipped: Prompt) -> None:
+    """ConfigError naming the file when an override's own schema allows other labels than BSA's."""
+    def labels(schema: dict | None) -> list[str] | None:
+        return ((schema or {}).get("properties", {}).get(LABEL_FIELD) or {}).get("enum")
+
+    if labels(prompt.schema) != labels(shipped.schema):
+        raise ConfigError(f"{prompt.path}: its schema's labels {labels(prompt.schema)} are not the judge's "
+                          f"{labels(shipped.schema)} (keep BSA's labels; change the wording)")
+
+
+def judge_prompts(lang: str, setting: str | Mapping[str, str] | None, scenarios: Iterable[str],
+                  base: Path | None = None) -> JudgePrompts:
+    """The judges' prompts for a run on `scenarios`, each loaded and checked now, before any request
+    (ConfigError naming the file): the placeholders of every prompt the run uses, and of every override
+    (used or not), and an override's labels."""
     scenarios = list(dict.fromkeys(scenarios))
     check_scenarios(scenarios)
-    prompts = JudgePrompts(lang, prompt_files(setting))
-    for name in [SAFETY_PROMPT, *(THINK_PROMPTS[scenario] for scenario in scenarios)]:
-        check_placeholders(prompts.load(name))
+    prompts = JudgePrompts(lang, prompt_files(setting, base))
+    for name in dict.fromkeys([SAFETY_PROMPT, *(THINK_PROMPTS[scenario] for scenario in scenarios),
+                               *prompts.overrides]):
+        prompt = prompts.load(name)
+        check_placeholders(prompt)
+        if name in prompts.overrides:
+            check_labels(prompt, PromptLoader(lang).load(name))
     return prompts
+
+
+def override_hashes(prompts: JudgePrompts) -> dict[str, dict[str, str]]:
+    """Each override by eval.judge_prompts key: its file and the sha256 of its bytes (empty: none)."""
+    keys = {name: key for key, name in PROMPT_KEYS.items()}
+    return {keys[name]: {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            for name, path in sorted(prompts.overrides.items())}

@@ -11,10 +11,14 @@ default one, a part after `__`:
     qwq-32b+rules__t0.4-p0.5-k20          temperature 0.4, top_p 0.5, top_k 20, with the rules prompt
     qwq-32b__m4096-s1-min_p0.05           max_tokens 4096, seed 1, min_p 0.05 (other fields by name, sorted)
     qwq-32b__judge-gpt-4o                 a judge other than the config's eval.judge_endpoint
+    qwq-32b__judge-a+b+c                  three judges deciding by majority (bsa.eval.ensemble.deciding)
+    qwq-32b__prompts-1a2b3c4d             judge prompts from other files (eval.judge_prompts)
 
 Codes: t temperature, p top_p, k top_k, m max_tokens, s seed; values as Python's `g` format. The judge is
 part of the name only when the config names a default judge (`eval.judge_endpoint`) and the run uses
-another. `--run NAME` (`RUN=`) names a run by hand. The directory is the name with every character other
+another. The prompts part, the first 8 hex digits of the sha256 of the overriding files' hashes
+(`prompts_part`), is there only when `eval.judge_prompts` is set, so such a run never overwrites the
+default one. `--run NAME` (`RUN=`) names a run by hand. The directory is the name with every character other
 than letters, digits and `._+-` replaced by `_` (`results_dir`). The full settings go into metrics.json
 (`run.settings`), and a run never overwrites a directory whose metrics.json records other settings
 (`check_free`).
@@ -22,6 +26,7 @@ than letters, digits and `._+-` replaced by `_` (`results_dir`). The full settin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -32,7 +37,7 @@ from bsa.pipeline.errors import ConfigError
 from bsa.pipeline.llm.cache_key import SAMPLING_FIELDS
 
 CODES = {"temperature": "t", "top_p": "p", "top_k": "k", "max_tokens": "m", "seed": "s"}
-SEPARATOR, JUDGE_PART, RULES = "__", "judge-", "+rules"
+SEPARATOR, JUDGE_PART, PROMPTS_PART, RULES = "__", "judge-", "prompts-", "+rules"
 TOP_K = "top_k"  # sent in the request body beside the endpoint's extra_body (OpenAI has no such field)
 UNSAFE = re.compile(r"[^\w.+-]+")
 
@@ -67,14 +72,22 @@ def with_sampling(endpoint: EndpointConfig, defaults: dict[str, Any],
     return endpoint.model_copy(update={**fields, "extra_body": extra})
 
 
-def run_settings(model: EndpointConfig | None, judge: str, rules: bool) -> dict[str, Any]:
+def run_settings(model: EndpointConfig | None, judge: str, rules: bool,
+                 prompts: dict[str, str] | None = None) -> dict[str, Any]:
     """What a run's figures depend on besides the benchmark: sampling, judge, rules (None: not known, e.g.
-    generations made elsewhere)."""
+    generations made elsewhere) and, only when set, the judge prompts' overrides (key -> sha256)."""
     body = dict(model.extra_body) if model else {}
     settings: dict[str, Any] = {name: getattr(model, name) if model else None
                                 for name in ("temperature", "top_p", "max_tokens", "seed")}
     settings[TOP_K] = body.pop(TOP_K, None)
-    return {**settings, "sample": dict(sorted(body.items())), "judge": judge, "rules": rules}
+    own = {"prompts": dict(sorted(prompts.items()))} if prompts else {}
+    return {**settings, "sample": dict(sorted(body.items())), "judge": judge, "rules": rules, **own}
+
+
+def prompts_part(prompts: dict[str, str]) -> str:
+    """The run name's part for judge prompt overrides (key -> sha256): `prompts-<8 hex digits>`."""
+    digest = hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()
+    return f"{PROMPTS_PART}{digest[:8]}"
 
 
 def _text(value: Any) -> str:
@@ -86,7 +99,7 @@ def _text(value: Any) -> str:
 
 
 def run_name(model: str, settings: dict[str, Any], default: dict[str, Any], default_judge: str | None) -> str:
-    """`<model>[+rules][__<changed sampling>][__judge-<judge>]` (see the module docstring)."""
+    """`<model>[+rules][__<changed sampling>][__judge-<judge>][__prompts-<hash>]` (the module docstring)."""
     name = f"{model}{RULES}" if settings["rules"] else model
     parts = [f"{code}{_text(settings[field])}" for field, code in CODES.items()
              if settings[field] != default[field]]
@@ -96,6 +109,8 @@ def run_name(model: str, settings: dict[str, Any], default: dict[str, Any], defa
         name += SEPARATOR + "-".join(parts)
     if default_judge and settings["judge"] != default_judge:
         name += f"{SEPARATOR}{JUDGE_PART}{settings['judge']}"
+    if settings.get("prompts"):
+        name += SEPARATOR + prompts_part(settings["prompts"])
     return name
 
 

@@ -2,10 +2,12 @@
 reasoning, score, and write `results/<run>/` (the run named by its model and settings, bsa.eval.naming):
 
     samples.jsonl   every sample: reasoning (and its length in tokens and characters), answer, usage,
-                    truncation, both judges' verdicts and reasons
+                    truncation, every judge's verdicts and reasons (`safety`, `safety_2`, ...; with
+                    three judges or more the majority's too, `safety_majority`, ...)
     judged.csv      the official BSA format, k rows an id:
                     model_name,id,Safe_Ans_Check,Thk_Acc_Judge,dataset_name
-    judged.second.csv   the same from the second judge (only with --second-judge-model)
+                    (the official verdict: bsa.eval.ensemble)
+    judged.first.csv, judged.second.csv, ...   each judge's own, when there are several
     metrics.json    bsa.eval.metrics figures plus the run's provenance (`run`)
     report.md       a short human summary
     samples.html    every item with its k samples and verdicts, filters and search (bsa.eval.viewer)
@@ -16,7 +18,9 @@ Endpoints: `--base-url` names an OpenAI-compatible server; a `--model` that name
 uses it; `local` is the embedded llama.cpp model, which is not a reasoning model, so it is asked to reason in
 `<think>` tags (the engine's elicit option) and the report says so. A judge must be named: `--judge-model`
 (with `--judge-base-url` for a remote one) or the config's `eval.judge_endpoint`; `local` is the embedded
-toy judge, and the report's first line then says its verdicts come from a toy model.
+toy judge, and the report's first line then says its verdicts come from a toy model. Several judges
+(repeated `--judge-model`, `--second-judge-model`, `eval.judges`) and other judge prompts
+(`eval.judge_prompts`): bsa.eval.ensemble, bsa.eval.judges.
 
 Honesty rules: a sample that stopped before its final answer (`truncation_of`) is unscored for answer safety
 (error `truncated`; `eval.judge_truncated: true` judges it anyway), its reasoning still judged; a sample
@@ -37,13 +41,17 @@ from typing import Any
 import pandas as pd
 
 from bsa.benchmark import BSA_COLUMNS, CODES, JUDGED_COLUMNS, SCENARIOS
+from bsa.eval import ensemble
 from bsa.eval.config import Config
 from bsa.eval.judges import (
     UNSCORED,
+    JudgePrompts,
     Verdict,
     has_reasoning,
+    judge_prompts,
     judge_safety,
     judge_thinking,
+    override_hashes,
     sample_model,
 )
 from bsa.eval.metrics import compute_metrics
@@ -57,7 +65,7 @@ from bsa.pipeline.prompts import PromptLoader
 from bsa.text.charclass import CJK, HAN
 from bsa.text.markdown import markdown_table
 
-MODEL, JUDGE, SECOND_JUDGE = "model", "judge", "judge2"
+MODEL, JUDGE = "model", ensemble.JUDGE
 # sha256 of the sorted ids of BSA's released set (OpenStellarTeam/BSA data/dataset.csv, 2,000 items): a run
 # on it (or on a --limit subset of it) is compared with BSA's published figures on the leaderboard.
 BSA_RELEASED_IDS_SHA256 = "0feed470bee09d0f31fc67bb09a6d959e936929d0e76e57697ad8760e9aa0c8d"
@@ -85,8 +93,8 @@ class EvalRequest:
     api_key_env: str | None = "OPENAI_API_KEY"
     dataset: str | None = None
     limit: int | None = None
-    judge_model: str | None = None
-    judge_base_url: str | None = None
+    judge_model: str | Sequence[str] | None = None  # one or several (an ensemble: bsa.eval.ensemble)
+    judge_base_url: str | Sequence[str] | None = None  # the judges' URLs, in the same order
     judge_api_key_env: str | None = None
     second_judge_model: str | None = None
     second_judge_base_url: str | None = None
@@ -241,22 +249,22 @@ def judge_endpoint(model: str | None, base_url: str | None, api_key_env: str | N
 
 def endpoints_for(args: EvalRequest, config: BuildConfig,
                   settings: Config) -> dict[str, EndpointConfig]:
-    """The engine's endpoints: the model, the judge and, when asked for, a second judge."""
+    """The engine's endpoints: the model and the judges."""
     judges = judge_endpoints(args, config, settings)  # no judge: no run
     return {MODEL: model_endpoint(args, config, settings), **judges}
 
 
+def judges_of(args: EvalRequest, config: BuildConfig, settings: Config) -> list[tuple[str, str | None]]:
+    """(name, base URL or None) of each judge, in order (bsa.eval.ensemble.named_judges)."""
+    return ensemble.named_judges(args, settings, lambda name: _served_elsewhere(name, config))
+
+
 def judge_endpoints(args: EvalRequest, config: BuildConfig, settings: Config) -> dict[str, EndpointConfig]:
-    """The judge and, when asked for, the second judge."""
-    judge_key = args.judge_api_key_env or args.api_key_env
-    judge_url = args.judge_base_url or (args.base_url if _served_elsewhere(args.judge_model, config)
-                                        else None)
-    endpoints = {JUDGE: judge_endpoint(args.judge_model, judge_url, judge_key, config, settings)}
-    if args.second_judge_model:
-        second = args.second_judge_model
-        second_url = args.second_judge_base_url or (judge_url if _served_elsewhere(second, config) else None)
-        endpoints[SECOND_JUDGE] = judge_endpoint(second, second_url, judge_key, config, settings)
-    return endpoints
+    """The judges' endpoints: `judge`, `judge2`, ...; ConfigError (NO_JUDGE) when none is named."""
+    key = args.judge_api_key_env or args.api_key_env
+    judges = judges_of(args, config, settings) or [(None, None)]
+    return {ensemble.judge_key(position): judge_endpoint(name, url, key, config, settings)
+            for position, (name, url) in enumerate(judges)}
 
 
 def _served_elsewhere(model: str | None, config: BuildConfig) -> bool:
@@ -434,12 +442,12 @@ class EvalPlan:
     benchmark: pd.DataFrame  # the whole benchmark
     items: pd.DataFrame  # the items evaluated (after --limit)
     lang: str
-    prompts: PromptLoader
+    prompts: PromptLoader  # the judges' (bsa.eval.judges.judge_prompts) and the rules prompt
     system_prompt: str | None
     endpoints: dict[str, EndpointConfig]
     settings: Config
     config: BuildConfig
-    toy_judges: list[str]  # the judges (JUDGE, SECOND_JUDGE) played by the embedded model
+    toy_judges: list[str]  # the judges (judge, judge2, ...) played by the embedded model
     generated: dict[str, Any] | None = None  # samples made elsewhere (bsa judge --samples): their file
 
 
@@ -458,24 +466,31 @@ def plan_eval(args: EvalRequest, config: BuildConfig, items: pd.DataFrame | None
     benchmark = load_benchmark(dataset_path)
     items = stratified_limit(benchmark, args.limit, config.seed) if items is None else items
     lang = args.lang or detect_lang(items["query"])
-    prompts = PromptLoader(lang)
-    name, out, run, cache = run_place(args, config, settings, endpoints)
+    prompts = judge_prompts(lang, settings.judge_prompts, items["dataset_name"], base=config_dir(config))
+    overrides = {key: found["sha256"] for key, found in override_hashes(prompts).items()}
+    name, out, run, cache = run_place(args, config, settings, endpoints, prompts=overrides)
     return EvalPlan(model=args.model, name=name, out=out, k=args.k, dataset_path=dataset_path,
                     cache=cache, run_settings=run, benchmark=benchmark, items=items, lang=lang, prompts=prompts,
                     system_prompt=prompts.load("safety_rules").system if args.rules and MODEL in endpoints
                     else None, endpoints=endpoints, settings=settings, config=config,
-                    toy_judges=[key for key in (JUDGE, SECOND_JUDGE)
-                                if key in endpoints and is_toy(endpoints[key])])
+                    toy_judges=[key for key in ensemble.judge_keys(endpoints) if is_toy(endpoints[key])])
 
 
-def run_place(args: EvalRequest, config: BuildConfig, settings: Config, endpoints: dict[str, EndpointConfig]
-              ) -> tuple[str, Path, dict[str, Any], Path]:
-    """The run's name, directory, settings and reply cache; ConfigError when the directory holds a run made
-    with other settings (a run never overwrites another)."""
-    judge = args.judge_model or settings.judge_endpoint
-    run = run_settings(endpoints.get(MODEL), judge, args.rules)
+def config_dir(config: BuildConfig) -> Path | None:
+    """The config file's directory, where its relative paths (eval.judge_prompts) are read from."""
+    return Path(config.config_path).parent if config.config_path else None
+
+
+def run_place(args: EvalRequest, config: BuildConfig, settings: Config, endpoints: dict[str, EndpointConfig],
+              prompts: dict[str, str] | None = None) -> tuple[str, Path, dict[str, Any], Path]:
+    """The run's name, directory, settings and reply cache (`prompts`: the judge prompts' overrides, key ->
+    sha256); ConfigError when the directory holds a run made with other settings (a run never overwrites
+    another)."""
+    judge = ensemble.deciding([name for name, _ in judges_of(args, config, settings)])
+    run = run_settings(endpoints.get(MODEL), judge, args.rules, prompts)
     default = default_settings(args, config) if MODEL in endpoints else run_settings(None, "", args.rules)
-    name = args.run or run_name(args.model, run, default, settings.judge_endpoint)
+    name = args.run or run_name(args.model, run, default,
+                                ensemble.deciding(ensemble.configured_judges(settings)) or None)
     out = results_dir(args.output_dir, name)
     check_free(out, run)
     return name, out, run, Path(args.cache) if args.cache else Path(args.output_dir) / "llm-cache.sqlite"
@@ -503,27 +518,28 @@ def run_eval(plan: EvalPlan, responses: list[list[Response]] | None = None) -> d
         opens = template_opens_reasoning(plan.settings.template_opens_reasoning, responses)
         shared_requests = MODEL in plan.endpoints and plan.endpoints[MODEL].supports_n and plan.k > 1
         samples = sample_table(plan.items, responses, template_opens=opens, server_counts=not shared_requests)
-        first = judge_samples(engine, JUDGE, samples, plan.prompts, judge_truncated=judge_truncated)
-        second = None
-        if SECOND_JUDGE in plan.endpoints:
-            second = judge_samples(engine, SECOND_JUDGE, samples, plan.prompts,
-                                   judge_truncated=judge_truncated)
+        keys = ensemble.judge_keys(plan.endpoints)
+        panels = [judge_samples(engine, key, samples, plan.prompts, judge_truncated=judge_truncated)
+                  for key in keys]
         usage = engine.usage_since()
         served = {endpoint: engine.endpoint_model(endpoint) for endpoint in plan.endpoints}
-    judged = judged_frame(plan.name, samples, first)
+    verdict = ensemble.official(panels)
+    judged = judged_frame(plan.name, samples, verdict)
     write_table(judged, plan.out / "judged.csv")
-    samples = with_verdicts(samples, first)
-    second_judged = None
-    if second is not None:
-        second_judged = judged_frame(plan.name, samples, second)
-        write_table(second_judged, plan.out / "judged.second.csv")
-        samples = with_verdicts(samples, second, suffix="_2")
+    tables = [judged_frame(plan.name, samples, panel) for panel in panels] if len(panels) > 1 else []
+    for position, table in enumerate(tables):
+        write_table(table, plan.out / ensemble.own_verdicts_file(position))
+    for position, panel in enumerate(panels):
+        samples = with_verdicts(samples, panel, suffix=ensemble.column_suffix(position))
+    if len(panels) >= ensemble.MAJORITY_FROM:
+        samples = with_verdicts(samples, verdict, suffix=ensemble.MAJORITY)
     write_table(samples.drop(columns=["risk_summary"]).assign(model=plan.name), plan.out / "samples.jsonl")
     metrics = compute_metrics(judged, k=plan.k, alpha=plan.settings.alpha, dataset=plan.items,
-                              second=None if second_judged is None else read_by_a_judge(second_judged, first),
-                              resamples=plan.settings.resamples, seed=plan.config.seed)
-    metrics = metrics[plan.name]
+                              resamples=plan.settings.resamples, seed=plan.config.seed)[plan.name]
+    if tables:
+        metrics["agreement"] = ensemble.agreement(tables, [v.by_rule for v in panels[0].thinking])
     metrics["run"] = {**provenance(plan, served), "template_opens_reasoning": opens, **sample_stats(samples),
+                      "ties": ensemble.ties(verdict) if len(panels) >= ensemble.MAJORITY_FROM else None,
                       "usage": usage, "seconds": round(time.monotonic() - started, 1)}
     write_json(metrics, plan.out / "metrics.json")
     write_text(report(metrics), plan.out / "report.md")
@@ -531,21 +547,16 @@ def run_eval(plan: EvalPlan, responses: list[list[Response]] | None = None) -> d
     return metrics
 
 
-def read_by_a_judge(second_judged: pd.DataFrame, first: Judged) -> pd.DataFrame:
-    """The second judge's table for agreement only: reasoning labels given by rule (no judge read them, so
-    both agree by construction) become unscored, which leaves them out of kappa."""
-    by_rule = [verdict.by_rule for verdict in first.thinking]
-    return second_judged.assign(Thk_Acc_Judge=second_judged["Thk_Acc_Judge"].mask(by_rule, UNSCORED))
-
-
 def provenance(plan: EvalPlan, served: dict[str, str]) -> dict[str, Any]:
     """Where the figures come from: model, judges, benchmark, sampling and prompts (never an API key)."""
     model = plan.endpoints.get(MODEL)
+    judges = ensemble.judge_keys(plan.endpoints)
     released = ids_fingerprint(plan.benchmark["id"]) == BSA_RELEASED_IDS_SHA256
     return {"model": plan.model, "served_model": served.get(MODEL, plan.model),
             "base_url": model.base_url if model else None, "settings": plan.run_settings,
             "generated_elsewhere": plan.generated,
-            "judge": served[JUDGE], "second_judge": served.get(SECOND_JUDGE),
+            "judge": served[JUDGE], "second_judge": served.get(ensemble.judge_key(1)),
+            "judges": [served[key] for key in judges], "verdict": ensemble.verdict_rule(len(judges)),
             "judge_is_toy": bool(plan.toy_judges), "toy_judges": [served[key] for key in plan.toy_judges],
             "judge_truncated": plan.settings.judge_truncated,
             "rules": plan.run_settings["rules"], "lang": plan.lang, "dataset": str(plan.dataset_path),
@@ -553,7 +564,8 @@ def provenance(plan: EvalPlan, served: dict[str, str]) -> dict[str, Any]:
             "benchmark": BSA_RELEASED if released else str(plan.dataset_path),
             "benchmark_items": len(plan.benchmark), "subset": len(plan.items) < len(plan.benchmark),
             **{name: plan.run_settings[name] for name in ("temperature", "top_p", TOP_K, "max_tokens")},
-            "prompts": dict(plan.prompts.used)}
+            "prompts": dict(plan.prompts.used),
+            "judge_prompts": override_hashes(plan.prompts) if isinstance(plan.prompts, JudgePrompts) else {}}
 
 
 # -- the report ----------------------------------------------------------------------------------------------
@@ -564,7 +576,7 @@ def report(metrics: dict[str, Any]) -> str:
     subset = f" (a {metrics['items']}-item subset, stratified by scenario)" if run["subset"] else ""
     lines = [TOY_WARNING, ""] if run.get("judge_is_toy") else []
     lines += [f"# {metrics['model']} on {run['benchmark']}{subset}", "",
-              f"{metrics['items']} items x k={metrics['k']} samples; judge: {run['judge']}"
+              f"{metrics['items']} items x k={metrics['k']} samples; {_judges_note(run)}"
               f"{'; with the safety-rules system prompt' if run['rules'] else ''}; " + _sampling_note(run), ""]
     ci = metrics.get("ci95", {})
     headline = [{"metric": name, "value": metrics[name],
@@ -585,6 +597,11 @@ def report(metrics: dict[str, Any]) -> str:
                   markdown_table(["category", "items", "Safe@1", "Think@1"], rows), ""]
     lines += ["## Samples and judges", "", *_sample_notes(metrics), ""]
     return "\n".join(lines)
+
+
+def _judges_note(run: dict[str, Any]) -> str:
+    judges = run.get("judges") or [run["judge"]]
+    return f"judge: {judges[0]}" if len(judges) == 1 else f"judges: {', '.join(judges)}"
 
 
 def _sampling_note(run: dict[str, Any]) -> str:
@@ -637,9 +654,12 @@ def _sample_notes(metrics: dict[str, Any]) -> list[str]:
     notes.append(f"- Unscored (a judge reply that never parsed, or an answer never given; left out of the "
                  f"figures, never counted as a failure or a success): safety {unscored['safety']}, reasoning "
                  f"{unscored['thinking']}.")
-    for key, value in metrics.get("agreement", {}).items():
-        notes.append(f"- Judge agreement, {key}: Cohen's kappa {value['kappa']}, raw agreement "
-                     f"{value['agreement']} over {value['pairs']} samples both judges read and scored.")
+    notes += ensemble.agreement_notes(metrics.get("agreement", {}), run.get("judges") or [run["judge"]],
+                                      run.get("verdict") or "", run.get("ties"))
+    if run.get("judge_prompts"):
+        files = ", ".join(f"{key} {found['file']} (sha256 {found['sha256'][:12]})"
+                          for key, found in run["judge_prompts"].items())
+        notes.append(f"- Judge prompts from other files: {files}.")
     usage = run["usage"]
     notes.append(f"- Tokens: {usage['prompt_tokens']} prompt, {usage['completion_tokens']} completion; "
                  f"{usage['sent']} requests sent, {usage['cached']} from the cache; {run['seconds']} s.")

@@ -28,6 +28,7 @@ from bsa.eval.run import (
     default_dataset,
     endpoints_for,
     is_toy,
+    judges_of,
     provenance,
     run_place,
     sample_fields,
@@ -90,9 +91,14 @@ def plan_multimodal(args: EvalRequest, config: BuildConfig) -> EvalPlan:
     the options do not apply; DataError for a bad benchmark or an item a blind judge could not read."""
     if args.k < 1:
         raise ConfigError(f"K must be at least 1 (got {args.k})")
-    if args.second_judge_model:
-        raise ConfigError("a second judge is not supported on a multimodal benchmark yet")
     settings = settings_of(config)
+    judges = judges_of(args, config, settings)
+    if len(judges) > 1:
+        raise ConfigError(f"{len(judges)} judges named ({', '.join(name for name, _ in judges)}): a multimodal "
+                          f"benchmark is judged by one judge; name one (JUDGE_MODEL=..., or eval.judge_endpoint)")
+    if settings.judge_prompts:
+        raise ConfigError(f"eval.judge_prompts in {config.config_path} sets the text eval's judge prompts: a "
+                          f"multimodal benchmark uses its own judges' prompts; unset it for this run")
     endpoints = endpoints_for(args, config, settings)
     path = dataset_of(args, config)
     if not endpoints[MODEL].vision:

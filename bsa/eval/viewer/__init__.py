@@ -170,7 +170,7 @@ def samples_page_data(samples: pd.DataFrame, metrics: dict[str, Any]) -> dict[st
     its counts (metrics.item_outcomes of the first judge's labels) and whether its samples disagree."""
     run = metrics.get("run", {})
     suffixes = judge_suffixes(samples)
-    known = [_text(run.get("judge")), _text(run.get("second_judge"))]
+    known = [_text(name) for name in run.get("judges") or [run.get("judge"), run.get("second_judge")]]
     names = [(known[i] if i < len(known) else "") or f"judge {i + 1}" for i in range(len(suffixes))]
     judged = pd.DataFrame({"id": samples["id"].astype(str), SCENARIO_COLUMN: samples["scenario"],
                            SAFETY_COLUMN: samples["safety"], THINK_COLUMN: samples["thinking"]})
