@@ -103,8 +103,10 @@ def expected_labels(model: str, query: str, scenario: str) -> list[tuple[str, st
 
 
 def run_eval(server: FakeOpenAI, model: str, out: Path, dataset: Path, *extra: str) -> int:
-    return main(["eval", "--model", model, "--base-url", server.url, "--judge-model", "judge-a",
-                 "--judge-base-url", server.url, "--dataset", str(dataset), "--limit", str(LIMIT),
+    """`bsa eval` on the scripted server, judged by judge-a unless `extra` names the judges."""
+    judge = () if "--judge-model" in extra else ("--judge-model", "judge-a", "--judge-base-url", server.url)
+    return main(["eval", "--model", model, "--base-url", server.url, *judge,
+                 "--dataset", str(dataset), "--limit", str(LIMIT),
                  "--k", str(K), "--output-dir", str(out), "--config", CONFIG, *extra])
 
 
