@@ -19,6 +19,7 @@ from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss
 from bsa.cli import main
 from bsa.eval.ensemble import TIE, fleiss_kappa
 from bsa.eval.judges import UNSCORED
+from bsa.eval.leaderboard import result_row
 from bsa.eval.run import EvalRequest, plan_eval
 from bsa.pipeline.errors import ConfigError
 from bsa.project import load_config
@@ -127,6 +128,7 @@ def test_the_ensemble_is_in_metrics_and_the_report(ensemble_run):
     report = (ensemble_run / "report.md").read_text()
     assert "judges: judge-a, judge-b, judge-c" in report and "Fleiss' kappa" in report
     assert "ties (unscored): safety 2, reasoning 0" in report
+    assert result_row(ensemble_run / "metrics.json")["judge"] == "+".join(JUDGES)  # the leaderboard's
 
 
 def test_fleiss_kappa_equals_statsmodels_on_a_synthetic_table():
@@ -223,3 +225,25 @@ def test_a_multimodal_benchmark_refuses_several_judges(tmp_path):
     with pytest.raises(ConfigError, match="one judge"):
         plan_multimodal(EvalRequest(model="vlm", dataset=request.dataset, judge_model="judge",
                                     second_judge_model="judge"), config)
+
+
+def test_judges_from_the_config_and_the_command_line_in_order(tmp_path):
+    dataset = write_dataset(tmp_path / "bench.csv")
+    path = tmp_path / "judges.yaml"
+    path.write_text(f"extends: {CONFIG}\nendpoints:\n" + "".join(
+        f"  {name}: {{base_url: 'http://127.0.0.1:9/v1', model: {name}-served}}\n" for name in JUDGES) +
+        f"eval:\n  judges: [{', '.join(JUDGES)}]\n", encoding="utf-8")
+    config = load_config(path)
+    request = EvalRequest(model="m", base_url="http://127.0.0.1:8/v1", k=K, dataset=str(dataset),
+                          output_dir=str(tmp_path / "results"))
+    plan = plan_eval(request, config)
+    assert [plan.endpoints[key].model for key in ("judge", "judge2", "judge3")] == [
+        f"{name}-served" for name in JUDGES]
+    assert plan.name == "m" and plan.run_settings["judge"] == "+".join(JUDGES)  # the config's own ensemble
+    cli = plan_eval(EvalRequest(**{**request.__dict__, "judge_model": ["x", "y"], "second_judge_model": "z"}),
+                    config)
+    assert [cli.endpoints[key].model for key in ("judge", "judge2", "judge3")] == ["x", "y", "z"]
+    assert all(cli.endpoints[key].base_url == "http://127.0.0.1:8/v1" for key in ("judge", "judge2", "judge3"))
+    assert cli.name == "m__judge-x+y+z"
+    with pytest.raises(ConfigError, match="eval.judges and eval.judge_endpoint both name judges"):
+        plan_eval(request, load_config(path, ["eval.judge_endpoint=judge-a"]))

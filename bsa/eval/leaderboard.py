@@ -14,6 +14,7 @@ import pandas as pd
 
 from bsa import PROJECT_ROOT
 from bsa.eval.compare import NOT_DIFFERENT, SIGNIFICANCE, marks_against_top
+from bsa.eval.ensemble import deciding
 from bsa.eval.metrics import HEADLINE
 from bsa.eval.run import BSA_RELEASED
 from bsa.eval.viewer import write_leaderboard_page
@@ -35,7 +36,7 @@ def result_row(path: Path) -> dict[str, Any]:
         run = metrics["run"]
         return {"model": metrics["model"], "source": OURS, "benchmark": run["benchmark"],
                 "items": metrics["items"], "k": metrics["k"],
-                "judge": f"{run['judge']}{TOY if run.get('judge_is_toy') else ''}",
+                "judge": f"{deciding(run.get('judges') or [run['judge']])}{TOY if run.get('judge_is_toy') else ''}",
                 **{name: metrics[name] for name in HEADLINE}, "run": path.parent}
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(path, f"not a metrics.json written by `bsa eval` ({err!r})") from err
