@@ -8,9 +8,11 @@ than one judge, in `judged.first.csv`, `judged.second.csv`, ... (the official fo
 
 The official verdict (judged.csv): one judge's; with two, the first's (the second checks it: there is no
 majority of two); with three or more, the majority of the judges that scored the sample (a judge whose reply
-did not parse abstains), and a tie is unscored. Agreement leaves out what not every judge read and scored
-(a reasoning labelled by rule was read by none): Cohen's kappa for two judges, Fleiss' kappa and every
-pair's Cohen's kappa for three or more.
+did not parse abstains), and a tie is unscored (error TIE, counted by `ties`). MAJORITY_FROM (3) is where a
+majority starts, and `official`, `verdict_rule` and `deciding` (who a run's settings and name say decides the
+verdict: the first judge, or every judge joined by `+`) all follow it. Agreement leaves out what not every
+judge read and scored (a reasoning labelled by rule was read by none): Cohen's kappa for two judges, Fleiss'
+kappa (statsmodels) and every pair's Cohen's kappa for three or more.
 """
 
 from __future__ import annotations
