@@ -10,8 +10,9 @@ Prompts: `prompts/<lang>/judge_safety.md`, `judge_risk_omission.md`, `judge_cogn
 `judge_over_sensitivity.md`, each with a `.schema.json` of `{"label": ..., "reason": ...}`: the verdict comes
 first (it cannot be lost to a cut-off, and constrained decoding stays short) in the schema's order and in
 alphabetical order alike, since a request body may be serialised with sorted keys. `eval.judge_prompts` points
-the judges at other files (`judge_prompts`): each is checked for its placeholders before any request, and
-hashed into the run's provenance under its path. Several judges: bsa.eval.ensemble.
+the judges at other files (`judge_prompts`; relative paths from the config file's directory): each is checked
+for its placeholders (and an own schema for BSA's labels) before any request, and hashed into the run's
+provenance (`override_hashes`) and its name (bsa.eval.naming). Several judges: bsa.eval.ensemble.
 """
 
 from __future__ import annotations
