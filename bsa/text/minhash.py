@@ -30,7 +30,7 @@ _POLY = np.uint64(0x100000001B3)  # odd, so invertible modulo 2**64
 _POLY_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
 _KIND_SEPARATOR, _KIND_WORD, _KIND_CJK = 0, 1, 2
 _MASK32 = np.uint64(0xFFFFFFFF)
-_CHUNK_CELLS = 1 << 20  # shingles x permutations computed at once (4 MiB of uint32: stays in cache)
+_CHUNK_CELLS = 1 << 18  # shingles x permutations computed at once (1 MiB of uint32: stays in cache)
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,12 @@ def tokenise(texts: Sequence[str], langs: Sequence[str | None] | None = None) ->
         whole = [unicodedata.normalize("NFKC", texts[i]).casefold().strip() for i in empty]
         hashes = np.insert(hashes, (np.cumsum(lengths) - lengths)[empty], _blake64(whole))
         lengths[empty] = 1
-    tagged = np.fromiter((isinstance(lang, str) and lang.lower().startswith(CJK_LANGS) for lang in langs),
-                         dtype=bool, count=len(texts)) if langs is not None else np.zeros(len(texts), dtype=bool)
+    tagged = np.zeros(len(texts), dtype=bool)
+    if langs is not None:
+        cjk_lang: dict[object, bool] = {}  # few distinct codes: test each once
+        tagged = np.fromiter((cjk_lang[lang] if lang in cjk_lang else cjk_lang.setdefault(
+            lang, isinstance(lang, str) and lang.lower().startswith(CJK_LANGS)) for lang in langs),
+            dtype=bool, count=len(texts))
     return Tokens(hashes, lengths, tagged | ((cjk_tokens > 0) & (cjk_tokens >= CJK_SHARE * lengths)))
 
 
@@ -222,13 +226,21 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def signatures(shingles: Shingles, num_perm: int = 128, seed: int = 1) -> np.ndarray:
-    """(rows, num_perm) uint32 MinHash signatures, min over each row's permuted shingle hashes."""
+    """(rows, num_perm) uint32 MinHash signatures, min over each row's permuted shingle hashes.
+
+    Chunks of rows are permuted into one reused buffer of `_CHUNK_CELLS` cells (a fresh array per chunk
+    costs its page faults, about a third of the time) and reduced per row with `minimum.reduceat`.
+    """
     a, b = permutations(num_perm, seed)
     out = np.empty((num_perm, shingles.rows), dtype=np.uint32)  # permutation-major: contiguous reductions
     mixed = _fmix32(shingles.hashes)
-    for lo, hi in _row_chunks(shingles.offsets, max(1, _CHUNK_CELLS // num_perm)):
+    per_chunk = max(1, _CHUNK_CELLS // num_perm)
+    longest = int(np.diff(shingles.offsets).max(initial=0))
+    buffer = np.empty(num_perm * max(per_chunk, longest), dtype=np.uint32)  # a chunk holds one row at least
+    for lo, hi in _row_chunks(shingles.offsets, per_chunk):
         s0, s1 = shingles.offsets[lo], shingles.offsets[hi]
-        permuted = a[:, None] * mixed[None, s0:s1]
+        permuted = buffer[:num_perm * (s1 - s0)].reshape(num_perm, s1 - s0)
+        np.multiply(a[:, None], mixed[None, s0:s1], out=permuted)
         permuted += b[:, None]
         out[:, lo:hi] = np.minimum.reduceat(permuted, shingles.offsets[lo:hi] - s0, axis=1)
     return np.ascontiguousarray(out.T)
