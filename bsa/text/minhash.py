@@ -270,8 +270,8 @@ def bands_and_rows(threshold: float, num_perm: int, false_positive_weight: float
 def _band_keys(band: np.ndarray) -> np.ndarray:
     """One 64-bit key per (row, band) for a (..., r) block of signatures: its last axis is hashed away."""
     key = np.zeros(band.shape[:-1], dtype=np.uint64)
-    for k in range(band.shape[-1]):
-        key = key * _MIX + band[..., k]
+    for column in np.moveaxis(band, -1, 0).copy():  # one contiguous copy: each column read without a stride
+        key = key * _MIX + column
     return _fmix64(key)
 
 
@@ -307,9 +307,9 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket: int = 6
         parts.append(_pairs_within(members, max_bucket=1))
         distinct[members[:, 1:].ravel()] = False
     index = np.flatnonzero(distinct)
-    keys = keys[index]
+    keys = np.ascontiguousarray(keys[index].T)  # band-major: each band's keys contiguous
     for band in range(bands):
-        parts += [index[_pairs_within(members, max_bucket)] for members in _groups(keys[:, band])]
+        parts += [index[_pairs_within(members, max_bucket)] for members in _groups(keys[band])]
     if not parts:
         return np.zeros((0, 2), dtype=np.int64)
     pairs = np.sort(np.concatenate(parts), axis=1)
