@@ -30,7 +30,7 @@ _POLY = np.uint64(0x100000001B3)  # odd, so invertible modulo 2**64
 _POLY_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
 _KIND_SEPARATOR, _KIND_WORD, _KIND_CJK = 0, 1, 2
 _MASK32 = np.uint64(0xFFFFFFFF)
-_CHUNK_CELLS = 1 << 20  # shingles x permutations computed at once (4 MiB of uint32: stays in cache)
+_CHUNK_CELLS = 1 << 18  # shingles x permutations computed at once (1 MiB of uint32: stays in cache)
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,12 @@ def tokenise(texts: Sequence[str], langs: Sequence[str | None] | None = None) ->
         whole = [unicodedata.normalize("NFKC", texts[i]).casefold().strip() for i in empty]
         hashes = np.insert(hashes, (np.cumsum(lengths) - lengths)[empty], _blake64(whole))
         lengths[empty] = 1
-    tagged = np.fromiter((isinstance(lang, str) and lang.lower().startswith(CJK_LANGS) for lang in langs),
-                         dtype=bool, count=len(texts)) if langs is not None else np.zeros(len(texts), dtype=bool)
+    tagged = np.zeros(len(texts), dtype=bool)
+    if langs is not None:
+        cjk_lang: dict[object, bool] = {}  # few distinct codes: test each once
+        tagged = np.fromiter((cjk_lang[lang] if lang in cjk_lang else cjk_lang.setdefault(
+            lang, isinstance(lang, str) and lang.lower().startswith(CJK_LANGS)) for lang in langs),
+            dtype=bool, count=len(texts))
     return Tokens(hashes, lengths, tagged | ((cjk_tokens > 0) & (cjk_tokens >= CJK_SHARE * lengths)))
 
 
@@ -222,13 +226,21 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def signatures(shingles: Shingles, num_perm: int = 128, seed: int = 1) -> np.ndarray:
-    """(rows, num_perm) uint32 MinHash signatures, min over each row's permuted shingle hashes."""
+    """(rows, num_perm) uint32 MinHash signatures, min over each row's permuted shingle hashes.
+
+    Chunks of rows are permuted into one reused buffer of `_CHUNK_CELLS` cells (a fresh array per chunk
+    costs its page faults, about a third of the time) and reduced per row with `minimum.reduceat`.
+    """
     a, b = permutations(num_perm, seed)
     out = np.empty((num_perm, shingles.rows), dtype=np.uint32)  # permutation-major: contiguous reductions
     mixed = _fmix32(shingles.hashes)
-    for lo, hi in _row_chunks(shingles.offsets, max(1, _CHUNK_CELLS // num_perm)):
+    per_chunk = max(1, _CHUNK_CELLS // num_perm)
+    longest = int(np.diff(shingles.offsets).max(initial=0))
+    buffer = np.empty(num_perm * max(per_chunk, longest), dtype=np.uint32)  # a chunk holds one row at least
+    for lo, hi in _row_chunks(shingles.offsets, per_chunk):
         s0, s1 = shingles.offsets[lo], shingles.offsets[hi]
-        permuted = a[:, None] * mixed[None, s0:s1]
+        permuted = buffer[:num_perm * (s1 - s0)].reshape(num_perm, s1 - s0)
+        np.multiply(a[:, None], mixed[None, s0:s1], out=permuted)
         permuted += b[:, None]
         out[:, lo:hi] = np.minimum.reduceat(permuted, shingles.offsets[lo:hi] - s0, axis=1)
     return np.ascontiguousarray(out.T)
@@ -258,8 +270,8 @@ def bands_and_rows(threshold: float, num_perm: int, false_positive_weight: float
 def _band_keys(band: np.ndarray) -> np.ndarray:
     """One 64-bit key per (row, band) for a (..., r) block of signatures: its last axis is hashed away."""
     key = np.zeros(band.shape[:-1], dtype=np.uint64)
-    for k in range(band.shape[-1]):
-        key = key * _MIX + band[..., k]
+    for column in np.moveaxis(band, -1, 0).copy():  # one contiguous copy: each column read without a stride
+        key = key * _MIX + column
     return _fmix64(key)
 
 
@@ -295,9 +307,9 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket: int = 6
         parts.append(_pairs_within(members, max_bucket=1))
         distinct[members[:, 1:].ravel()] = False
     index = np.flatnonzero(distinct)
-    keys = keys[index]
+    keys = np.ascontiguousarray(keys[index].T)  # band-major: each band's keys contiguous
     for band in range(bands):
-        parts += [index[_pairs_within(members, max_bucket)] for members in _groups(keys[:, band])]
+        parts += [index[_pairs_within(members, max_bucket)] for members in _groups(keys[band])]
     if not parts:
         return np.zeros((0, 2), dtype=np.int64)
     pairs = np.sort(np.concatenate(parts), axis=1)
