@@ -84,8 +84,9 @@ release: .venv/.setup-done
 croissant: .venv/.setup-done
 	$(BSA) croissant --config $(CONFIG) $(SETS)
 
+# RUN=results/<run>: the eval judges of that run; IMPORT=file: the person's filled sheet (or Label Studio export)
 spot-check: .venv/.setup-done
-	$(BSA) spot-check --config $(CONFIG) $(SETS) --n $(or $(N),50)
+	$(BSA) spot-check --config $(CONFIG) $(SETS) --n $(or $(N),50) $(if $(RUN),--run $(RUN)) $(if $(IMPORT),--import $(IMPORT))
 
 # the human double check: every release candidate to the reviewers, then their files back (FILES="a.csv b.csv")
 review-export: .venv/.setup-done

@@ -92,6 +92,17 @@ def cmd_croissant(args: argparse.Namespace) -> int:
 
 
 def cmd_spot_check(args: argparse.Namespace) -> int:
+    if args.run:
+        from bsa.eval import spot_check
+
+        run = Path(args.run)
+        if args.import_file:
+            found = spot_check.import_checked(run, Path(args.import_file))
+            print(spot_check.format_agreement(found))
+            print(f"wrote {run / spot_check.AGREEMENT}; {spot_check.rewrite_report(run)} shows it")
+        else:
+            print(spot_check.export(run, args.n, args.seed, Path(args.output) if args.output else None))
+        return 0
     from bsa import review
 
     config = _load(args)
@@ -295,10 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_croissant)
 
-    p = sub.add_parser("spot-check", help="sample the relevance judge's verdicts for a person to check")
-    p.add_argument("--n", type=int, default=50, help="rows to sample, stratified by category and verdict")
-    p.add_argument("--output", default=None, help="CSV to write (default: build/spot-check.csv)")
-    p.add_argument("--import", dest="import_file", help="a checked CSV: report agreement with the judge")
+    p = sub.add_parser("spot-check", help="sample a judge's verdicts for a person to check: the relevance judge's, "
+                                          "or with --run an eval run's judges'")
+    p.add_argument("--run", help="an eval run directory (results/<run>): check its judges instead")
+    p.add_argument("--n", type=int, default=50, help="rows to sample, stratified by category and verdict "
+                                                     "(with --run: by scenario and the answer and reasoning labels)")
+    p.add_argument("--seed", type=int, default=0, help="the sample's seed (with --run)")
+    p.add_argument("--output", default=None, help="CSV to write (default: build/spot-check.csv; with --run: "
+                                                  "<run>/spot-check.csv)")
+    p.add_argument("--import", dest="import_file", help="a checked CSV (or, with --run, a Label Studio JSON "
+                                                        "export): report agreement with the judge")
     _config_args(p)
     p.set_defaults(func=cmd_spot_check)
 

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from bsa import PROJECT_ROOT
+from bsa.eval import spot_check
 from bsa.eval.compare import NOT_DIFFERENT, SIGNIFICANCE, marks_against_top
 from bsa.eval.ensemble import deciding
 from bsa.eval.metrics import HEADLINE
@@ -27,6 +28,7 @@ OURS, THEIRS = "this project", "BSA (published)"
 TOY = " (toy)"  # after the judge of a run judged by the embedded model: its figures measure nothing
 VS_TOP = "vs #1"  # this project's best run, and the runs `bsa compare` finds not significantly different
 COLUMNS = ["model", "source", "benchmark", "items", "k", "judge", *HEADLINE, VS_TOP]
+HUMAN = list(spot_check.headline(None))  # a person's check of the judges (bsa spot-check --run): shown when any
 
 
 def result_row(path: Path) -> dict[str, Any]:
@@ -37,7 +39,8 @@ def result_row(path: Path) -> dict[str, Any]:
         return {"model": metrics["model"], "source": OURS, "benchmark": run["benchmark"],
                 "items": metrics["items"], "k": metrics["k"],
                 "judge": f"{deciding(run.get('judges') or [run['judge']])}{TOY if run.get('judge_is_toy') else ''}",
-                **{name: metrics[name] for name in HEADLINE}, "run": path.parent}
+                **{name: metrics[name] for name in HEADLINE}, "run": path.parent,
+                **spot_check.headline(spot_check.on_file(path.parent))}
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(path, f"not a metrics.json written by `bsa eval` ({err!r})") from err
 
@@ -69,8 +72,13 @@ def gather(results: Path) -> list[dict[str, Any]]:
     return [{**row, VS_TOP: marks.get(row.get("run"))} for row in rows]
 
 
+def columns_of(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's columns: the person's kappa with the judges only when a run has one on file."""
+    return COLUMNS + HUMAN if any(row.get(name) is not None for row in rows for name in HUMAN) else COLUMNS
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["# Leaderboard", "", markdown_table(COLUMNS, rows), ""]
+    lines = ["# Leaderboard", "", markdown_table(columns_of(rows), rows), ""]
     if sum(row["source"] == OURS for row in rows) > 1:
         lines += [f"'{VS_TOP}': #1 is this project's best run by F-score; '{NOT_DIFFERENT}' marks a run whose "
                   "F-score difference from #1 is not significant (paired sign-flip test over their shared "
@@ -85,6 +93,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     if any(str(row["judge"]).endswith(TOY) for row in rows):
         lines += [f"A judge marked '{TOY.strip()}' is the embedded SmolLM2-135M: its verdicts test the "
                   "pipeline, and those rows are not a measurement of their model.", ""]
+    if columns_of(rows) != COLUMNS:
+        lines += ["'human kappa': Cohen's kappa of the run's official verdicts with a person's labels on a "
+                  "stratified sample (`bsa spot-check --run`; reasoning: its success or not, what Think@1 "
+                  "counts); empty where no check is on file or judged.csv changed since.", ""]
     return "\n".join(lines)
 
 
@@ -120,7 +132,8 @@ def build_leaderboard(results: str | Path, output: str | Path | None = None) -> 
     out = Path(output) if output else results
     out.mkdir(parents=True, exist_ok=True)
     rows = gather(results)
-    return [write_table(pd.DataFrame(rows, columns=COLUMNS), out / "leaderboard.csv"),
+    columns = columns_of(rows)
+    return [write_table(pd.DataFrame(rows, columns=columns), out / "leaderboard.csv"),
             write_text(markdown(rows), out / "leaderboard.md"),
             chart(rows, out / "leaderboard.png"),
-            write_leaderboard_page(rows, COLUMNS, out / "leaderboard.html")]
+            write_leaderboard_page(rows, columns, out / "leaderboard.html")]

@@ -41,7 +41,7 @@ from typing import Any
 import pandas as pd
 
 from bsa.benchmark import BSA_COLUMNS, CODES, JUDGED_COLUMNS, SCENARIOS
-from bsa.eval import ensemble
+from bsa.eval import ensemble, spot_check
 from bsa.eval.config import Config
 from bsa.eval.judges import (
     UNSCORED,
@@ -542,7 +542,7 @@ def run_eval(plan: EvalPlan, responses: list[list[Response]] | None = None) -> d
                       "ties": ensemble.ties(verdict) if len(panels) >= ensemble.MAJORITY_FROM else None,
                       "usage": usage, "seconds": round(time.monotonic() - started, 1)}
     write_json(metrics, plan.out / "metrics.json")
-    write_text(report(metrics), plan.out / "report.md")
+    write_text(report(metrics, spot_check.on_file(plan.out)), plan.out / "report.md")
     write_samples_page(samples, metrics, plan.out)
     return metrics
 
@@ -570,8 +570,9 @@ def provenance(plan: EvalPlan, served: dict[str, str]) -> dict[str, Any]:
 
 # -- the report ----------------------------------------------------------------------------------------------
 
-def report(metrics: dict[str, Any]) -> str:
-    """A short Markdown summary of metrics.json; line 1 is TOY_WARNING when a judge was the toy one."""
+def report(metrics: dict[str, Any], checked: dict[str, Any] | None = None) -> str:
+    """A short Markdown summary of metrics.json; line 1 is TOY_WARNING when a judge was the toy one. `checked`:
+    the run's person check of the judges (spot_check.on_file), shown when there is one."""
     run = metrics["run"]
     subset = f" (a {metrics['items']}-item subset, stratified by scenario)" if run["subset"] else ""
     lines = [TOY_WARNING, ""] if run.get("judge_is_toy") else []
@@ -596,6 +597,7 @@ def report(metrics: dict[str, Any]) -> str:
                   "",
                   markdown_table(["category", "items", "Safe@1", "Think@1"], rows), ""]
     lines += ["## Samples and judges", "", *_sample_notes(metrics), ""]
+    lines += spot_check.report_lines(checked)
     return "\n".join(lines)
 
 

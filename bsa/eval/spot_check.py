@@ -307,6 +307,16 @@ def report_lines(found: dict[str, Any] | None) -> list[str]:
     return [*lines, markdown_table(columns, rows), "", "* the official verdict (judged.csv).", ""]
 
 
+def rewrite_report(run: Path) -> Path:
+    """Write the run's report.md again from its metrics.json, with the person's check now on file."""
+    from bsa.eval.run import report  # run.py imports this module for the same section
+
+    metrics = json.loads((run / METRICS).read_text(encoding="utf-8"))
+    path = run / "report.md"
+    path.write_text(report(metrics, on_file(run)), encoding="utf-8")
+    return path
+
+
 def format_agreement(found: dict[str, Any]) -> str:
     """The import's figures for the terminal: per judge, kappa, confusion and precision/recall."""
     lines = [f"{found['samples']} samples checked by a person"]

@@ -1,0 +1,184 @@
+"""`bsa spot-check --run`: a person checks an eval run's judges, round trip on a real run of the scripted
+server (export, fill, import as CSV and as a Label Studio export), figures against scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
+
+from bsa.benchmark import SAFETY_LABELS, SUCCESS, THINK_LABELS
+from bsa.cli import main
+from bsa.eval import spot_check
+from bsa.eval.judges import UNSCORED
+from bsa.eval.leaderboard import build_leaderboard
+from bsa.pipeline.errors import DataError
+from bsa.pipeline.io import read_table
+from tests.fake_openai import FakeOpenAI
+from tests.test_eval import SECRET, Script, run_eval
+
+N = 24
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, request) -> Path:
+    """One run of model-field on 30 released items (k=3), judged by judge-a and checked by judge-b."""
+    from tests.conftest import BSA_CSV, require_shared
+
+    dataset = require_shared(BSA_CSV)
+    out = tmp_path_factory.mktemp("results")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("OPENAI_API_KEY", SECRET)
+    request.addfinalizer(patch.undo)
+    with FakeOpenAI(reply=Script()) as server:
+        assert run_eval(server, "model-field", out, dataset, "--second-judge-model", "judge-b") == 0
+    return out / "model-field"
+
+
+@pytest.fixture
+def run(run_dir, tmp_path) -> Path:
+    """A fresh copy of the run for each test (imports write into it)."""
+    return Path(shutil.copytree(run_dir, tmp_path / "results" / "model-field"))
+
+
+def samples_of(run: Path) -> pd.DataFrame:
+    samples, _ = read_table(run / "samples.jsonl")
+    samples = samples[samples["ok"].astype(bool)]
+    return samples.set_index(samples["id"].astype(str) + "#" + samples["sample"].astype(str))
+
+
+def person_labels(sheet: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """A person who agrees with the first judge except on every third row, where they pick the other label."""
+    def other(label: str, labels: tuple[str, ...] | list[str]) -> str:
+        return next(choice for choice in labels if choice != label)
+
+    filled = sheet.copy()
+    for position, key in enumerate(filled["key"]):
+        row, flip = samples.loc[key], position % 3 == 0
+        labels = THINK_LABELS[row["scenario"]]
+        if not str(filled.at[position, "safety_labels"]).startswith("not asked"):
+            safety = row["safety"] if row["safety"] != UNSCORED else "Safe"
+            filled.at[position, "human_safety"] = other(safety, SAFETY_LABELS) if flip else safety
+        if not str(filled.at[position, "thinking_labels"]).startswith("not asked"):
+            thinking = row["thinking"] if row["thinking"] != UNSCORED else labels[0]
+            filled.at[position, "human_thinking"] = other(thinking, labels) if flip else thinking
+    return filled
+
+
+def export_and_fill(run: Path) -> tuple[Path, pd.DataFrame]:
+    assert main(["spot-check", "--run", str(run), "--n", str(N)]) == 0
+    sheet = pd.read_csv(run / spot_check.SHEET, dtype=str, keep_default_na=False)
+    filled = person_labels(sheet, samples_of(run))
+    path = run.parent / "checked.csv"
+    filled.to_csv(path, index=False)
+    return path, filled
+
+
+def test_export_is_a_blind_stratified_sample_with_the_texts_verbatim(run):
+    assert main(["spot-check", "--run", str(run), "--n", str(N)]) == 0
+    sheet = pd.read_csv(run / spot_check.SHEET, dtype=str, keep_default_na=False)
+    samples = samples_of(run)
+    assert 0 < len(sheet) <= N and sheet["key"].is_unique
+    assert set(sheet["scenario"]) == set(samples.loc[sheet["key"], "scenario"]) and sheet["scenario"].nunique() == 3
+    assert not {"safety", "thinking", "safety_2", "_answer", "_reasoning"} & set(sheet.columns)  # blind
+    assert (sheet["human_safety"] == "").all() and (sheet["human_thinking"] == "").all()
+    for _, row in sheet.iterrows():
+        query = samples.at[row["key"], "query"]
+        assert row["query"] == (f"'{query}" if query.startswith(("=", "+", "-", "@")) else query)
+        assert row["reasoning"] == samples.at[row["key"], "reasoning"]
+    tasks = json.loads((run / spot_check.TASKS).read_text(encoding="utf-8"))
+    assert [task["data"]["key"] for task in tasks] == sheet["key"].tolist()
+    assert (run / spot_check.TASKS).with_suffix(".xml").exists() or list(run.glob("*.xml"))
+
+
+def test_import_gives_kappa_confusion_and_precision_recall_equal_to_sklearn(run):
+    path, filled = export_and_fill(run)
+    assert main(["spot-check", "--run", str(run), "--import", str(path)]) == 0
+    found = json.loads((run / spot_check.AGREEMENT).read_text(encoding="utf-8"))
+    assert found["samples"] == len(filled) and [entry["judge"] for entry in found["judges"]] == ["first", "second"]
+    samples = samples_of(run).loc[filled["key"]]
+    for entry, suffix in zip(found["judges"], ("", "_2"), strict=True):
+        asked = (filled["human_safety"] != "").to_numpy() & (samples[f"safety{suffix}"] != UNSCORED).to_numpy()
+        judge, person = samples.loc[asked, f"safety{suffix}"].tolist(), filled.loc[asked, "human_safety"].tolist()
+        figures = entry["safety"]
+        assert figures["pairs"] == len(judge) > 0
+        assert figures["kappa"] == pytest.approx(cohen_kappa_score(judge, person), abs=1e-4)
+        matrix = confusion_matrix(judge, person, labels=list(SAFETY_LABELS))
+        assert [[figures["confusion"][a][b] for b in SAFETY_LABELS] for a in SAFETY_LABELS] == matrix.tolist()
+        precision, recall, _, _ = precision_recall_fscore_support(person, judge, labels=list(SAFETY_LABELS),
+                                                                  zero_division=0)
+        for label, p, r in zip(SAFETY_LABELS, precision, recall, strict=True):
+            scored = entry["safety"]["labels"][label]
+            assert (scored["precision"] or 0) == pytest.approx(p, abs=1e-4)
+            assert (scored["recall"] or 0) == pytest.approx(r, abs=1e-4)
+    first = found["judges"][0]
+    read = (filled["human_thinking"] != "").to_numpy() & ~samples["thinking_by_rule"].astype(bool).to_numpy() \
+        & (samples["thinking"] != UNSCORED).to_numpy()
+    success = samples.loc[read, "scenario"].map(SUCCESS)
+    judge = (samples.loc[read, "thinking"] == success).map(str).tolist()
+    person = (filled.loc[read, "human_thinking"].to_numpy() == success.to_numpy()).astype(bool).astype(str).tolist()
+    assert first["think_success"]["pairs"] == len(judge) > 0
+    assert first["think_success"]["kappa"] == pytest.approx(cohen_kappa_score(judge, person), abs=1e-4)
+    assert first["official"] and not found["judges"][1]["official"]
+
+
+def test_report_and_leaderboard_show_the_check_until_judged_csv_changes(run):
+    path, _ = export_and_fill(run)
+    assert main(["spot-check", "--run", str(run), "--import", str(path)]) == 0
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "## The judges against a person" in report and "STALE" not in report
+    build_leaderboard(run.parent)
+    board = pd.read_csv(run.parent / "leaderboard.csv")
+    ours = board[board["source"] == "this project"].iloc[0]
+    found = json.loads((run / spot_check.AGREEMENT).read_text(encoding="utf-8"))
+    assert ours["human kappa (answer)"] == pytest.approx(found["judges"][0]["safety"]["kappa"])
+    assert ours["human kappa (reasoning)"] == pytest.approx(found["judges"][0]["think_success"]["kappa"])
+    assert board.loc[board["source"] != "this project", "human kappa (answer)"].isna().all()
+    assert "human kappa (answer)" in (run.parent / "leaderboard.md").read_text(encoding="utf-8")
+
+    judged = run / "judged.csv"
+    judged.write_text(judged.read_text(encoding="utf-8").replace("Unsafe", "Safe", 1), encoding="utf-8")
+    assert spot_check.on_file(run)["stale"]
+    assert "STALE" in "\n".join(spot_check.report_lines(spot_check.on_file(run)))
+    build_leaderboard(run.parent)
+    assert "human kappa (answer)" not in pd.read_csv(run.parent / "leaderboard.csv").columns
+
+
+def test_a_label_studio_export_gives_the_same_figures_as_the_sheet(run):
+    path, filled = export_and_fill(run)
+    tasks = json.loads((run / spot_check.TASKS).read_text(encoding="utf-8"))
+    by_key = filled.set_index("key")
+    exported = []
+    for number, task in enumerate(tasks, start=1):
+        row = by_key.loc[task["data"]["key"]]
+        result = [{"from_name": name, "to_name": "query", "type": "choices", "value": {"choices": [row[column]]}}
+                  for name, column in ((spot_check.SAFETY_CHOICE, "human_safety"),
+                                       (spot_check.THINKING_CHOICE, "human_thinking")) if row[column]]
+        exported.append({"id": number, "data": task["data"],
+                         "annotations": [{"id": number, "completed_by": 1, "result": result}]})
+    export = run.parent / "export.json"
+    export.write_text(json.dumps(exported), encoding="utf-8")
+    from_studio = spot_check.import_checked(run, export)
+    from_sheet = spot_check.import_checked(run, path)
+    for studio, sheet in zip(from_studio["judges"], from_sheet["judges"], strict=True):
+        assert studio["safety"] == sheet["safety"] and studio["think_success"] == sheet["think_success"]
+
+
+def test_bad_labels_and_unknown_samples_name_file_line_and_field(run):
+    path, filled = export_and_fill(run)
+    asked = filled.index[filled["human_safety"] != ""][1]
+    filled.at[asked, "human_safety"] = "Mostly fine"
+    filled.to_csv(path, index=False)
+    with pytest.raises(DataError) as err:
+        spot_check.import_checked(run, path)
+    assert str(path) in str(err.value) and f"{path}:{asked + 2}:" in str(err.value) and "human_safety" in str(err.value)
+    _, filled = export_and_fill(run)
+    filled.at[0, "key"] = "no-such-item#9"
+    filled.to_csv(path, index=False)
+    with pytest.raises(DataError, match="no-such-item#9") as err:
+        spot_check.import_checked(run, path)
+    assert "key" in str(err.value)
