@@ -6,12 +6,13 @@ import threading
 import time
 
 import pytest
+import yaml
 
 from bsa.pipeline.config import EndpointConfig, ReplicaConfig
 from bsa.pipeline.errors import ConfigError, EndpointDown
 from bsa.pipeline.llm import Engine, Request
 from bsa.pipeline.llm.cache_key import endpoint_result_settings
-from bsa.pipeline.llm.pool import EndpointPool
+from bsa.project import load_config
 from tests.fake_openai import scripted_message
 
 FAST = {"timeout": 2.0, "max_retries": 4, "backoff_base": 0.005, "backoff_max": 0.02, "cool_off": 0.5,
@@ -120,7 +121,12 @@ def test_a_single_base_url_reports_no_replicas(fake_server):
         assert engine.replica_status("fake") == {server.url: "live"}
 
 
-def test_the_embedded_model_takes_no_replicas():
-    config = EndpointConfig(replicas=[ReplicaConfig(base_url="http://x/v1")])
-    with pytest.raises(ConfigError, match="takes no replicas"):
-        EndpointPool("local", config, "http://127.0.0.1:1/v1")
+@pytest.mark.parametrize(("endpoint", "message"), [
+    ({"base_url": "local", "replicas": [{"base_url": "http://x/v1"}]}, "takes no replicas"),
+    ({"base_url": "http://a/v1", "replicas": [{"base_url": "local"}]}, "not `local`")])
+def test_the_embedded_model_forms_no_pool_and_the_config_says_so(tmp_path, endpoint, message):
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump({"endpoints": {"judge": endpoint}}), encoding="utf-8")
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "judge" in str(err.value)

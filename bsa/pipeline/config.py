@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bsa.pipeline.errors import ConfigError
 
@@ -112,6 +112,15 @@ class EndpointConfig(Section):
     def embedded(self) -> bool:
         """Served by the embedded llama.cpp model (bsa.pipeline.llm.providers.EmbeddedProvider)."""
         return self.base_url == EMBEDDED
+
+    @model_validator(mode="after")
+    def _one_embedded_server(self) -> EndpointConfig:
+        """The embedded model is one server the build starts: it forms no pool, and is no replica of one."""
+        if self.embedded and self.replicas:
+            raise ValueError("the embedded model (base_url: local) takes no replicas")
+        if any(replica.base_url == EMBEDDED for replica in self.replicas):
+            raise ValueError("a replica's base_url must be a server's URL, not `local` (the embedded model)")
+        return self
 
 
 class LocalServerConfig(Section):

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from bsa.pipeline.config import EndpointConfig
-from bsa.pipeline.errors import ConfigError, EndpointDown
+from bsa.pipeline.errors import EndpointDown
 from bsa.pipeline.llm.client import EndpointClient, EndpointHealth, SendError
 
 COOLING_KINDS = frozenset({"connect", "connection", "timeout", "dns"})  # plus any 5xx
@@ -52,8 +52,6 @@ class EndpointPool:
 
     def __init__(self, name: str, config: EndpointConfig, base_url: str):
         self.name, self.config = name, config
-        if config.embedded and config.replicas:
-            raise ConfigError(f"endpoint '{name}': the embedded model (base_url: local) takes no replicas")
         self.replicas = []
         for index, replica in enumerate(replica_configs(config)):
             url = base_url if index == 0 else replica.base_url  # the embedded server's URL is known late
