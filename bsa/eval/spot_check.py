@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bsa.benchmark import CODES, SAFETY_LABELS, SCENARIOS, SUCCESS, THINK_LABELS
@@ -139,7 +140,8 @@ def export(run: Path, n: int = 60, seed: int = 0, output: Path | None = None) ->
     if rows.empty:
         raise DataError(run / SAMPLES, "no sample was read by a judge: nothing to check")
     sample = stratified_sample(rows, ["scenario", "_answer", "_reasoning"], n, seed)
-    sheet = sheet_rows(sample, risk_summaries(metrics["run"]))
+    shown = sample.sort_values(["scenario", "id", "sample"], kind="stable")  # sorted by stratum, it would tell
+    sheet = sheet_rows(shown, risk_summaries(metrics["run"]))
     output = output or run / SHEET
     write_table(spreadsheet_safe(sheet, ["query", "risk_summary", "reasoning", "answer"]), output)
     tasks = [{**row, "labels": f"answer: {row['safety_labels']}; reasoning: {row['thinking_labels']}"}
@@ -206,21 +208,27 @@ def _checked(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 def compare(judge: pd.Series, person: pd.Series, labels: Sequence[str]) -> dict[str, Any]:
     """Agreement of a judge with the person on the same samples (both non-empty; the judge may be unscored,
-    which leaves the pair out): kappa, raw agreement, confusion matrix, precision and recall per label."""
+    which leaves the pair out): kappa, raw agreement, the confusion matrix (rows: the judge, columns: the
+    person) and each label's precision and recall, the person taken as right (None where undefined), by
+    scikit-learn."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     scored = judge != UNSCORED
-    judge, person = judge[scored].astype(str), person[scored].astype(str)
-    figures = agreement(judge.tolist(), person.tolist())
-    confusion = pd.crosstab(pd.Categorical(judge, labels), pd.Categorical(person, labels), dropna=False)
-    per_label = {}
-    for label in labels:
-        hits = int(confusion.at[label, label])
-        said, meant = int(confusion.loc[label].sum()), int(confusion[label].sum())
-        per_label[label] = {"precision": round(hits / said, 4) if said else None,
-                            "recall": round(hits / meant, 4) if meant else None, "judge": said, "person": meant}
-    return {**figures, "judge_unscored": int((~scored).sum()),
-            "confusion": {str(row): {str(col): int(n) for col, n in confusion.loc[row].items()}
-                          for row in confusion.index},
+    said, meant, labels = judge[scored].astype(str).tolist(), person[scored].astype(str).tolist(), list(labels)
+    confusion = confusion_matrix(said, meant, labels=labels) if said else np.zeros((len(labels),) * 2, int)
+    precision, recall = (precision_recall_fscore_support(meant, said, labels=labels, zero_division=np.nan)[:2]
+                         if said else ([np.nan] * len(labels),) * 2)
+    per_label = {label: {"precision": _rounded(precision[i]), "recall": _rounded(recall[i]),
+                         "judge": int(confusion[i].sum()), "person": int(confusion[:, i].sum())}
+                 for i, label in enumerate(labels)}
+    return {**agreement(said, meant), "judge_unscored": int((~scored).sum()),
+            "confusion": {row: {col: int(confusion[i, j]) for j, col in enumerate(labels)}
+                          for i, row in enumerate(labels)},
             "labels": per_label}
+
+
+def _rounded(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 4)
 
 
 def judge_figures(judge: Judge, samples: pd.DataFrame, checked: pd.DataFrame) -> dict[str, Any]:
