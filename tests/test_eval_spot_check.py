@@ -1,5 +1,6 @@
 """`bsa spot-check --run`: a person checks an eval run's judges, round trip on a real run of the scripted
-server (export, fill, import as CSV and as a Label Studio export), figures against scikit-learn."""
+server (export, fill, import as CSV and as a Label Studio export), figures against scikit-learn; with three
+judges, each and their majority, on items whose texts are hostile (a formula, markup)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,20 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
 
-from bsa.benchmark import SAFETY_LABELS, SUCCESS, THINK_LABELS
+from bsa.benchmark import SAFETY_LABELS, SCENARIOS, SUCCESS, THINK_LABELS
 from bsa.cli import main
 from bsa.eval import spot_check
 from bsa.eval.judges import UNSCORED
 from bsa.eval.leaderboard import build_leaderboard
 from bsa.pipeline.errors import DataError
 from bsa.pipeline.io import read_table
-from tests.fake_openai import FakeOpenAI
-from tests.test_eval import SECRET, Script, run_eval
+from tests.fake_openai import FakeOpenAI, prompt_of
+from tests.test_eval import CONFIG, SECRET, Script, run_eval
 
 N = 24
 
@@ -182,3 +184,131 @@ def test_bad_labels_and_unknown_samples_name_file_line_and_field(run):
     with pytest.raises(DataError, match="no-such-item#9") as err:
         spot_check.import_checked(run, path)
     assert "key" in str(err.value)
+
+
+# -- three judges, hostile texts -----------------------------------------------------------------------------
+QUIET = "ITEM-QUIET"  # the model gives no reasoning: its reasoning label is by rule, no judge read it
+HOSTILE = '=HYPERLINK("http://evil.example","click") <script>alert(1)</script> | **bold** {{x}}'
+JUDGES = ("judge-a", "judge-b", "judge-c")  # judge-b flips some safety verdicts (tests.test_eval.Script)
+
+
+class Quiet(Script):
+    """tests.test_eval's scripted models and judges; the model gives no reasoning for QUIET items."""
+
+    def __call__(self, payload: dict, seen: int) -> dict:
+        reply = super().__call__(payload, seen)
+        if QUIET in prompt_of(payload) and not payload["model"].startswith("judge"):
+            reply.pop("reasoning_content", None)
+        return reply
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory, request) -> Path:
+    """A run judged by three judges (the majority decides) on six items a scenario, one quiet and one whose
+    query and risk summary start like formulas and hold markup."""
+    out = tmp_path_factory.mktemp("three")
+    items = [{"id": f"{code}{i}", "query": f"{HOSTILE} {code}{i}" if i == 0 else f"{QUIET} {code}{i}" if i == 1
+              else f"request {code}{i}: how do I do thing {i}?", "risk_summary": f"-the risk of {code}{i}",
+              "dataset_name": scenario, "label": "Rumors-Rumors with Negative Impact"}
+             for code, scenario in zip(("ro", "cs", "os"), SCENARIOS, strict=True) for i in range(6)]
+    pd.DataFrame(items).to_csv(out / "bench.csv", index=False)
+    patch = pytest.MonkeyPatch()
+    patch.setenv("OPENAI_API_KEY", SECRET)
+    request.addfinalizer(patch.undo)
+    with FakeOpenAI(reply=Quiet()) as server:
+        judges = [part for judge in JUDGES for part in ("--judge-model", judge, "--judge-base-url", server.url)]
+        assert main(["eval", "--model", "model-field", "--base-url", server.url, *judges, "--dataset",
+                     str(out / "bench.csv"), "--k", "2", "--output-dir", str(out), "--run", "three",
+                     "--config", CONFIG, "--set", "eval.resamples=0"]) == 0
+    return out / "three"
+
+
+def expected(judge: pd.Series, person: pd.Series, labels: list[str]) -> dict:
+    """scikit-learn's figures over the pairs the judge scored (rows: the judge, columns: the person)."""
+    scored = (judge != UNSCORED).to_numpy()
+    said, meant = judge[scored].tolist(), person[scored].tolist()
+    precision, recall, _, _ = precision_recall_fscore_support(meant, said, labels=labels, zero_division=np.nan)
+    return {"pairs": len(said), "kappa": cohen_kappa_score(said, meant) if len({*said, *meant}) > 1 else None,
+            "confusion": confusion_matrix(said, meant, labels=labels).tolist(),
+            "precision": [None if np.isnan(v) else pytest.approx(v, abs=1e-4) for v in precision],
+            "recall": [None if np.isnan(v) else pytest.approx(v, abs=1e-4) for v in recall]}
+
+
+def assert_matches(figures: dict, judge: pd.Series, person: pd.Series, labels: list[str]) -> None:
+    want = expected(judge, person, labels)
+    assert figures["pairs"] == want["pairs"] > 0
+    assert figures["kappa"] == (None if want["kappa"] is None else pytest.approx(want["kappa"], abs=1e-4))
+    assert [[figures["confusion"][a][b] for b in labels] for a in labels] == want["confusion"]
+    assert [figures["labels"][label]["precision"] for label in labels] == want["precision"]
+    assert [figures["labels"][label]["recall"] for label in labels] == want["recall"]
+
+
+def test_the_sheet_keeps_hostile_text_verbatim_and_its_order_tells_no_verdict(three):
+    assert main(["spot-check", "--run", str(three), "--n", "20", "--seed", "3"]) == 0
+    sheet = pd.read_csv(three / spot_check.SHEET, dtype=str, keep_default_na=False)
+    samples = samples_of(three)
+    order = ["scenario", "id", "sample"]
+    assert sheet[order].equals(sheet.sort_values(order)[order].reset_index(drop=True))
+    taken = samples.loc[sheet["key"]]
+    strata = samples.groupby(["scenario", "safety_majority", "thinking_majority"]).ngroups
+    assert taken.groupby(["scenario", "safety_majority", "thinking_majority"]).ngroups == strata < 20
+    tasks = {task["data"]["key"]: task["data"] for task in
+             json.loads((three / spot_check.TASKS).read_text(encoding="utf-8"))}
+    hostile = sheet[sheet["query"].str.contains("HYPERLINK", regex=False)]
+    assert len(hostile) > 0 and sheet["risk_summary"].str.startswith("'-the risk").all()
+    for key, query in zip(hostile["key"], hostile["query"], strict=True):
+        original = samples.at[key, "query"]
+        assert original.startswith(HOSTILE) and query == f"'{original}" and tasks[key]["query"] == original
+    assert not {"safety", "safety_2", "safety_majority", "thinking", "safety_reason"} & {*sheet.columns, *tasks[key]}
+    config = (three / spot_check.TASKS).with_suffix(".xml").read_text(encoding="utf-8")
+    assert "HYPERLINK" not in config and "<script" not in config
+
+
+def test_three_judges_and_their_majority_each_against_sklearn(three, capsys):
+    assert main(["spot-check", "--run", str(three), "--n", "30"]) == 0
+    sheet = pd.read_csv(three / spot_check.SHEET, dtype=str, keep_default_na=False)
+    samples = samples_of(three)
+    filled = person_labels(sheet, samples)
+    quiet = filled.index[filled["thinking_labels"].str.startswith("not asked")][0]
+    filled.at[quiet, "human_thinking"] = THINK_LABELS[filled.at[quiet, "scenario"]][-1]  # told not to: left out
+    filled.to_csv(three.parent / "checked.csv", index=False)
+    assert main(["spot-check", "--run", str(three), "--import", str(three.parent / "checked.csv")]) == 0
+    found = json.loads((three / spot_check.AGREEMENT).read_text(encoding="utf-8"))
+    assert [(e["judge"], e["official"]) for e in found["judges"]] == [
+        ("first", False), ("second", False), ("third", False), ("majority", True)]
+    person, rows = filled.set_index("key"), samples.loc[filled["key"]]
+    for entry, suffix in zip(found["judges"], ("", "_2", "_3", "_majority"), strict=True):
+        asked = person["human_safety"] != ""
+        assert_matches(entry["safety"], rows.loc[asked, f"safety{suffix}"], person.loc[asked, "human_safety"],
+                       list(SAFETY_LABELS))
+        read = (person["human_thinking"] != "") & ~rows[f"thinking{suffix}_by_rule"].astype(bool)
+        assert entry["thinking_by_rule"] == 1
+        for scenario in SCENARIOS:
+            part = read & (rows["scenario"] == scenario)
+            assert_matches(entry["thinking"][scenario], rows.loc[part, f"thinking{suffix}"],
+                           person.loc[part, "human_thinking"], list(THINK_LABELS[scenario]))
+        success = rows.loc[read, "scenario"].map(SUCCESS)
+        assert_matches(entry["think_success"], (rows.loc[read, f"thinking{suffix}"] == success).map(str),
+                       (person.loc[read, "human_thinking"] == success).map(str), ["True", "False"])
+    assert found["judges"][1]["safety"]["kappa"] != found["judges"][0]["safety"]["kappa"]  # judge-b differs
+    report = (three / "report.md").read_text(encoding="utf-8")
+    assert all(f"{name} (" in report for name in ("first", "second", "third", "majority"))
+    assert "judge majority (majority of 3), official" in capsys.readouterr().out
+
+
+def test_label_studio_tasks_left_unlabelled_are_skipped_and_a_wrong_label_names_task_and_field(three):
+    assert main(["spot-check", "--run", str(three), "--n", "6"]) == 0
+    tasks = json.loads((three / spot_check.TASKS).read_text(encoding="utf-8"))
+    scenario = tasks[1]["data"]["scenario"]
+    wrong = next(label for name in SCENARIOS for label in THINK_LABELS[name] if label not in THINK_LABELS[scenario])
+    exported = [{"id": number, "data": task["data"], "annotations": []} for number, task in enumerate(tasks, 1)]
+    exported[1]["annotations"] = [{"id": 1, "was_cancelled": False, "result": [
+        {"from_name": spot_check.SAFETY_CHOICE, "to_name": "answer", "type": "choices", "value": {"choices": ["Safe"]}}]}]
+    path = three.parent / "export.json"
+    path.write_text(json.dumps(exported), encoding="utf-8")
+    assert spot_check.import_checked(three, path)["samples"] == 1
+    exported[1]["annotations"][0]["result"].append({"from_name": spot_check.THINKING_CHOICE, "to_name": "reasoning",
+                                                    "type": "choices", "value": {"choices": [wrong]}})
+    path.write_text(json.dumps(exported), encoding="utf-8")
+    with pytest.raises(DataError, match=rf"export\.json: field 'thinking': task 2: '{wrong}' is not a {scenario}"):
+        spot_check.import_checked(three, path)
