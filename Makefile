@@ -105,9 +105,9 @@ EVAL_ARGS = --k $(K) --config $(CONFIG) $(SETS) \
   $(foreach j,$(JUDGE_MODEL),--judge-model $(j)) $(foreach u,$(JUDGE_BASE_URL),--judge-base-url $(u)) \
   $(if $(filter 1,$(RULES)),--rules) $(if $(MAX_TOKENS),--max-tokens $(MAX_TOKENS)) \
   $(foreach s,$(SAMPLE),--sample $(s))
-# MODELS="a b c": one run each, one leaderboard at the end
+# MODELS="a b c": one run each, one leaderboard at the end; IMAGES=auto|attach|describe on a multimodal benchmark
 eval: .venv/.setup-done
-	$(BSA) eval --model $(or $(MODELS),$(MODEL)) $(EVAL_ARGS) $(if $(RUN),--run $(RUN)) \
+	$(BSA) eval --model $(or $(MODELS),$(MODEL)) $(EVAL_ARGS) $(if $(RUN),--run $(RUN)) $(if $(IMAGES),--images $(IMAGES)) \
 	  $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(TOP_P),--top-p $(TOP_P)) $(if $(TOP_K),--top-k $(TOP_K))
 
 # the grid temperature x top_p x top_k (BSA's when not given) into results/sweeps/<model>/

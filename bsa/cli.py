@@ -149,16 +149,20 @@ def _print_runs(results) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from bsa.eval.many import models_to_run, run_models
-    from bsa.multimodal.evaluate import cmd_eval_multimodal, is_multimodal_run
-    from bsa.pipeline.errors import ConfigError
+    from bsa.multimodal import evaluate as mm
 
     config = _load(args)
     models = models_to_run(args.model, config)
     request = eval_request(args, models[0])
-    if is_multimodal_run(request, config):  # an image + text benchmark (bsa.multimodal.evaluate)
-        if len(models) > 1:
-            raise ConfigError("several models on a multimodal benchmark: run them one at a time for now")
-        return cmd_eval_multimodal(request, config)
+    if mm.is_multimodal_run(request, config):  # an image + text benchmark (bsa.multimodal.evaluate)
+        results = run_models(request, models, config, mm.plan_multimodal, mm.run_multimodal)
+        mm.print_runs(results, config)
+        if len(results) > 1:
+            from bsa.multimodal.leaderboard import build
+
+            for path in build(args.output_dir):
+                print(f"wrote {path}")
+        return 0
     results = run_models(request, models, config)
     _print_runs(results)
     if len(results) > 1:
@@ -334,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model name(s), one run each ('local' for the embedded model; default: eval.models)")
     _eval_args(p)
     _sampling_args(p)
+    p.add_argument("--images", choices=["auto", "attach", "describe"], default=None,
+                   help="a multimodal benchmark's images: auto (sent to a `vision: true` model, else the "
+                        "text-only fallback), attach (a model without vision is an error), describe (text only; "
+                        "default: eval.images)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("judge", help="judge and score samples generated elsewhere into a run directory")

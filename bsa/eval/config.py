@@ -31,3 +31,7 @@ class Config(Section):
     judge_truncated: bool = False  # judge the answers of samples that stopped before their final answer
     resamples: int = 1000  # bootstrap resamples for the 95% intervals (0: none)
     alpha: float = ALPHA
+    # a multimodal benchmark (bsa.multimodal.evaluate): auto sends each image to a `vision: true` model and
+    # falls back to text only (the image's description or printed text) on any other; attach: the image or
+    # an error; describe: text only even on a vision model
+    images: Literal["auto", "attach", "describe"] = "auto"

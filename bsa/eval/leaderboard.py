@@ -126,8 +126,10 @@ def chart(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def build_leaderboard(results: str | Path, output: str | Path | None = None) -> list[Path]:
-    """Write leaderboard.md, .csv, .png and .html into `output` (default: the results directory)."""
+def build_leaderboard(results: str | Path, output: str | Path | None = None,
+                      more: list[dict[str, Any]] | None = None) -> list[Path]:
+    """Write leaderboard.md, .csv, .png and .html into `output` (default: the results directory); `more`: other
+    tables for the .html (bsa.eval.viewer.board_table)."""
     results = Path(results)
     out = Path(output) if output else results
     out.mkdir(parents=True, exist_ok=True)
@@ -136,4 +138,4 @@ def build_leaderboard(results: str | Path, output: str | Path | None = None) -> 
     return [write_table(pd.DataFrame(rows, columns=columns), out / "leaderboard.csv"),
             write_text(markdown(rows), out / "leaderboard.md"),
             chart(rows, out / "leaderboard.png"),
-            write_leaderboard_page(rows, columns, out / "leaderboard.html")]
+            write_leaderboard_page(rows, columns, out / "leaderboard.html", more)]

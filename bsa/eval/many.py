@@ -6,7 +6,7 @@ request two runs make alike is sent once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,9 +25,15 @@ def models_to_run(given: Sequence[str] | None, config: BuildConfig) -> list[str]
     return models
 
 
-def plan_all(requests: Sequence[EvalRequest], config: BuildConfig) -> list[EvalPlan]:
-    """Every run's plan; ConfigError when two would write the same directory."""
-    plans = [eval_run.plan_eval(request, config) for request in requests]
+Planner = Callable[[EvalRequest, BuildConfig], EvalPlan]
+Runner = Callable[[EvalPlan], dict]
+
+
+def plan_all(requests: Sequence[EvalRequest], config: BuildConfig, planner: Planner | None = None
+             ) -> list[EvalPlan]:
+    """Every run's plan (by `planner`, default the text eval's); ConfigError when two would write the same
+    directory."""
+    plans = [(planner or eval_run.plan_eval)(request, config) for request in requests]
     seen: dict[Any, str] = {}
     for plan in plans:
         if plan.out in seen:
@@ -36,9 +42,11 @@ def plan_all(requests: Sequence[EvalRequest], config: BuildConfig) -> list[EvalP
     return plans
 
 
-def run_models(base: EvalRequest, models: Sequence[str], config: BuildConfig) -> list[tuple[EvalPlan, dict]]:
-    """One run per model, with `base`'s options; (plan, metrics) in the models' order."""
+def run_models(base: EvalRequest, models: Sequence[str], config: BuildConfig, planner: Planner | None = None,
+               runner: Runner | None = None) -> list[tuple[EvalPlan, dict]]:
+    """One run per model, with `base`'s options; (plan, metrics) in the models' order. `planner` and `runner`
+    (default: the text eval's) plan and run another kind (bsa.multimodal.evaluate)."""
     if base.run and len(models) > 1:
         raise ConfigError(f"RUN={base.run} names one run, but {len(models)} models were given")
-    plans = plan_all([replace(base, model=model) for model in models], config)
-    return [(plan, eval_run.run_eval(plan)) for plan in plans]
+    plans = plan_all([replace(base, model=model) for model in models], config, planner)
+    return [(plan, (runner or eval_run.run_eval)(plan)) for plan in plans]

@@ -13,6 +13,7 @@ default one, a part after `__`:
     qwq-32b__judge-gpt-4o                 a judge other than the config's eval.judge_endpoint
     qwq-32b__judge-a+b+c                  three judges deciding by majority (bsa.eval.ensemble.deciding)
     qwq-32b__prompts-1a2b3c4d             judge prompts from other files (eval.judge_prompts)
+    local__text-only                      a multimodal benchmark, the model reading each image in words
 
 Codes: t temperature, p top_p, k top_k, m max_tokens, s seed; values as Python's `g` format. The judge is
 part of the name only when the config names a default judge (`eval.judge_endpoint`) and the run uses
@@ -73,14 +74,16 @@ def with_sampling(endpoint: EndpointConfig, defaults: dict[str, Any],
 
 
 def run_settings(model: EndpointConfig | None, judge: str, rules: bool,
-                 prompts: dict[str, str] | None = None) -> dict[str, Any]:
+                 prompts: dict[str, str] | None = None, images: str | None = None) -> dict[str, Any]:
     """What a run's figures depend on besides the benchmark: sampling, judge, rules (None: not known, e.g.
-    generations made elsewhere) and, only when set, the judge prompts' overrides (key -> sha256)."""
+    generations made elsewhere) and, only when set, the judge prompts' overrides (key -> sha256) and how a
+    multimodal run's model got the images when they were not attached (`images`, e.g. TEXT_ONLY)."""
     body = dict(model.extra_body) if model else {}
     settings: dict[str, Any] = {name: getattr(model, name) if model else None
                                 for name in ("temperature", "top_p", "max_tokens", "seed")}
     settings[TOP_K] = body.pop(TOP_K, None)
     own = {"prompts": dict(sorted(prompts.items()))} if prompts else {}
+    own.update({"images": images} if images else {})
     return {**settings, "sample": dict(sorted(body.items())), "judge": judge, "rules": rules, **own}
 
 
@@ -111,6 +114,8 @@ def run_name(model: str, settings: dict[str, Any], default: dict[str, Any], defa
         name += f"{SEPARATOR}{JUDGE_PART}{settings['judge']}"
     if settings.get("prompts"):
         name += SEPARATOR + prompts_part(settings["prompts"])
+    if settings.get("images"):
+        name += SEPARATOR + settings["images"]
     return name
 
 

@@ -108,6 +108,7 @@ class EvalRequest:
     max_tokens: int | None = None
     sample: dict[str, Any] = field(default_factory=dict)  # any other field of the request body (min_p, ...)
     cache: str | None = None  # the reply cache (default: <output_dir>/llm-cache.sqlite, shared by its runs)
+    images: str | None = None  # a multimodal benchmark's images: auto, attach, describe (eval.images)
 
     def overrides(self) -> dict[str, Any]:
         """The sampling this request sets itself, over the endpoint's and the eval section's."""
@@ -482,12 +483,13 @@ def config_dir(config: BuildConfig) -> Path | None:
 
 
 def run_place(args: EvalRequest, config: BuildConfig, settings: Config, endpoints: dict[str, EndpointConfig],
-              prompts: dict[str, str] | None = None) -> tuple[str, Path, dict[str, Any], Path]:
+              prompts: dict[str, str] | None = None, images: str | None = None
+              ) -> tuple[str, Path, dict[str, Any], Path]:
     """The run's name, directory, settings and reply cache (`prompts`: the judge prompts' overrides, key ->
-    sha256); ConfigError when the directory holds a run made with other settings (a run never overwrites
-    another)."""
+    sha256; `images`: how a multimodal run's model got the images, when not attached); ConfigError when the
+    directory holds a run made with other settings (a run never overwrites another)."""
     judge = ensemble.deciding([name for name, _ in judges_of(args, config, settings)])
-    run = run_settings(endpoints.get(MODEL), judge, args.rules, prompts)
+    run = run_settings(endpoints.get(MODEL), judge, args.rules, prompts, images)
     default = default_settings(args, config) if MODEL in endpoints else run_settings(None, "", args.rules)
     name = args.run or run_name(args.model, run, default,
                                 ensemble.deciding(ensemble.configured_judges(settings)) or None)

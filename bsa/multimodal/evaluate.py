@@ -5,8 +5,12 @@ endpoints, sampling, truncation and reasoning rules (bsa.eval.run) and writes th
 `results/<model>/`: samples.jsonl, judged.csv (one row a sample: JUDGED_COLUMNS), metrics.json (`kind:
 multimodal`), report.md (the 12-cell table), llm-cache.sqlite (images keyed by their sha256).
 
-The evaluated model's endpoint must be marked `vision: true` in the config (`endpoints:`); a judge endpoint
-that is not reads each image's description or a typography card's text, and the report says so on top.
+Images (`eval.images`, `--images`, IMAGES=): `auto` attaches them for a model endpoint marked `vision: true`
+in the config and otherwise runs the text-only fallback: the model reads each image's description, or a
+typography card's printed text (MODEL_NOTES), the run is named `<model>__text-only`, and every output says
+on its first line or in a field that the model never saw an image (MODEL_BLIND); `attach` makes a model
+without vision an error; `describe` runs text only even on a vision model (a baseline: what seeing adds). A
+judge endpoint without vision reads the image in words too, and the report says so on top.
 """
 
 from __future__ import annotations
@@ -43,10 +47,10 @@ from bsa.multimodal.judges import (
     VULNERABILITY_CODES,
     MultimodalJudge,
     check_describable,
-    image_url,
     is_benign,
+    model_message,
 )
-from bsa.multimodal.messages import image_content
+from bsa.multimodal.viewer import write_mm_samples_page
 from bsa.multimodal.metrics import (
     HEADLINE,
     JUDGED_COLUMNS,
@@ -68,6 +72,12 @@ from bsa.pipeline.prompts import PromptLoader
 from bsa.text.markdown import markdown_table
 
 GROUPS = (*fields.COMBINATIONS, fields.BENIGN)
+AUTO, ATTACH, DESCRIBE = "auto", "attach", "describe"  # eval.images
+TEXT_ONLY = "text-only"  # the run settings' `images` (and its name's last part) in the fallback
+MODEL_SAW_IMAGE = "model_saw_image"  # judged.csv's and samples.jsonl's column: true, or false in the fallback
+MODEL_BLIND = ("NOTE: text-only fallback: the model never saw an image; it read each image's description (or, "
+               "for a typography card, the text printed on it) instead, so these figures are not a vision "
+               "model's.")
 JUDGE_BLIND = ("NOTE: the judge saw no image: it read each image's description (or, for a typography card, "
                "the text printed on it).")
 INTERNAL = [IMAGE_PATH, MIME, "_line"]  # loader columns left out of samples.jsonl
@@ -101,24 +111,46 @@ def plan_multimodal(args: EvalRequest, config: BuildConfig) -> EvalPlan:
                           f"multimodal benchmark uses its own judges' prompts; unset it for this run")
     endpoints = endpoints_for(args, config, settings)
     path = dataset_of(args, config)
-    if not endpoints[MODEL].vision:
-        where = (f"endpoints.{args.model} in {config.config_path}" if args.model in config.endpoints else
-                 f"an endpoint under `endpoints:` in {config.config_path} (base_url, model) and pass its name "
-                 f"as MODEL")
-        raise ConfigError(f"{path} holds image + text items, and model '{args.model}' is not marked "
-                          f"vision-capable: set `vision: true` on {where}")
+    sees = model_sees_images(args, config, settings.images, endpoints[MODEL].vision, path)
     benchmark = load_multimodal(path)
     items = stratified_limit(benchmark, args.limit, config.seed, by=fields.COMBINATION, groups=GROUPS)
+    if not sees:
+        check_describable(items.to_dict("records"), path, reader="the model")
     if not endpoints[JUDGE].vision:
         check_describable(items.to_dict("records"), path)
     lang = args.lang or str(items["lang"].mode().iloc[0])
     prompts = PromptLoader(lang)
-    name, out, run, cache = run_place(args, config, settings, endpoints)
+    name, out, run, cache = run_place(args, config, settings, endpoints, images=None if sees else TEXT_ONLY)
     return EvalPlan(model=args.model, name=name, out=out, cache=cache, run_settings=run, k=args.k,
                     dataset_path=path, benchmark=benchmark, items=items, lang=lang, prompts=prompts,
                     system_prompt=prompts.load("safety_rules").system if args.rules else None,
                     endpoints=endpoints, settings=settings, config=config,
                     toy_judges=[JUDGE] if is_toy(endpoints[JUDGE]) else [])
+
+
+def vision_hint(args: EvalRequest, config: BuildConfig) -> str:
+    """Where to say that the model sees images."""
+    return (f"set `vision: true` on endpoints.{args.model} in {config.config_path}" if args.model in config.endpoints
+            else f"define it under `endpoints:` in {config.config_path} (base_url, model, vision: true) and pass "
+                 f"its name as MODEL")
+
+
+def model_sees_images(args: EvalRequest, config: BuildConfig, default: str, vision: bool, path: Path) -> bool:
+    """Whether the model gets the images (`args.images`, else the eval section's `images`): `attach` on a
+    model without vision is a ConfigError; `describe`, or `auto` without vision, is the text-only fallback."""
+    mode = args.images or default
+    if mode not in (AUTO, ATTACH, DESCRIBE):
+        raise ConfigError(f"images '{mode}': expected one of {AUTO}, {ATTACH}, {DESCRIBE}")
+    if mode == ATTACH and not vision:
+        raise ConfigError(f"{path} holds image + text items, IMAGES=attach asks to send them, and model "
+                          f"'{args.model}' is not marked vision-capable: {vision_hint(args, config)} (or drop "
+                          f"IMAGES=attach for the text-only fallback)")
+    return vision and mode != DESCRIBE
+
+
+def sees_images(plan: EvalPlan) -> bool:
+    """Whether the planned run sends the images to the model (not the text-only fallback)."""
+    return plan.run_settings.get("images") != TEXT_ONLY
 
 
 def sample_table(items: pd.DataFrame, responses: list, *, template_opens: bool,
@@ -169,9 +201,9 @@ def run_multimodal(plan: EvalPlan) -> dict[str, Any]:
     """Sample, judge, score and write every output; returns metrics.json's content."""
     started = time.monotonic()
     plan.out.mkdir(parents=True, exist_ok=True)
-    vision = plan.endpoints[JUDGE].vision
+    vision, sees = plan.endpoints[JUDGE].vision, sees_images(plan)
     with Engine(plan.endpoints, plan.cache, plan.config.llm.local, lang=plan.lang) as engine:
-        contents = [image_content(item["text"], image_url(item)) for item in plan.items.to_dict("records")]
+        contents = [model_message(item, plan.prompts, sees) for item in plan.items.to_dict("records")]
         responses = sample_model(engine, MODEL, contents, plan.k, system_prompt=plan.system_prompt)
         opens = template_opens_reasoning(plan.settings.template_opens_reasoning, responses)
         shared = plan.endpoints[MODEL].supports_n and plan.k > 1  # one usage for k samples
@@ -180,9 +212,10 @@ def run_multimodal(plan: EvalPlan) -> dict[str, Any]:
         verdicts = judge_samples(judge, samples, judge_truncated=plan.settings.judge_truncated)
         usage = engine.usage_since()
         served = {endpoint: engine.endpoint_model(endpoint) for endpoint in plan.endpoints}
-    samples = with_verdicts(samples, verdicts).assign(model_name=plan.name)
+    samples = with_verdicts(samples, verdicts).assign(model_name=plan.name, **{MODEL_SAW_IMAGE: sees})
     judged = samples[JUDGED_COLUMNS].fillna("")
-    write_table(judged, plan.out / "judged.csv")
+    write_table(judged.assign(**{MODEL_SAW_IMAGE: sees})[[JUDGED_COLUMNS[0], MODEL_SAW_IMAGE, *JUDGED_COLUMNS[1:]]],
+                plan.out / "judged.csv")
     write_table(samples.drop(columns=INTERNAL, errors="ignore"), plan.out / "samples.jsonl")
     risky = samples[~samples.apply(is_benign, axis=1)]
     reasons = bool(risky["ok"].any() and risky["reasoning"].map(has_reasoning).any())
@@ -190,11 +223,14 @@ def run_multimodal(plan: EvalPlan) -> dict[str, Any]:
                                  seed=plan.config.seed)
     stats = sample_stats(samples, by=fields.COMBINATION, groups=GROUPS)
     stats["by_combination"] = stats.pop("by_scenario")
-    metrics["run"] = {**provenance(plan, served), "model_sees_images": True, "judge_sees_images": vision,
+    metrics["run"] = {**provenance(plan, served), "model_sees_images": sees, "judge_sees_images": vision,
                       "template_opens_reasoning": opens, **stats, "usage": usage,
                       "seconds": round(time.monotonic() - started, 1)}
+    if not sees:  # the first field, so that it is the first thing a reader of the file sees
+        metrics = {"notice": MODEL_BLIND, **metrics}
     write_json(metrics, plan.out / "metrics.json")
     write_text(report(metrics), plan.out / "report.md")
+    write_mm_samples_page(samples, metrics, plan.out)
     return metrics
 
 
@@ -230,12 +266,13 @@ def report(metrics: dict[str, Any]) -> str:
     """A Markdown summary of a multimodal metrics.json: the toy-judge warning and the blind-judge note on
     top, the headline figures, the area x combination table, then languages, secondary categories, notes."""
     run, reasons = metrics["run"], metrics["reasons"]
-    lines = ([TOY_WARNING] if run.get("judge_is_toy") else []) + ([] if run["judge_sees_images"] else [JUDGE_BLIND])
+    lines = [line for line in notices(run) if line]
     subset = f" (a {metrics['items']}-item subset, stratified by combination)" if run["subset"] else ""
     lines += [""] if lines else []
     lines += [f"# {metrics['model']} on {run['benchmark']}{subset}", "",
               f"{metrics['risky_items']} risky pairs and {metrics['benign_items']} benign ones x k={metrics['k']} "
-              f"samples; judge: {run['judge']} ({'sees the images' if run['judge_sees_images'] else 'reads descriptions'})"
+              f"samples; the model {'saw the images' if run['model_sees_images'] else 'read each image in words'}; "
+              f"judge: {run['judge']} ({'sees the images' if run['judge_sees_images'] else 'reads descriptions'})"
               f"{'; with the safety-rules system prompt' if run['rules'] else ''}; temperature "
               f"{run['temperature']}, top_p {run['top_p']}, max_tokens {run['max_tokens']}.", ""]
     names = HEADLINE + (REASONING_HEADLINE if reasons else [])
@@ -284,14 +321,21 @@ def _notes(metrics: dict[str, Any]) -> list[str]:
     return notes
 
 
-def cmd_eval_multimodal(args: EvalRequest, config: BuildConfig) -> int:
-    """`bsa eval` on a multimodal benchmark: run, print the headline, say where the outputs are."""
-    plan = plan_multimodal(args, config)
-    metrics = run_multimodal(plan)
-    for line in (TOY_WARNING if plan.toy_judges else None, None if metrics["run"]["judge_sees_images"]
-                 else JUDGE_BLIND):
-        if line:
-            print(line)
-    print(markdown_table(["model", "items", *HEADLINE], [metrics]))
-    print(f"wrote {plan.out}/: samples.jsonl, judged.csv, metrics.json, report.md")
-    return 0
+def notices(run: dict[str, Any]) -> list[str]:
+    """What a reader must know first, in order: the model saw no image, the judge is a toy, the judge saw no
+    image ("" where it does not apply)."""
+    return [MODEL_BLIND if not run.get("model_sees_images", True) else "",
+            TOY_WARNING if run.get("judge_is_toy") else "", "" if run["judge_sees_images"] else JUDGE_BLIND]
+
+
+def print_runs(results: list[tuple[EvalPlan, dict[str, Any]]], config: BuildConfig) -> None:
+    """`bsa eval`'s summary of multimodal runs: their notices first, the headline, where the outputs are."""
+    for line in dict.fromkeys(line for _, metrics in results for line in notices(metrics["run"]) if line):
+        print(line)
+    for plan, metrics in results:
+        if not metrics["run"]["model_sees_images"] and plan.endpoints[MODEL].vision is False:
+            print(f"model '{plan.model}' is not marked vision-capable; to send it the images, "
+                  f"{vision_hint(EvalRequest(model=plan.model), config)}")
+    print(markdown_table(["model", "items", *HEADLINE], [metrics for _, metrics in results]))
+    for plan, _ in results:
+        print(f"wrote {plan.out}/: samples.jsonl, judged.csv, metrics.json, report.md, samples.html")

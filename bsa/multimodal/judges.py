@@ -20,7 +20,7 @@ from typing import Any
 from bsa.eval.judges import JUDGE_PARAMS, NO_REASONING, Verdict, has_reasoning, verdict_from
 from bsa.multimodal import fields
 from bsa.multimodal.benchmark import DESCRIBED, IMAGE_PATH, MIME, TYPOGRAPHY, image_in_words
-from bsa.multimodal.messages import attach_image, data_url
+from bsa.multimodal.messages import attach_image, data_url, image_content
 from bsa.pipeline.errors import DataError
 from bsa.pipeline.llm import Engine, Request
 from bsa.pipeline.prompts import PromptLoader
@@ -38,6 +38,8 @@ VULNERABILITY_PROMPT, OVER_REFUSAL_PROMPT = "judge_vulnerability", "judge_over_r
 REASONING_PROMPT = "judge_mm_reasoning"
 ATTACHED = "attached"
 IMAGE_NOTES = {ATTACHED: "mm_image_attached", DESCRIBED: "mm_image_described", TYPOGRAPHY: "mm_image_typography"}
+# the evaluated model's message in the text-only fallback: the image in words, then the user's text
+MODEL_NOTES = {DESCRIBED: "mm_model_described", TYPOGRAPHY: "mm_model_typography"}
 
 
 def is_benign(item: dict[str, Any]) -> bool:
@@ -54,14 +56,31 @@ def image_url(item: dict[str, Any]) -> str:
     return data_url(Path(item[IMAGE_PATH]).read_bytes(), item[MIME])
 
 
-def check_describable(items: list[dict[str, Any]], path: str | Path) -> None:
-    """DataError naming the first item a judge that cannot see images could not read (no description, no
-    render spec)."""
+def check_describable(items: list[dict[str, Any]], path: str | Path, reader: str = "the judge") -> None:
+    """DataError naming the first item a reader that cannot see images (`reader`: the judge, the model)
+    could not read (no description, no render spec)."""
     for item in items:
         if image_in_words(item) is None:
-            raise DataError(path, f"id {item['id']}: the judge cannot see images and this item has neither "
+            raise DataError(path, f"id {item['id']}: {reader} cannot see images and this item has neither "
                                   f"{fields.IMAGE_DESCRIPTION} nor {fields.RENDER_SPEC}",
                             item.get("_line"), fields.IMAGE_DESCRIPTION)
+
+
+def prompt_lang(prompts: PromptLoader, item: dict[str, Any], lang: str | None = None) -> str:
+    """The language of an item's prompts: `lang` when given, else the item's; English when there are no
+    prompts in it."""
+    lang = lang or item["lang"]
+    return lang if (prompts.root / lang).is_dir() else "en"
+
+
+def model_message(item: dict[str, Any], prompts: PromptLoader, sees: bool) -> str | list[dict[str, Any]]:
+    """What the evaluated model gets for an item: the image part and the text (`sees`), or, in the text-only
+    fallback, one text holding the image in words (MODEL_NOTES) and the user's text."""
+    if sees:
+        return image_content(item["text"], image_url(item))
+    kind, words = image_in_words(item) or (DESCRIBED, "")
+    prompt = prompts.load(MODEL_NOTES[kind], prompt_lang(prompts, item))
+    return prompt.render(description=words, text=item["text"])[0]["content"]
 
 
 class MultimodalJudge:
@@ -72,13 +91,9 @@ class MultimodalJudge:
                  lang: str | None = None):
         self.engine, self.endpoint, self.prompts, self.vision, self.lang = engine, endpoint, prompts, vision, lang
 
-    def _lang(self, item: dict[str, Any]) -> str:
-        lang = self.lang or item["lang"]
-        return lang if (self.prompts.root / lang).is_dir() else "en"
-
     def request(self, name: str, item: dict[str, Any], **values: str) -> Request:
         """The judge request of prompt `name` for an item (values: answer or reasoning)."""
-        lang = self._lang(item)
+        lang = prompt_lang(self.prompts, item, self.lang)
         prompt = self.prompts.load(name, lang)
         if self.vision:
             note = self.prompts.load(IMAGE_NOTES[ATTACHED], lang).render()

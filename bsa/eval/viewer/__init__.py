@@ -211,8 +211,12 @@ def write_run_page(run_dir: str | Path) -> Path:
     """samples.html of a run directory written by `bsa eval` (samples.jsonl, metrics.json); the risk
     summaries, which samples.jsonl leaves out, come from the run's dataset when it is still readable."""
     run_dir = Path(run_dir)
-    samples, _ = read_table(run_dir / "samples.jsonl")
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    if metrics.get("kind") == "multimodal":
+        from bsa.multimodal.viewer import write_mm_run_page
+
+        return write_mm_run_page(run_dir)
+    samples, _ = read_table(run_dir / "samples.jsonl")
     dataset = Path(_text(metrics.get("run", {}).get("dataset")))
     if "risk_summary" not in samples.columns:
         summaries: dict[str, str] = {}
@@ -232,16 +236,31 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, int | float | str | bool) else str(value)
 
 
-def write_leaderboard_page(rows: list[dict[str, Any]], columns: list[str], path: str | Path) -> Path:
-    """`leaderboard.html`: the leaderboard's rows under `columns` (the HEADLINE figures to 2 decimals); a row
-    with a `run` directory (this project's) is highlighted and links its samples.html by a relative path."""
-    path = Path(path)
-    links = []
-    for row in rows:
-        page = Path(row["run"]) / SAMPLES_PAGE if row.get("run") else None
-        links.append(quote(Path(os.path.relpath(page, path.parent)).as_posix()) if page and page.exists()
-                     else None)
-    data = {"columns": columns, "figures": [name for name in HEADLINE if name in columns],
-            "rows": [[_plain(row.get(column)) for column in columns] for row in rows], "links": links,
+def samples_link(run: str | Path | None, page: Path) -> str | None:
+    """The URL-quoted path from `page` to a run's samples.html (None without a run or a page there)."""
+    target = Path(run) / SAMPLES_PAGE if run else None
+    return quote(Path(os.path.relpath(target, page.parent)).as_posix()) if target and target.exists() else None
+
+
+def board_table(rows: list[dict[str, Any]], columns: list[str], figures: list[str], page: str | Path,
+                title: str = "", note: str = "") -> dict[str, Any]:
+    """One table of leaderboard.html: `rows` under `columns` (`figures` to 2 decimals); a row with a `run`
+    directory (this project's) is highlighted and links its samples.html by a path relative to `page`."""
+    return {"title": title, "note": note, "columns": columns, "figures": [name for name in figures if name in columns],
+            "rows": [[_plain(row.get(column)) for column in columns] for row in rows],
+            "links": [samples_link(row.get("run"), Path(page)) for row in rows],
             "ours": [bool(row.get("run")) for row in rows]}
-    return write_text(render_page("leaderboard", "Leaderboard", data), path)
+
+
+def write_board_page(tables: list[dict[str, Any]], path: str | Path) -> Path:
+    """`leaderboard.html` holding the board_table tables, in order."""
+    return write_text(render_page("leaderboard", "Leaderboard", {"tables": tables}), Path(path))
+
+
+def write_leaderboard_page(rows: list[dict[str, Any]], columns: list[str], path: str | Path,
+                           more: list[dict[str, Any]] | None = None) -> Path:
+    """`leaderboard.html`: the text runs' leaderboard (the HEADLINE figures to 2 decimals; each run of this
+    project linking its samples.html), then the `more` tables (board_table: the multimodal runs')."""
+    note = ("Best F-score first. A model name links to its run's samples page where the run has one. A judge "
+            "marked \"(toy)\" is the embedded SmolLM2-135M: those rows measure nothing.")
+    return write_board_page([board_table(rows, columns, HEADLINE, path, note=note), *(more or [])], path)
