@@ -50,7 +50,6 @@ from bsa.multimodal.judges import (
     is_benign,
     model_message,
 )
-from bsa.multimodal.viewer import write_mm_samples_page
 from bsa.multimodal.metrics import (
     HEADLINE,
     JUDGED_COLUMNS,
@@ -64,7 +63,8 @@ from bsa.multimodal.metrics import (
     VULNERABILITY,
     multimodal_metrics,
 )
-from bsa.pipeline.config import BuildConfig
+from bsa.multimodal.viewer import write_mm_samples_page
+from bsa.pipeline.config import EMBEDDED, BuildConfig
 from bsa.pipeline.errors import BsaError, ConfigError
 from bsa.pipeline.io import write_json, write_table, write_text
 from bsa.pipeline.llm import Engine
@@ -129,10 +129,12 @@ def plan_multimodal(args: EvalRequest, config: BuildConfig) -> EvalPlan:
 
 
 def vision_hint(args: EvalRequest, config: BuildConfig) -> str:
-    """Where to say that the model sees images."""
-    return (f"set `vision: true` on endpoints.{args.model} in {config.config_path}" if args.model in config.endpoints
-            else f"define it under `endpoints:` in {config.config_path} (base_url, model, vision: true) and pass "
-                 f"its name as MODEL")
+    """How to have the model see the images."""
+    if args.model in config.endpoints:
+        return f"set `vision: true` on endpoints.{args.model} in {config.config_path}"
+    served = "the embedded model has no vision: serve a vision model and " if args.model == EMBEDDED else ""
+    return (f"{served}define it under `endpoints:` in {config.config_path} (base_url, model, vision: true) and "
+            f"pass its name as MODEL")
 
 
 def model_sees_images(args: EvalRequest, config: BuildConfig, default: str, vision: bool, path: Path) -> bool:
@@ -263,8 +265,8 @@ def _group_rows(groups: dict[str, dict[str, Any]], key: str, reasons: bool) -> l
 
 
 def report(metrics: dict[str, Any]) -> str:
-    """A Markdown summary of a multimodal metrics.json: the toy-judge warning and the blind-judge note on
-    top, the headline figures, the area x combination table, then languages, secondary categories, notes."""
+    """A Markdown summary of a multimodal metrics.json: the notices on top (notices: the text-only fallback's
+    first), the headline figures, the area x combination table, then languages, secondary categories, notes."""
     run, reasons = metrics["run"], metrics["reasons"]
     lines = [line for line in notices(run) if line]
     subset = f" (a {metrics['items']}-item subset, stratified by combination)" if run["subset"] else ""

@@ -34,11 +34,12 @@ COMBINATION_NAMES = {"RIRT": "risky image, risky text", "RIST": "risky image, sa
                      fields.BENIGN: "benign (over-refusal set)"}
 
 
-def image_sources(paths: dict[str, Path], out: Path, limit: int = EMBED_LIMIT) -> dict[str, str]:
-    """Each item's image as the page shows it: all as data: URLs when their files weigh `limit` bytes or less
-    in all, else all as paths relative to `out` (URL-quoted); "" for a file that is not there."""
+def image_sources(paths: dict[str, Path], out: Path, limit: int | None = None) -> dict[str, str]:
+    """Each item's image as the page shows it: all as data: URLs when their files weigh `limit` (default
+    EMBED_LIMIT) bytes or less in all, else all as paths relative to `out` (URL-quoted); "" for a file that is
+    not there."""
     present = {item: path for item, path in paths.items() if path.is_file()}
-    if sum(path.stat().st_size for path in present.values()) <= limit:
+    if sum(path.stat().st_size for path in present.values()) <= (EMBED_LIMIT if limit is None else limit):
         embedded = {}
         for item, path in present.items():
             data = path.read_bytes()
