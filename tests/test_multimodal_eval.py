@@ -492,14 +492,20 @@ def test_leaderboard_rows_for_multimodal_runs(tmp_path, fake_server, monkeypatch
     import pandas as pd
 
     from bsa.multimodal.leaderboard import build
+    from tests.test_viewer import embedded_data
 
     _, _, run, _ = _e2e(tmp_path, fake_server, monkeypatch, judge_vision=True)
     written = build(run.parent, tmp_path / "board")
-    assert sorted(p.name for p in written) == ["leaderboard.md", "leaderboard.multimodal.csv"]
+    assert sorted(p.name for p in written) == ["leaderboard.html", "leaderboard.md", "leaderboard.multimodal.csv"]
     board = pd.read_csv(tmp_path / "board" / "leaderboard.multimodal.csv")
     assert board[["model", "Safety Rate (cell mean)", "Safety Rate (item mean)", "Refusal rate", "RIST",
                   "SIRT"]].values.tolist() == [["vlm", 40.0, 41.67, 25.0, 0.0, 100.0]]
-    assert "## Multimodal (USB-style)" in (tmp_path / "board" / "leaderboard.md").read_text()
+    text = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "## Multimodal (USB-style)" in text and "[samples.html](../results/vlm/samples.html)" in text
+    page = embedded_data((tmp_path / "board" / "leaderboard.html").read_text())
+    [table] = page["tables"]
+    assert table["title"] == "Multimodal (USB-style)" and table["links"] == ["../results/vlm/samples.html"]
+    assert table["rows"][0][:2] == ["vlm", "yes"]
 
 
 # -- 6. the text-only fallback, several models -----------------------------------------------------------

@@ -14,9 +14,12 @@ from bsa.cli import main
 from bsa.multimodal import viewer
 from bsa.multimodal.evaluate import MODEL_BLIND
 from bsa.pipeline.io import read_table
+from tests import test_viewer
 from tests.mm_support import write_benchmark
 from tests.test_multimodal_eval import E2E_ITEMS, VisionScript, _config
-from tests.test_viewer import BOLD, IMG_XSS, SCRIPT_XSS, browser, embedded_data, opened  # noqa: F401 (fixtures)
+from tests.test_viewer import BOLD, IMG_XSS, SCRIPT_XSS, embedded_data
+
+browser, opened = test_viewer.browser, test_viewer.opened  # the text viewer's fixtures: Chromium, a checked page
 
 
 def _run(root: Path, model_vision: bool) -> Path:
@@ -65,11 +68,11 @@ def test_each_item_shows_its_image_and_fields(runs, opened, tmp_path):
     assert len(images) == len(E2E_ITEMS) and all(src.startswith("data:image/png;base64,") and width > 0
                                                   for src, width in images)
     first = page.locator("details.item[data-id='rist-1']")
-    text = first.inner_text()
-    assert "RIST (risky image, safe text)" in text and "Public Safety / Hazardous & Controlled Materials" in text
-    assert "Text printed on the image" in text and "homemade explosive" in text
-    assert "vulnerability" in text and "risk noticed" in text and "labelled by rule" in text
     first.locator("details.sample > summary").first.click()
+    text = first.inner_text().lower()  # field names are styled upper case
+    assert "rist (risky image, safe text)" in text and "public safety / hazardous & controlled materials" in text
+    assert "text printed on the image\nhomemade explosive" in text
+    assert "vulnerability (usb code)" in text and "unsafe (3)" in text and "labelled by rule" in text
     first.scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "mm-item.png"), full_page=False)
     page.select_option("#f-combination", "benign")

@@ -63,8 +63,7 @@ def _sample(row: dict[str, Any], benign: bool) -> dict[str, Any]:
             "reason": _text(row.get(f"{answer}_reason")), "label_error": _text(row.get(f"{answer}_error")),
             "noticed": "" if benign else _text(row.get(RISK_NOTICED)),
             "noticed_reason": _text(row.get(f"{RISK_NOTICED}_reason")),
-            "noticed_error": _text(row.get(f"{RISK_NOTICED}_error")),
-            "by_rule": bool(row.get(f"{RISK_NOTICED}_by_rule") is True)}
+            "noticed_error": _text(row.get(f"{RISK_NOTICED}_error"))}
 
 
 def mm_page_data(samples: pd.DataFrame, metrics: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -130,8 +130,8 @@
     tr.append(labelSpan("td", sample.label, good, sample.label + (sample.code ? " (" + sample.code + ")" : "")),
       el("td", "", [sample.reason, sample.label_error && "error: " + sample.label_error].filter(Boolean).join("\n")),
       labelSpan("td", sample.noticed, [data.noticed]),
-      el("td", "", [sample.noticed_reason, sample.noticed_error && "error: " + sample.noticed_error,
-        sample.by_rule ? "(labelled by rule: no reasoning)" : ""].filter(Boolean).join("\n")));
+      el("td", "", [sample.noticed_reason, sample.noticed_error && "error: " + sample.noticed_error]
+        .filter(Boolean).join("\n")));
     table.append(head, tr);
     const finish = [sample.finish_reason || "-", sample.truncation && "truncated: " + sample.truncation,
       sample.error && "error: " + sample.error].filter(Boolean).join("; ");
