@@ -76,9 +76,9 @@ def _asset(name: str) -> str:
 
 
 def render_page(page: str, title: str, data: Any) -> str:
-    """The page `page` (`samples` or `leaderboard`: its `<page>.body.html` and `<page>.js` in the shared
-    page.html with viewer.css) holding `data`."""
-    script, style = _asset(f"{page}.js"), _asset("viewer.css")
+    """The page `page` (`samples`, `mm_samples` or `leaderboard`: its `<page>.body.html` and `<page>.js`, after
+    the shared common.js, in the shared page.html with viewer.css) holding `data`."""
+    script, style = _asset("common.js") + _asset(f"{page}.js"), _asset("viewer.css")
     for source, tag in ((script, "script"), (style, "style")):
         if f"</{tag}" in source.lower():
             raise ValueError(f"the viewer's {tag} must not contain '</{tag}'")

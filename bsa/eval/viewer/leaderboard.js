@@ -3,11 +3,7 @@
 (function () {
   const data = JSON.parse(document.getElementById("data").textContent);
   const main = document.getElementById("boards");
-  const make = (tag, text) => {
-    const node = document.createElement(tag);
-    if (text) node.textContent = text;
-    return node;
-  };
+  const make = (tag, text) => view.el(tag, "", text);
   data.tables.forEach((board, number) => {
     if (board.title) main.appendChild(make("h2", board.title));
     if (board.note) main.appendChild(make("p", board.note));

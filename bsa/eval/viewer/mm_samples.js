@@ -6,29 +6,7 @@
   const data = JSON.parse(document.getElementById("data").textContent);
   const $ = (id) => document.getElementById(id);
 
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function ratio(hits, scored, k) {
-    if (scored === 0) return el("span", "unscored", "-/" + k);
-    const span = el("span", hits === k ? "all" : hits === 0 ? "none" : "some", hits + "/" + k);
-    if (scored < k) span.textContent += " (" + (k - scored) + " unscored)";
-    return span;
-  }
-
-  function imageOf(src, className) {
-    if (!src) return null;
-    if (!/^data:image\//i.test(src) && (/^[a-z][a-z0-9+.-]*:/i.test(src) || src.startsWith("/"))) return null;
-    const img = el("img", className);
-    img.alt = "the item's image";
-    img.loading = "lazy";
-    img.src = src;
-    return img;
-  }
+  const { el, ratio, imageOf, addOptions, field } = view;
 
   // -- the header ------------------------------------------------------------------------------------------
   const run = data.run;
@@ -58,13 +36,6 @@
     ["unscored-any", "an unscored sample", (it) => it.samples.some((s) => s.label === data.unscored ||
       s.noticed === data.unscored)],
   ];
-  function addOptions(select, pairs) {
-    for (const [value, text] of pairs) {
-      const option = el("option", "", text);
-      option.value = value;
-      select.appendChild(option);
-    }
-  }
   const present = new Set(data.items.map((it) => it.combination));
   addOptions($("f-combination"), data.combinations.filter(([name]) => present.has(name))
     .map(([name, text]) => [name, name + " (" + text + ")"]));
@@ -94,13 +65,6 @@
     const haystack = [item.id, item.text, item.words, item.category, ...item.samples.flatMap((s) =>
       [s.reasoning, s.answer, s.reason, s.noticed_reason])];
     rows.push({ item, node: details, text: haystack.join("\n").toLowerCase() });
-  }
-
-  function field(name, text, className) {
-    const box = el("div", "field");
-    box.appendChild(el("div", "name", name));
-    box.appendChild(text === "" ? el("div", "text empty", "(empty)") : el("div", className || "text", text));
-    return box;
   }
 
   function labelSpan(tag, label, good, shown) {

@@ -5,19 +5,7 @@
   const data = JSON.parse(document.getElementById("data").textContent);
   const $ = (id) => document.getElementById(id);
 
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function ratio(hits, scored, k) {
-    if (scored === 0) return el("span", "unscored", "-/" + k + " (unscored)");
-    const span = el("span", hits === k ? "all" : hits === 0 ? "none" : "some", hits + "/" + k);
-    if (scored < k) span.textContent += " (" + (k - scored) + " unscored)";
-    return span;
-  }
+  const { el, ratio, imageOf, addOptions, field } = view;
 
   // -- the header ------------------------------------------------------------------------------------------
   const run = data.run;
@@ -45,13 +33,6 @@
     ["unscored-any", "an unscored sample", (it) => it.safe_scored < it.k || it.think_scored < it.k],
     ["flagged", "a flagged sample", (it) => it.samples.some((s) => s.flags.length > 0)],
   ];
-  function addOptions(select, pairs) {
-    for (const [value, text] of pairs) {
-      const option = el("option", "", text);
-      option.value = value;
-      select.appendChild(option);
-    }
-  }
   const present = new Set(data.items.map((it) => it.scenario));
   addOptions($("f-scenario"), data.scenarios.filter(([name]) => present.has(name))
     .map(([name, code]) => [name, name + " (" + code + ")"]));
@@ -90,13 +71,6 @@
     return el(tag, label === success ? "all" : label === data.unscored ? "unscored" : "none", label);
   }
 
-  function field(name, text, className) {
-    const box = el("div", "field");
-    box.appendChild(el("div", "name", name));
-    box.appendChild(text === "" ? el("div", "text empty", "(empty)") : el("div", className || "text", text));
-    return box;
-  }
-
   function reasoningField(sample) {
     const box = el("details", "field reasoning");
     const length = sample.reasoning_tokens === null ? "" : sample.reasoning_tokens + " tokens (" +
@@ -123,15 +97,6 @@
       table.appendChild(tr);
     }
     return table;
-  }
-
-  function imageOf(src) {
-    // a data: image or a path relative to this page; anything else (another scheme, an absolute URL) is not shown
-    if (!/^data:image\//i.test(src) && (/^[a-z][a-z0-9+.-]*:/i.test(src) || src.startsWith("/"))) return null;
-    const img = el("img", "image");
-    img.alt = "the item's image";
-    img.src = src;
-    return img;
   }
 
   function sampleNode(item, sample) {
