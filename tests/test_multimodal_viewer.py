@@ -120,3 +120,16 @@ def test_hostile_text_and_image_paths_stay_inert(runs, opened, tmp_path):
     assert IMG_XSS in item and SCRIPT_XSS in item and BOLD in item
     assert "(image not found: javascript:alert(1))" in item  # not a file beside the benchmark: no image
     assert len(_images(page)) == len(E2E_ITEMS) - 1
+
+
+def test_images_are_embedded_up_to_the_limit_then_linked(tmp_path):
+    from tests.mm_support import draw_png
+
+    (tmp_path / "bench" / "my images").mkdir(parents=True)
+    paths = {"a": tmp_path / "bench" / "my images" / "a#1.png", "b": tmp_path / "bench" / "absent.png"}
+    paths["a"].write_bytes(draw_png(1))
+    out = tmp_path / "results" / "run"
+    embedded = viewer.image_sources(paths, out)
+    assert embedded["a"].startswith("data:image/png;base64,") and embedded["b"] == ""
+    linked = viewer.image_sources(paths, out, limit=10)
+    assert linked == {"a": "../../bench/my%20images/a%231.png", "b": ""}
