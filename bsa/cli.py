@@ -233,9 +233,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_viewer(args: argparse.Namespace) -> int:
     from bsa.eval.viewer import write_run_page
+    from bsa.multimodal.leaderboard import is_multimodal_run
+    from bsa.multimodal.viewer import write_mm_run_page
 
     for run in args.runs:
-        print(f"wrote {write_run_page(run)}")
+        multimodal = is_multimodal_run(Path(run) / "metrics.json")
+        print(f"wrote {(write_mm_run_page if multimodal else write_run_page)(run)}")
     return 0
 
 

@@ -212,10 +212,6 @@ def write_run_page(run_dir: str | Path) -> Path:
     summaries, which samples.jsonl leaves out, come from the run's dataset when it is still readable."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    if metrics.get("kind") == "multimodal":
-        from bsa.multimodal.viewer import write_mm_run_page
-
-        return write_mm_run_page(run_dir)
     samples, _ = read_table(run_dir / "samples.jsonl")
     dataset = Path(_text(metrics.get("run", {}).get("dataset")))
     if "risk_summary" not in samples.columns:
