@@ -591,6 +591,7 @@ def test_the_text_only_fallback_runs_on_the_embedded_model(tmp_path):
     run = out / "local__text-only"
     report = (run / "report.md").read_text().splitlines()
     assert report[:2] == [MODEL_BLIND, TOY_WARNING]
+    assert any(line.startswith("- Reasoning was elicited") for line in report)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["notice"] == MODEL_BLIND and metrics["run"]["model_sees_images"] is False
     assert metrics["run"]["base_url"] == "local" and metrics["run"]["samples"] == 4

@@ -308,6 +308,10 @@ def _notes(metrics: dict[str, Any]) -> list[str]:
     notes = [f"- Reasoning: {run['without_reasoning']} of {run['samples']} samples had none"
              + ("; a risky pair's sample without reasoning is 'Missed' by rule (the judge was not asked)."
                 if metrics["reasons"] else "; the model gave no reasoning, so there are no reasoning figures.")]
+    if run["reasoning_elicited"]:
+        notes.append(f"- Reasoning was elicited: the model is not a reasoning model, so it was asked to think in "
+                     f"<think> tags first ({run['reasoning_elicited']} samples); "
+                     f"{run['reasoning_source'].get('elicited', 0)} did.")
     if run["failed"]:
         notes.append(f"- {run['failed']} samples failed after retries (unscored).")
     if run["truncated"]:
