@@ -2,8 +2,9 @@
 
 A `per_batch` step runs as `Dataset.map_batches` on pandas batches of `batch_rows` rows; a step that
 `loads_models` runs in a pool of actors asking for a fraction of a CPU each, so every actor loads its
-models once (the stage code caches them) and keeps them. A `whole` step runs on the rows gathered in input
-order. Rows carry `_seq`, their position in the stage's input, so gathering restores the local order
+models once (the stage code caches them) and keeps them. A `whole` step runs as its `distributed` counterpart
+where it offers one (on `Shards`: an aggregate then a map, a shuffle on a coarse partition of a key), else on
+the rows gathered in input order. Rows carry `_seq`, their position in the stage's input, so gathering restores the local order
 whatever the number of blocks. Counters and declared resources of the workers are sent to one actor and
 merged into the stage's context. Stages that call LLM endpoints run in the driver (their engine is
 asynchronous I/O with its own concurrency and one reply cache). Needs the `[ray]` extra.
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ import pandas as pd
 from bsa.pipeline.config import RaySettings
 from bsa.pipeline.executor import LocalExecutor
 from bsa.pipeline.stage import Stage, StageContext, StageResult, Step, split_rejects
+from bsa.text.clusters import first_rows
 
 SEQ = "_seq"  # a row's position in the stage's input: the order gathered rows are put back in
 
@@ -88,6 +91,71 @@ class _StepCall:
         return out
 
 
+class _BatchCall:
+    """A function applied to normalised batches: `function(batch, *args) -> frame` (the batch keeps `_seq`)."""
+
+    def __init__(self, function: Callable[..., pd.DataFrame], args: tuple, dtypes: dict[str, Any]):
+        self.function, self.args, self.dtypes = function, args, dtypes
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return self.function(normalize(batch, self.dtypes), *self.args)
+
+
+@dataclass(frozen=True)
+class Shards:
+    """Rows spread over a cluster, as a step's `distributed` counterpart sees them: a Ray Dataset whose rows
+    carry `_seq` (their position in the stage's input: "the earliest" is the lowest), the input's dtypes
+    (batches are normalised to them) and the executor's settings."""
+
+    dataset: Any
+    dtypes: dict[str, Any]
+    settings: RaySettings
+
+    def map(self, function: Callable[..., pd.DataFrame], *args: Any) -> Shards:
+        """`function(batch, *args) -> frame` on every batch (it must keep `_seq`); `args` are sent once."""
+        call = _BatchCall(function, args, self.dtypes)
+        return replace(self, dataset=self.dataset.map_batches(call, batch_format="pandas",
+                                                              batch_size=self.settings.batch_rows))
+
+    def columns(self, names: list[str], where: Callable[[pd.DataFrame], pd.Series] | None = None) -> pd.DataFrame:
+        """Some columns of the rows (`where` a batch's mask: of some rows), with `_seq`, in input order:
+        what an aggregate needs in the driver (one number and a language a row, say)."""
+        wanted = [*names, SEQ]
+
+        def select(batch: pd.DataFrame) -> pd.DataFrame:
+            return (batch if where is None else batch[where(batch).to_numpy(dtype=bool)])[wanted]
+
+        return gather_frames(self.map(select).dataset, self.dtypes, keep_seq=True)
+
+    def count(self) -> int:
+        return self.dataset.count()
+
+
+def gather_frames(dataset, dtypes: dict[str, Any], keep_seq: bool = False) -> pd.DataFrame:
+    """Every row of a Dataset in input order (by `_seq`), the input's columns in their input dtypes."""
+    # block by block: blocks may type a column differently (all missing in one), which Ray's own
+    # to_pandas() joins into a pickled-object column
+    blocks = [normalize(block, dtypes) for block in _ray().get(dataset.to_pandas_refs())]
+    frame = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+    if SEQ not in frame.columns:
+        return frame
+    frame = frame.sort_values(SEQ, kind="stable").reset_index(drop=True)
+    return frame if keep_seq else frame.drop(columns=[SEQ])
+
+
+def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    """A coarse partition of 64-bit hash keys (their remainder): the shuffle groups by it, not by each key."""
+    return (keys.astype(np.uint64) % np.uint64(partitions)).astype(np.int64)
+
+
+def _earliest_of_keys(group: pd.DataFrame) -> pd.DataFrame:
+    """Within one partition of the keys: each row whose key an earlier row holds, and that row's `_seq`."""
+    group = group.sort_values(SEQ, kind="stable")
+    first = group.groupby("key", sort=False, dropna=False)[SEQ].transform("min")
+    later = first.to_numpy() != group[SEQ].to_numpy()
+    return pd.DataFrame({SEQ: group[SEQ].to_numpy()[later], "first": first.to_numpy()[later]})
+
+
 class RayExecutor:
     """Runs stages on a Ray cluster: the one at `address` (or RAY_ADDRESS), else a local one it starts."""
 
@@ -112,7 +180,7 @@ class RayExecutor:
             self._started = False
 
     def run(self, stage: Stage, records: pd.DataFrame, config: Any, ctx: StageContext) -> StageResult:
-        if stage.endpoints or not any(step.per_batch for step in stage.steps):
+        if stage.endpoints or not any(step.per_batch or step.distributed for step in stage.steps):
             return LocalExecutor(self.settings.batch_rows).run(stage, records, config, ctx)
         ray = self._connect()
         if stage.setup is not None:
@@ -123,19 +191,46 @@ class RayExecutor:
         dtypes = {column: records[column].dtype for column in records.columns}
         dataset = None
         for step in stage.steps:
-            if step.per_batch:
-                if dataset is None:
-                    dataset = self.dataset(frame)
-                dataset, frame = self._map(dataset, step, config, worker_ctx, tally, dtypes), None
-            else:
-                frame = self.gather(dataset, dtypes) if frame is None else frame
-                frame, dataset = step.function(frame, config, ctx), None
+            if step.per_batch or step.distributed:
+                dataset = self.dataset(frame) if dataset is None else dataset
+                frame = None
+                if step.per_batch:
+                    dataset = self._map(dataset, step, config, worker_ctx, tally, dtypes)
+                    continue
+                shards = step.distributed(Shards(dataset, dtypes, self.settings), config, ctx)
+                if shards is not None:
+                    dataset = shards.dataset
+                    continue
+            frame = self.gather(dataset, dtypes) if frame is None else frame  # no counterpart: in the driver
+            frame, dataset = step.function(frame, config, ctx), None
         frame = self.gather(dataset, dtypes) if frame is None else frame
         counters, resources = ray.get(tally.take.remote())
         ctx.counters.update(counters)
         ctx.resources.update(resources)
         kept, rejected = split_rejects(frame, stage.reject_columns)
         return StageResult(kept, rejected, dict(ctx.stats))
+
+    def first_rows(self, keys: pd.Series) -> np.ndarray:
+        """Each row's position of the earliest row holding the same key (ingest's duplicate ids), found on the
+        cluster: the keys hashed, shuffled by a coarse partition of the hash, the earliest `_seq` of each key
+        within each partition; the driver gets back only the rows whose key an earlier row holds."""
+        if len(keys) == 0:
+            return first_rows(keys)
+        ray = self._connect()
+        hashed = pd.util.hash_pandas_object(keys.reset_index(drop=True), index=False).to_numpy()
+        partitions = self._partitions()
+        frame = pd.DataFrame({"key": keys.to_numpy(dtype=object), "part": partition_of(hashed, partitions)})
+        grouped = self.dataset(frame).groupby("part", num_partitions=partitions)
+        later = grouped.map_groups(_earliest_of_keys, batch_format="pandas")
+        found = pd.concat(ray.get(later.to_pandas_refs()), ignore_index=True)
+        out = np.arange(len(keys), dtype=np.int64)
+        if len(found):
+            out[found[SEQ].to_numpy(dtype=np.int64)] = found["first"].to_numpy(dtype=np.int64)
+        return out
+
+    def _partitions(self) -> int:
+        """Shuffle partitions: a few per CPU (Ray's default of 200 costs a task each on a small cluster)."""
+        return max(1, int(_ray().cluster_resources().get("CPU", 1)) * 2)
 
     def dataset(self, frame: pd.DataFrame):
         """The rows as a Ray Dataset of `blocks` blocks, each row with its `_seq`."""
@@ -158,8 +253,4 @@ class RayExecutor:
     @staticmethod
     def gather(dataset, dtypes: dict[str, Any]) -> pd.DataFrame:
         """Every row of a Dataset in input order (by `_seq`), the input's columns in their input dtypes."""
-        # block by block: blocks may type a column differently (all missing in one), which Ray's own
-        # to_pandas() joins into a pickled-object column
-        blocks = [normalize(block, dtypes) for block in _ray().get(dataset.to_pandas_refs())]
-        frame = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
-        return frame.sort_values(SEQ, kind="stable").drop(columns=[SEQ]).reset_index(drop=True)
+        return gather_frames(dataset, dtypes)
