@@ -125,10 +125,26 @@ class Shards:
         def select(batch: pd.DataFrame) -> pd.DataFrame:
             return (batch if where is None else batch[where(batch).to_numpy(dtype=bool)])[wanted]
 
-        return gather_frames(self.map(select).dataset, self.dtypes, keep_seq=True)
+        frame = gather_frames(self.map(select).dataset, self.dtypes, keep_seq=True)
+        return frame if set(wanted) <= set(frame.columns) else frame.reindex(columns=wanted)  # no rows at all
 
     def count(self) -> int:
         return self.dataset.count()
+
+    @property
+    def partitions(self) -> int:
+        """Shuffle partitions: a few per CPU (Ray's default of 200 costs a task each on a small cluster)."""
+        return max(1, int(_ray().cluster_resources().get("CPU", 1)) * 2)
+
+    def shuffle(self, explode: Callable[..., pd.DataFrame], group: Callable[[dict], dict], *args: Any) -> pd.DataFrame:
+        """`explode(batch, *args)` gives records with a `part` column (a coarse partition of a key, below
+        `partitions`); the records of one part meet in one `group(numpy columns) -> numpy columns` call;
+        the driver gets every call's output, joined."""
+        records = self.dataset.map_batches(_BatchCall(explode, args, self.dtypes), batch_format="pandas",
+                                           batch_size=self.settings.batch_rows)
+        grouped = records.groupby("part", num_partitions=self.partitions).map_groups(group, batch_format="numpy")
+        frames = [frame for frame in _ray().get(grouped.to_pandas_refs()) if len(frame)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def gather_frames(dataset, dtypes: dict[str, Any], keep_seq: bool = False) -> pd.DataFrame:
@@ -143,17 +159,19 @@ def gather_frames(dataset, dtypes: dict[str, Any], keep_seq: bool = False) -> pd
     return frame if keep_seq else frame.drop(columns=[SEQ])
 
 
-def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
-    """A coarse partition of 64-bit hash keys (their remainder): the shuffle groups by it, not by each key."""
-    return (keys.astype(np.uint64) % np.uint64(partitions)).astype(np.int64)
+def _keyed(batch: pd.DataFrame, partitions: int) -> pd.DataFrame:
+    """Each row's key with a coarse partition of its hash (pandas' hash: the same in every process)."""
+    hashed = pd.util.hash_pandas_object(batch["key"], index=False).to_numpy()
+    return batch.assign(part=(hashed % np.uint64(partitions)).astype(np.int64))
 
 
-def _earliest_of_keys(group: pd.DataFrame) -> pd.DataFrame:
+def _earliest_of_keys(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Within one partition of the keys: each row whose key an earlier row holds, and that row's `_seq`."""
-    group = group.sort_values(SEQ, kind="stable")
-    first = group.groupby("key", sort=False, dropna=False)[SEQ].transform("min")
-    later = first.to_numpy() != group[SEQ].to_numpy()
-    return pd.DataFrame({SEQ: group[SEQ].to_numpy()[later], "first": first.to_numpy()[later]})
+    order = np.argsort(np.asarray(group[SEQ], dtype=np.int64), kind="stable")
+    seq = np.asarray(group[SEQ], dtype=np.int64)[order]
+    first = seq[first_rows(pd.Series(np.asarray(group["key"], dtype=object)[order]))]
+    later = first != seq
+    return {SEQ: seq[later], "first": first[later]}
 
 
 class RayExecutor:
@@ -214,23 +232,15 @@ class RayExecutor:
         """Each row's position of the earliest row holding the same key (ingest's duplicate ids), found on the
         cluster: the keys hashed, shuffled by a coarse partition of the hash, the earliest `_seq` of each key
         within each partition; the driver gets back only the rows whose key an earlier row holds."""
-        if len(keys) == 0:
-            return first_rows(keys)
-        ray = self._connect()
-        hashed = pd.util.hash_pandas_object(keys.reset_index(drop=True), index=False).to_numpy()
-        partitions = self._partitions()
-        frame = pd.DataFrame({"key": keys.to_numpy(dtype=object), "part": partition_of(hashed, partitions)})
-        grouped = self.dataset(frame).groupby("part", num_partitions=partitions)
-        later = grouped.map_groups(_earliest_of_keys, batch_format="pandas")
-        found = pd.concat(ray.get(later.to_pandas_refs()), ignore_index=True)
         out = np.arange(len(keys), dtype=np.int64)
+        if len(keys) == 0:
+            return out
+        self._connect()
+        shards = Shards(self.dataset(pd.DataFrame({"key": keys.to_numpy(dtype=object)})), {}, self.settings)
+        found = shards.shuffle(_keyed, _earliest_of_keys, shards.partitions)
         if len(found):
             out[found[SEQ].to_numpy(dtype=np.int64)] = found["first"].to_numpy(dtype=np.int64)
         return out
-
-    def _partitions(self) -> int:
-        """Shuffle partitions: a few per CPU (Ray's default of 200 costs a task each on a small cluster)."""
-        return max(1, int(_ray().cluster_resources().get("CPU", 1)) * 2)
 
     def dataset(self, frame: pd.DataFrame):
         """The rows as a Ray Dataset of `blocks` blocks, each row with its `_seq`."""
