@@ -215,7 +215,8 @@ class RayExecutor:
                 if step.per_batch:
                     dataset = self._map(dataset, step, config, worker_ctx, tally, dtypes)
                     continue
-                shards = step.distributed(Shards(dataset, dtypes, self.settings), config, ctx)
+                # materialised: a counterpart reads its rows more than once (an aggregate, then a map)
+                shards = step.distributed(Shards(dataset.materialize(), dtypes, self.settings), config, ctx)
                 if shards is not None:
                     dataset = shards.dataset
                     continue
