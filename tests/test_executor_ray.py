@@ -12,11 +12,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from bsa.pipeline.config import BuildConfig, RaySettings
+from bsa.pipeline.config import BuildConfig, RaySettings, SourceConfig
 from bsa.pipeline.executor import LocalExecutor
 from bsa.pipeline.prompts import PromptLoader
 from bsa.pipeline.runner import _arrow_safe
-from bsa.pipeline.config import SourceConfig
 from bsa.pipeline.stage import Stage, StageContext, StageResult
 from bsa.pipeline.taxonomy import Taxonomy
 from bsa.project import load_config

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from bsa.pipeline.config import BuildConfig, Section, SourceConfig, load_config, validate_section
+from bsa.pipeline.config import BuildConfig, Section, load_config, validate_section
 from bsa.pipeline.errors import ConfigError
 from bsa.pipeline.io import file_sha256, read_table
 from bsa.pipeline.layout import StagePaths, stage_paths
