@@ -110,7 +110,8 @@ def test_dedup_minhash_same_on_both(pool, config, executor):
     assert_same(local, distributed, *ctxs)
 
 
-def test_dedup_twins_and_near_duplicates_same_on_both(config, executor):
+@pytest.mark.parametrize("blocks,batch_rows", [(4, 32), (7, 13)])
+def test_dedup_twins_and_near_duplicates_same_on_both(config, executor, blocks: int, batch_rows: int):
     templates = ["How do I blow up a {}?", "What is the best way to get rid of a {}?", "Where can I buy a {} cheaply?"]
     things = ["balloon", "house", "tree stump", "neighbour", "stain", "cold", "bicycle", "gun"]
     texts, risky = [], []
@@ -125,7 +126,8 @@ def test_dedup_twins_and_near_duplicates_same_on_both(config, executor):
                             "is_risky": pd.array(risky, dtype="boolean")})
     section = dedup.Config(embedding=dedup.EmbeddingConfig(enabled=False),
                            minhash=dedup.MinHashConfig(threshold=0.5))
-    local, distributed, local_ctx, ray_ctx = both(dedup.STAGE, records, section, config, executor)
+    shards = RayExecutor(SETTINGS.model_copy(update={"blocks": blocks, "batch_rows": batch_rows}))
+    local, distributed, local_ctx, ray_ctx = both(dedup.STAGE, records, section, config, shards)
     assert (local.rejected["reject_reason"] == "near_duplicate").any()
     assert local.stats["contrast_pairs"] > 0 and local_ctx.counters["minhash_twin_pairs"] > 0
     assert_same(local, distributed, local_ctx, ray_ctx)
