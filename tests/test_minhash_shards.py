@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bsa.pipeline.keys import first_rows
 from bsa.text import minhash, minhash_shards
-from bsa.text.clusters import first_rows
 
 SETTINGS = {"num_perm": 64, "ngram": 1, "char_ngram": 2, "seed": 3}
 

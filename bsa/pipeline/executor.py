@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from bsa.pipeline.keys import first_rows
 from bsa.pipeline.stage import Stage, StageContext, StageResult, split_rejects
-from bsa.text.clusters import first_rows
 
 BATCH_ROWS = 10_000  # rows a batch: numpy temporaries stay in cache, progress shows on large pools
 

@@ -23,8 +23,8 @@ import pandas as pd
 
 from bsa.pipeline.config import RaySettings
 from bsa.pipeline.executor import LocalExecutor
+from bsa.pipeline.keys import first_rows
 from bsa.pipeline.stage import Stage, StageContext, StageResult, Step, split_rejects
-from bsa.text.clusters import first_rows
 
 SEQ = "_seq"  # a row's position in the stage's input: the order gathered rows are put back in
 

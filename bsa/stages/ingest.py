@@ -27,9 +27,9 @@ from bsa.multimodal.render import LAYOUTS, make_spec, render
 from bsa.pipeline.config import SourceConfig
 from bsa.pipeline.errors import DataError
 from bsa.pipeline.io import read_table
+from bsa.pipeline.keys import first_rows
 from bsa.pipeline.records import CORE_FIELDS, REJECT_DETAIL, REJECT_REASON, text_id
 from bsa.pipeline.taxonomy import Taxonomy
-from bsa.text.clusters import first_rows
 
 
 def _to_risky(value: object, source: SourceConfig) -> object:

@@ -1,10 +1,9 @@
 """Clusters of duplicate pairs: connected components whose earliest row is kept, and the same under
-constraints (pairs that must stay apart, labels that must not mix) for contrast pairs; rows of one key."""
+constraints (pairs that must stay apart, labels that must not mix) for contrast pairs."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 
 def representatives(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -58,11 +57,3 @@ def constrained_representatives(n: int, pairs: np.ndarray, apart: np.ndarray,
     earliest = np.full(n, n, dtype=np.int64)
     np.minimum.at(earliest, roots, np.arange(n))
     return earliest[roots], skipped
-
-
-def first_rows(keys: pd.Series) -> np.ndarray:
-    """Each row's position of the earliest row holding the same key (a missing key is a key too)."""
-    codes, _ = pd.factorize(keys, use_na_sentinel=False)
-    earliest = np.full(codes.max() + 1 if len(codes) else 0, len(codes), dtype=np.int64)
-    np.minimum.at(earliest, codes, np.arange(len(codes), dtype=np.int64))
-    return earliest[codes]
