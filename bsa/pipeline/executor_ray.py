@@ -16,6 +16,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -101,21 +102,25 @@ class _BatchCall:
         return self.function(normalize(batch, self.dtypes), *self.args)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Shards:
     """Rows spread over a cluster, as a step's `distributed` counterpart sees them: a Ray Dataset whose rows
     carry `_seq` (their position in the stage's input: "the earliest" is the lowest), the input's dtypes
     (batches are normalised to them) and the executor's settings."""
 
-    dataset: Any
+    source: Any  # a Ray Dataset, or a function making one (rows still in the driver: made on first use)
     dtypes: dict[str, Any]
     settings: RaySettings
+
+    @cached_property
+    def dataset(self) -> Any:
+        return self.source() if callable(self.source) else self.source
 
     def map(self, function: Callable[..., pd.DataFrame], *args: Any) -> Shards:
         """`function(batch, *args) -> frame` on every batch (it must keep `_seq`); `args` are sent once."""
         call = _BatchCall(function, args, self.dtypes)
-        return replace(self, dataset=self.dataset.map_batches(call, batch_format="pandas",
-                                                              batch_size=self.settings.batch_rows))
+        return Shards(self.dataset.map_batches(call, batch_format="pandas", batch_size=self.settings.batch_rows),
+                      self.dtypes, self.settings)
 
     def columns(self, names: list[str], where: Callable[[pd.DataFrame], pd.Series] | None = None) -> pd.DataFrame:
         """Some columns of the rows (`where` a batch's mask: of some rows), with `_seq`, in input order:
@@ -209,16 +214,17 @@ class RayExecutor:
         dtypes = {column: records[column].dtype for column in records.columns}
         dataset = None
         for step in stage.steps:
-            if step.per_batch or step.distributed:
+            if step.per_batch:
                 dataset = self.dataset(frame) if dataset is None else dataset
-                frame = None
-                if step.per_batch:
-                    dataset = self._map(dataset, step, config, worker_ctx, tally, dtypes)
-                    continue
-                # materialised: a counterpart reads its rows more than once (an aggregate, then a map)
-                shards = step.distributed(Shards(dataset.materialize(), dtypes, self.settings), config, ctx)
+                dataset, frame = self._map(dataset, step, config, worker_ctx, tally, dtypes), None
+                continue
+            if step.distributed is not None:
+                # materialised: a counterpart reads its rows more than once (an aggregate, then a map); rows
+                # still in the driver are sent to the cluster only if the counterpart uses them
+                source = dataset.materialize() if dataset is not None else partial(self.dataset, frame)
+                shards = step.distributed(Shards(source, dtypes, self.settings), config, ctx)
                 if shards is not None:
-                    dataset = shards.dataset
+                    dataset, frame = shards.dataset, None
                     continue
             frame = self.gather(dataset, dtypes) if frame is None else frame  # no counterpart: in the driver
             frame, dataset = step.function(frame, config, ctx), None

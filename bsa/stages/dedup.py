@@ -341,8 +341,10 @@ def find_duplicates_shards(rows, config: Config, ctx: StageContext):
     are shingled again for the exact Jaccard check, and one connected-components pass over the verified
     pairs (under the contrast guard) picks each cluster's earliest row; a map then marks every shard.
     None (the gathered rows, in the driver) with the embedding pass or images: see docs/scale.md."""
+    if config.embedding.enabled or not config.minhash.enabled or mm.IMAGE_SHA256 in rows.dtypes:
+        return None
     n = rows.count()
-    if config.embedding.enabled or not config.minhash.enabled or mm.IMAGE_SHA256 in rows.dtypes or not n:
+    if not n:
         return None
     settings = config.minhash
     bands, per_band = minhash.bands_and_rows(settings.threshold, settings.num_perm,
