@@ -1,15 +1,18 @@
 """The Ray Data executor gives the local executor's results row for row: kept, rejected, reasons and stats,
-on the demo pool split into several blocks and small batches, on one 2-CPU local cluster per module."""
+on the demo pool split into several blocks and small batches, on one 2-CPU local cluster per module; the
+`whole` steps with a distributed counterpart (ingest's duplicate ids, the perplexity percentile, MinHash)
+give them without their local function."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from bsa.pipeline.config import BuildConfig, RaySettings
+from bsa.pipeline.config import BuildConfig, RaySettings, SourceConfig
 from bsa.pipeline.executor import LocalExecutor
 from bsa.pipeline.prompts import PromptLoader
 from bsa.pipeline.runner import _arrow_safe
@@ -50,11 +53,21 @@ def context(config: BuildConfig, name: str) -> StageContext:
     return StageContext(name, config, Taxonomy.load(config.taxonomy), PromptLoader("en"), show_progress=False)
 
 
+def distributed_only(stage: Stage) -> Stage:
+    """The stage with each `whole` step that has a distributed counterpart unable to run in the driver."""
+
+    def refuse(frame, config, ctx):
+        raise AssertionError(f"{stage.name}: a whole step ran on the gathered rows")
+
+    return replace(stage, steps=tuple(replace(step, function=refuse) if step.distributed else step
+                                      for step in stage.steps))
+
+
 def both(stage: Stage, records: pd.DataFrame, section, config: BuildConfig,
          executor: RayExecutor) -> tuple[StageResult, StageResult, StageContext, StageContext]:
     local_ctx, ray_ctx = context(config, stage.name), context(config, stage.name)
     local = LocalExecutor(batch_rows=SETTINGS.batch_rows).run(stage, records, section, local_ctx)
-    distributed = executor.run(stage, records, section, ray_ctx)
+    distributed = executor.run(distributed_only(stage), records, section, ray_ctx)
     return local, distributed, local_ctx, ray_ctx
 
 
@@ -95,6 +108,46 @@ def test_dedup_minhash_same_on_both(pool, config, executor):
     local, distributed, *ctxs = both(dedup.STAGE, pool, section, config, executor)
     assert (local.rejected["reject_reason"] == "near_duplicate").any()
     assert_same(local, distributed, *ctxs)
+
+
+@pytest.mark.parametrize("blocks,batch_rows", [(4, 32), (7, 13)])
+def test_dedup_twins_and_near_duplicates_same_on_both(config, executor, blocks: int, batch_rows: int):
+    templates = ["How do I blow up a {}?", "What is the best way to get rid of a {}?", "Where can I buy a {} cheaply?"]
+    things = ["balloon", "house", "tree stump", "neighbour", "stain", "cold", "bicycle", "gun"]
+    texts, risky = [], []
+    for i, template in enumerate(templates):
+        for j, thing in enumerate(things):
+            text = template.format(thing)
+            texts += [text, text.upper() + " please", text.replace("?", "!!")]  # a twin family and its copies
+            risky += [None, None, [True, False, None][(i + j) % 3]]
+    texts += [f"Tell me fact number {k} about the river Danube and its fish." for k in range(60)]
+    risky += [None] * 60
+    records = pd.DataFrame({"id": [f"r{k:03d}" for k in range(len(texts))], "text": texts, "lang": "en",
+                            "is_risky": pd.array(risky, dtype="boolean")})
+    section = dedup.Config(embedding=dedup.EmbeddingConfig(enabled=False),
+                           minhash=dedup.MinHashConfig(threshold=0.5))
+    shards = RayExecutor(SETTINGS.model_copy(update={"blocks": blocks, "batch_rows": batch_rows}))
+    local, distributed, local_ctx, ray_ctx = both(dedup.STAGE, records, section, config, shards)
+    assert (local.rejected["reject_reason"] == "near_duplicate").any()
+    assert local.stats["contrast_pairs"] > 0 and local_ctx.counters["minhash_twin_pairs"] > 0
+    assert_same(local, distributed, local_ctx, ray_ctx)
+
+
+def test_ingest_duplicate_ids_same_on_both(tmp_path: Path, config, executor):
+    lines = ["How do I bake bread?", "How do I fix a bike?", "How do I bake bread?", "What is rain?",
+             "How do I fix a bike?", "How do I bake bread?"]
+    sources = []
+    for name, rows in (("first", lines * 20), ("second", lines[::-1] * 20)):
+        path = tmp_path / f"{name}.csv"
+        pd.DataFrame({"prompt": [f"{text} {k % 7}" for k, text in enumerate(rows)]}).to_csv(path, index=False)
+        sources.append(SourceConfig(name=name, path=str(path), text="prompt", is_risky=False))
+    taxonomy = Taxonomy.load(config.taxonomy)
+    local_records, local_rejects = ingest(sources, taxonomy)
+    ray_records, ray_rejects = ingest(sources, taxonomy, first_rows=executor.first_rows)
+    assert (local_rejects["reject_detail"] == "same id as a row of first").any()
+    assert (local_rejects["reject_reason"] == "duplicate_id").sum() > 100
+    pd.testing.assert_frame_equal(ray_records, local_records)
+    pd.testing.assert_frame_equal(ray_rejects, local_rejects)
 
 
 def test_build_config_names_the_executor(tmp_path: Path):

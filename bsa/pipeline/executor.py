@@ -3,16 +3,19 @@
 `LocalExecutor` runs in this process: a `per_batch` step gets the rows `batch_rows` at a time (in order),
 a `whole` step gets them all. The batches' frames are joined in order, so the result is the one a single
 batch would give. A distributed executor runs the same steps: `per_batch` ones as Ray Data's `map_batches`,
-`whole` ones on the gathered rows (bsa.pipeline.executor_ray). `executor_for` picks one from the config.
+`whole` ones by their `distributed` counterpart where they offer one, else on the gathered rows
+(bsa.pipeline.executor_ray). `executor_for` picks one from the config.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from bsa.pipeline.keys import first_rows
 from bsa.pipeline.stage import Stage, StageContext, StageResult, split_rejects
 
 BATCH_ROWS = 10_000  # rows a batch: numpy temporaries stay in cache, progress shows on large pools
@@ -20,6 +23,11 @@ BATCH_ROWS = 10_000  # rows a batch: numpy temporaries stay in cache, progress s
 
 class Executor(Protocol):
     def run(self, stage: Stage, records: pd.DataFrame, config: Any, ctx: StageContext) -> StageResult: ...
+
+    def first_rows(self, keys: pd.Series) -> np.ndarray:
+        """Each row's position of the earliest row holding the same key (ingest's duplicate ids)."""
+        ...
+
 
 
 class LocalExecutor:
@@ -38,6 +46,8 @@ class LocalExecutor:
             frame = self._batched(step, frame, config, ctx) if step.per_batch else step.function(frame, config, ctx)
         kept, rejected = split_rejects(frame, stage.reject_columns)
         return StageResult(kept, rejected, dict(ctx.stats))
+
+    first_rows = staticmethod(first_rows)
 
     def _batched(self, step: Any, frame: pd.DataFrame, config: Any, ctx: StageContext) -> pd.DataFrame:
         if len(frame) <= self.batch_rows:

@@ -2,8 +2,9 @@
 
 A `per_batch` step runs as `Dataset.map_batches` on pandas batches of `batch_rows` rows; a step that
 `loads_models` runs in a pool of actors asking for a fraction of a CPU each, so every actor loads its
-models once (the stage code caches them) and keeps them. A `whole` step runs on the rows gathered in input
-order. Rows carry `_seq`, their position in the stage's input, so gathering restores the local order
+models once (the stage code caches them) and keeps them. A `whole` step runs as its `distributed` counterpart
+where it offers one (on `Shards`: an aggregate then a map, a shuffle on a coarse partition of a key), else on
+the rows gathered in input order. Rows carry `_seq`, their position in the stage's input, so gathering restores the local order
 whatever the number of blocks. Counters and declared resources of the workers are sent to one actor and
 merged into the stage's context. Stages that call LLM endpoints run in the driver (their engine is
 asynchronous I/O with its own concurrency and one reply cache). Needs the `[ray]` extra.
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,7 @@ import pandas as pd
 
 from bsa.pipeline.config import RaySettings
 from bsa.pipeline.executor import LocalExecutor
+from bsa.pipeline.keys import first_rows
 from bsa.pipeline.stage import Stage, StageContext, StageResult, Step, split_rejects
 
 SEQ = "_seq"  # a row's position in the stage's input: the order gathered rows are put back in
@@ -88,6 +92,93 @@ class _StepCall:
         return out
 
 
+class _BatchCall:
+    """A function applied to normalised batches: `function(batch, *args) -> frame` (the batch keeps `_seq`)."""
+
+    def __init__(self, function: Callable[..., pd.DataFrame], args: tuple, dtypes: dict[str, Any]):
+        self.function, self.args, self.dtypes = function, args, dtypes
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return self.function(normalize(batch, self.dtypes), *self.args)
+
+
+@dataclass
+class Shards:
+    """Rows spread over a cluster, as a step's `distributed` counterpart sees them: a Ray Dataset whose rows
+    carry `_seq` (their position in the stage's input: "the earliest" is the lowest), the input's dtypes
+    (batches are normalised to them) and the executor's settings."""
+
+    source: Any  # a Ray Dataset, or a function making one (rows still in the driver: made on first use)
+    dtypes: dict[str, Any]
+    settings: RaySettings
+
+    @cached_property
+    def dataset(self) -> Any:
+        return self.source() if callable(self.source) else self.source
+
+    def map(self, function: Callable[..., pd.DataFrame], *args: Any) -> Shards:
+        """`function(batch, *args) -> frame` on every batch (it must keep `_seq`); `args` are sent once."""
+        call = _BatchCall(function, args, self.dtypes)
+        return Shards(self.dataset.map_batches(call, batch_format="pandas", batch_size=self.settings.batch_rows),
+                      self.dtypes, self.settings)
+
+    def columns(self, names: list[str], where: Callable[[pd.DataFrame], pd.Series] | None = None) -> pd.DataFrame:
+        """Some columns of the rows (`where` a batch's mask: of some rows), with `_seq`, in input order:
+        what an aggregate needs in the driver (one number and a language a row, say)."""
+        wanted = [*names, SEQ]
+
+        def select(batch: pd.DataFrame) -> pd.DataFrame:
+            return (batch if where is None else batch[where(batch).to_numpy(dtype=bool)])[wanted]
+
+        frame = gather_frames(self.map(select).dataset, self.dtypes, keep_seq=True)
+        return frame if set(wanted) <= set(frame.columns) else frame.reindex(columns=wanted)  # no rows at all
+
+    def count(self) -> int:
+        return self.dataset.count()
+
+    @property
+    def partitions(self) -> int:
+        """Shuffle partitions: a few per CPU (Ray's default of 200 costs a task each on a small cluster)."""
+        return max(1, int(_ray().cluster_resources().get("CPU", 1)) * 2)
+
+    def shuffle(self, explode: Callable[..., pd.DataFrame], group: Callable[[dict], dict], *args: Any) -> pd.DataFrame:
+        """`explode(batch, *args)` gives records with a `part` column (a coarse partition of a key, below
+        `partitions`); the records of one part meet in one `group(numpy columns) -> numpy columns` call;
+        the driver gets every call's output, joined."""
+        records = self.dataset.map_batches(_BatchCall(explode, args, self.dtypes), batch_format="pandas",
+                                           batch_size=self.settings.batch_rows)
+        grouped = records.groupby("part", num_partitions=self.partitions).map_groups(group, batch_format="numpy")
+        frames = [frame for frame in _ray().get(grouped.to_pandas_refs()) if len(frame)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def gather_frames(dataset, dtypes: dict[str, Any], keep_seq: bool = False) -> pd.DataFrame:
+    """Every row of a Dataset in input order (by `_seq`), the input's columns in their input dtypes."""
+    # block by block: blocks may type a column differently (all missing in one), which Ray's own
+    # to_pandas() joins into a pickled-object column
+    blocks = [normalize(block, dtypes) for block in _ray().get(dataset.to_pandas_refs())]
+    frame = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
+    if SEQ not in frame.columns:
+        return frame
+    frame = frame.sort_values(SEQ, kind="stable").reset_index(drop=True)
+    return frame if keep_seq else frame.drop(columns=[SEQ])
+
+
+def _keyed(batch: pd.DataFrame, partitions: int) -> pd.DataFrame:
+    """Each row's key with a coarse partition of its hash (pandas' hash: the same in every process)."""
+    hashed = pd.util.hash_pandas_object(batch["key"], index=False).to_numpy()
+    return batch.assign(part=(hashed % np.uint64(partitions)).astype(np.int64))
+
+
+def _earliest_of_keys(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Within one partition of the keys: each row whose key an earlier row holds, and that row's `_seq`."""
+    order = np.argsort(np.asarray(group[SEQ], dtype=np.int64), kind="stable")
+    seq = np.asarray(group[SEQ], dtype=np.int64)[order]
+    first = seq[first_rows(pd.Series(np.asarray(group["key"], dtype=object)[order]))]
+    later = first != seq
+    return {SEQ: seq[later], "first": first[later]}
+
+
 class RayExecutor:
     """Runs stages on a Ray cluster: the one at `address` (or RAY_ADDRESS), else a local one it starts."""
 
@@ -112,7 +203,7 @@ class RayExecutor:
             self._started = False
 
     def run(self, stage: Stage, records: pd.DataFrame, config: Any, ctx: StageContext) -> StageResult:
-        if stage.endpoints or not any(step.per_batch for step in stage.steps):
+        if stage.endpoints or not any(step.per_batch or step.distributed for step in stage.steps):
             return LocalExecutor(self.settings.batch_rows).run(stage, records, config, ctx)
         ray = self._connect()
         if stage.setup is not None:
@@ -124,18 +215,39 @@ class RayExecutor:
         dataset = None
         for step in stage.steps:
             if step.per_batch:
-                if dataset is None:
-                    dataset = self.dataset(frame)
+                dataset = self.dataset(frame) if dataset is None else dataset
                 dataset, frame = self._map(dataset, step, config, worker_ctx, tally, dtypes), None
-            else:
-                frame = self.gather(dataset, dtypes) if frame is None else frame
-                frame, dataset = step.function(frame, config, ctx), None
+                continue
+            if step.distributed is not None:
+                # materialised: a counterpart reads its rows more than once (an aggregate, then a map); rows
+                # still in the driver are sent to the cluster only if the counterpart uses them
+                source = dataset.materialize() if dataset is not None else partial(self.dataset, frame)
+                shards = step.distributed(Shards(source, dtypes, self.settings), config, ctx)
+                if shards is not None:
+                    dataset, frame = shards.dataset, None
+                    continue
+            frame = self.gather(dataset, dtypes) if frame is None else frame  # no counterpart: in the driver
+            frame, dataset = step.function(frame, config, ctx), None
         frame = self.gather(dataset, dtypes) if frame is None else frame
         counters, resources = ray.get(tally.take.remote())
         ctx.counters.update(counters)
         ctx.resources.update(resources)
         kept, rejected = split_rejects(frame, stage.reject_columns)
         return StageResult(kept, rejected, dict(ctx.stats))
+
+    def first_rows(self, keys: pd.Series) -> np.ndarray:
+        """Each row's position of the earliest row holding the same key (ingest's duplicate ids), found on the
+        cluster: the keys hashed, shuffled by a coarse partition of the hash, the earliest `_seq` of each key
+        within each partition; the driver gets back only the rows whose key an earlier row holds."""
+        out = np.arange(len(keys), dtype=np.int64)
+        if len(keys) == 0:
+            return out
+        self._connect()
+        shards = Shards(self.dataset(pd.DataFrame({"key": keys.to_numpy(dtype=object)})), {}, self.settings)
+        found = shards.shuffle(_keyed, _earliest_of_keys, shards.partitions)
+        if len(found):
+            out[found[SEQ].to_numpy(dtype=np.int64)] = found["first"].to_numpy(dtype=np.int64)
+        return out
 
     def dataset(self, frame: pd.DataFrame):
         """The rows as a Ray Dataset of `blocks` blocks, each row with its `_seq`."""
@@ -158,8 +270,4 @@ class RayExecutor:
     @staticmethod
     def gather(dataset, dtypes: dict[str, Any]) -> pd.DataFrame:
         """Every row of a Dataset in input order (by `_seq`), the input's columns in their input dtypes."""
-        # block by block: blocks may type a column differently (all missing in one), which Ray's own
-        # to_pandas() joins into a pickled-object column
-        blocks = [normalize(block, dtypes) for block in _ray().get(dataset.to_pandas_refs())]
-        frame = pd.concat(blocks, ignore_index=True) if blocks else pd.DataFrame()
-        return frame.sort_values(SEQ, kind="stable").drop(columns=[SEQ]).reset_index(drop=True)
+        return gather_frames(dataset, dtypes)

@@ -162,7 +162,8 @@ class Runner:
 
     def _ingest_result(self, ctx: StageContext) -> StageResult:
         # files the sources point at (images) join the resources: a changed one reruns ingest
-        records, rejects = self.registry.ingest(self.config.sources, self.taxonomy, ctx.resources)
+        records, rejects = self.registry.ingest(self.config.sources, self.taxonomy, ctx.resources,
+                                                first_rows=self.executor.first_rows)  # duplicate ids: the executor's
         return StageResult(records.drop(columns=["_line"]), rejects)
 
     def run_stage(self, name: str, input_path: Path, paths: StagePaths | None = None) -> Path:

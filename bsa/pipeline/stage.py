@@ -4,8 +4,11 @@ prints: it declares what it needs and adds, and asks its context for the rest.
 A stage is a `Stage`: its name, config class, the columns it needs and adds, the config fields that name LLM
 endpoints, and its steps. Every step maps a frame to a frame and is declared `per_batch` (row by row: any
 split of the rows into batches gives the same result, so an executor may run it batch by batch, in parallel,
-on any machine) or `whole` (it needs all rows at once: clustering, a percentile, planning). A step rejects a
-row by giving it a reason (`reject`); the executor splits kept from rejected rows after the last step.
+on any machine) or `whole` (it needs all rows at once: clustering, a percentile, planning). A `whole` step may
+offer a `distributed` counterpart, the same result computed on rows spread over a cluster (bsa.pipeline.
+executor_ray.Shards: an aggregate then a map, a shuffle): a distributed executor uses it, the local one never
+does. A step rejects a row by giving it a reason (`reject`); the executor splits kept from rejected rows after
+the last step.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from bsa.pipeline.config import BuildConfig, Section, SourceConfig, load_config, validate_section
+from bsa.pipeline.config import BuildConfig, Section, load_config, validate_section
 from bsa.pipeline.errors import ConfigError
 from bsa.pipeline.io import file_sha256, read_table
 from bsa.pipeline.layout import StagePaths, stage_paths
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
     from bsa.pipeline.llm import Engine
 
 StepFunction = Callable[[pd.DataFrame, Any, "StageContext"], pd.DataFrame]
+# (rows spread over a cluster: bsa.pipeline.executor_ray.Shards, config, ctx) -> Shards, or None when the
+# step must run on the gathered rows for this config after all (images, say)
+DistributedFunction = Callable[[Any, Any, "StageContext"], Any]
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Step:
     function: StepFunction
     per_batch: bool  # True: row by row (any batching gives the same rows); False: needs every row at once
     loads_models: bool = False  # loads models (fastText, KenLM, encoders): run in long-lived workers
+    distributed: DistributedFunction | None = None  # a `whole` step's counterpart on a cluster (same result)
 
     @property
     def name(self) -> str:
@@ -52,9 +59,10 @@ def per_batch(function: StepFunction, loads_models: bool = False) -> Step:
     return Step(function, per_batch=True, loads_models=loads_models)
 
 
-def whole(function: StepFunction) -> Step:
-    """A step that needs all rows at once (duplicates across rows, a percentile, a plan over the pool)."""
-    return Step(function, per_batch=False)
+def whole(function: StepFunction, distributed: DistributedFunction | None = None) -> Step:
+    """A step that needs all rows at once (duplicates across rows, a percentile, a plan over the pool);
+    `distributed`: the same step on rows spread over a cluster, for distributed executors."""
+    return Step(function, per_batch=False, distributed=distributed)
 
 
 @dataclass(frozen=True)
@@ -195,9 +203,10 @@ class StageContext:
         self.stats.update(figures)
 
 
-# (sources, taxonomy, resources) -> (records with a `_line` column, rejected rows); the sha256 of every file the
-# sources point at (images) is added to `resources` (path -> sha256)
-IngestFunction = Callable[[list[SourceConfig], Taxonomy, dict[str, str]], tuple[pd.DataFrame, pd.DataFrame]]
+# (sources, taxonomy, resources, first_rows=...) -> (records with a `_line` column, rejected rows); the sha256 of
+# every file the sources point at (images) is added to `resources` (path -> sha256); `first_rows` (keyword, the
+# executor's: bsa.pipeline.executor.first_rows) gives each row the position of the earliest row of its key
+IngestFunction = Callable[..., tuple[pd.DataFrame, pd.DataFrame]]
 
 
 @dataclass(frozen=True)

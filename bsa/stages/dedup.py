@@ -48,7 +48,7 @@ from bsa.multimodal import fields as mm
 from bsa.multimodal.dedup import same_images
 from bsa.pipeline.config import Section
 from bsa.pipeline.stage import Stage, StageContext, reject, whole
-from bsa.text import contrast, embeddings, minhash
+from bsa.text import contrast, embeddings, minhash, minhash_shards
 from bsa.text.clusters import constrained_representatives, representatives
 
 
@@ -209,12 +209,18 @@ def minhash_pass(texts: list[str], langs: list[str | None] | None, config: MinHa
     found = minhash.near_duplicates(texts, langs, num_perm=config.num_perm, threshold=config.threshold,
                                     ngram=config.ngram, char_ngram=config.char_ngram, seed=config.seed,
                                     verify=config.verify, false_negative_weight=config.false_negative_weight)
-    everyone = np.arange(len(texts))
+    return minhash_clusters(len(texts), found, ctx, guard, images)
+
+
+def minhash_clusters(n: int, found: minhash.NearDuplicates, ctx: StageContext, guard: ContrastGuard | None = None,
+                     images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each of n rows' representative given MinHash's verified pairs, and its Jaccard similarity to it."""
+    everyone = np.arange(n)
     pairs, pair_similarity = same_image_only(found.pairs, found.similarity, images)
     rep = (guard.cluster(everyone, pairs, pair_similarity, ctx, "minhash") if guard
-           else representatives(len(texts), pairs))
+           else representatives(n, pairs))
     moved = np.flatnonzero(rep != everyone)
-    similarity = np.ones(len(texts))
+    similarity = np.ones(n)
     similarity[moved] = minhash.jaccard(found.shingles, np.stack([rep[moved], moved], axis=1))
     ctx.count("minhash_candidate_pairs", found.candidates)
     ctx.count("minhash_pairs", len(pairs))
@@ -268,30 +274,54 @@ def find_duplicates(records: pd.DataFrame, config: Config, ctx: StageContext) ->
         final[kept] = kept[semantic]
         cosine[kept] = cosine_kept
         final = final[near]  # a near duplicate follows its representative
-    frame = records.copy()
-    frame["minhash_cluster"] = ids[near]
-    frame["embed_cluster"] = ids[final] if config.embedding.enabled else None
-    frame["image_cluster"] = [ids[c] if c >= 0 else None for c in images] if images is not None else None
-    reasons = pd.Series(None, index=frame.index, dtype=object)
-    details = pd.Series("", index=frame.index, dtype=object)
-    for i in np.flatnonzero(final != np.arange(n)):
+    reasons, details = duplicate_reasons(ids, near, final, jaccard, cosine, images, image_how)
+    twins = final[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
+    twins = np.unique(np.sort(twins, axis=1), axis=0)
+    report_clusters(final, twins, n, ctx)
+    return mark(records, ids[near], ids[final] if config.embedding.enabled else None,
+                [ids[c] if c >= 0 else None for c in images] if images is not None else None,
+                reasons, details, ids[final], twin_lists(ids, twins))
+
+
+def duplicate_reasons(ids: np.ndarray, near: np.ndarray, final: np.ndarray, jaccard: np.ndarray, cosine: np.ndarray,
+                      images: np.ndarray | None, image_how: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's reject reason (None when kept) and its detail, from its representatives and similarities."""
+    reasons = np.full(len(ids), None, dtype=object)
+    details = np.full(len(ids), "", dtype=object)
+    for i in np.flatnonzero(final != np.arange(len(ids))):
         if near[i] != i:
-            reasons.iat[i] = "near_duplicate"
-            details.iat[i] = f"Jaccard {jaccard[i]:.2f} with {ids[near[i]]}" + (
+            reasons[i] = "near_duplicate"
+            details[i] = f"Jaccard {jaccard[i]:.2f} with {ids[near[i]]}" + (
                 f", itself a semantic duplicate of {ids[final[i]]}" if final[i] != near[i] else "")
         else:
-            reasons.iat[i] = "semantic_duplicate"
-            details.iat[i] = f"cosine {cosine[i]:.3f} with {ids[final[i]]}"
+            reasons[i] = "semantic_duplicate"
+            details[i] = f"cosine {cosine[i]:.3f} with {ids[final[i]]}"
         if images is not None and images[i] >= 0:
             pair = (int(min(i, final[i])), int(max(i, final[i])))
-            details.iat[i] += f"; same image ({image_how.get(pair, 'through other rows of its image cluster')})"
-    frame = reject(frame, reasons, details)
-    frame["duplicate_of"] = pd.Series(ids[final], index=frame.index, dtype=object).where(reasons.notna(), None)
-    twins = final[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
-    frame[contrast.TWINS] = twin_lists(ids, np.unique(np.sort(twins, axis=1), axis=0))
+            details[i] += f"; same image ({image_how.get(pair, 'through other rows of its image cluster')})"
+    return reasons, details
+
+
+def report_clusters(final: np.ndarray, twins: np.ndarray, n: int, ctx: StageContext) -> None:
+    """The stage's figures from the final representative of every row in a cluster (`final`: of all n rows,
+    or of some rows holding every cluster of two rows or more) and the contrast pairs kept."""
     clusters = pd.Series(final).value_counts()
-    ctx.report({"duplicate_clusters": int((clusters > 1).sum()), "largest_cluster": int(clusters.max()) if n else 0,
-                "contrast_pairs": len(np.unique(np.sort(twins, axis=1), axis=0))})
+    ctx.report({"duplicate_clusters": int((clusters > 1).sum()),
+                "largest_cluster": max(int(clusters.max()) if len(clusters) else 0, 1 if n else 0),
+                "contrast_pairs": len(twins)})
+
+
+def mark(records: pd.DataFrame, minhash_cluster: object, embed_cluster: object, image_cluster: object,
+         reasons: np.ndarray, details: np.ndarray, duplicate_of: np.ndarray, twins: list[str | None]) -> pd.DataFrame:
+    """The rows with their clusters, reasons and twins (row by row: any batch of rows, given theirs)."""
+    frame = records.copy()
+    frame["minhash_cluster"] = minhash_cluster
+    frame["embed_cluster"] = embed_cluster
+    frame["image_cluster"] = image_cluster
+    reasons = pd.Series(reasons, index=frame.index, dtype=object)
+    frame = reject(frame, reasons, pd.Series(details, index=frame.index, dtype=object))
+    frame["duplicate_of"] = pd.Series(duplicate_of, index=frame.index, dtype=object).where(reasons.notna(), None)
+    frame[contrast.TWINS] = twins
     return frame
 
 
@@ -304,6 +334,68 @@ def twin_lists(ids: np.ndarray, pairs: np.ndarray) -> list[str | None]:
     return [json.dumps(sorted(p)) if p else None for p in partners]
 
 
-STAGE = Stage("dedup", Config, (whole(find_duplicates),), needs=("id", "text"),
+def find_duplicates_shards(rows, config: Config, ctx: StageContext):
+    """`find_duplicates` on rows spread over a cluster (bsa.pipeline.executor_ray.Shards), MinHash only:
+    signatures and band keys per batch, a shuffle on a coarse partition of the band key giving the candidate
+    pairs (bsa.text.minhash_shards); in the driver, the rows in a candidate pair (id, text, language, label)
+    are shingled again for the exact Jaccard check, and one connected-components pass over the verified
+    pairs (under the contrast guard) picks each cluster's earliest row; a map then marks every shard.
+    None (the gathered rows, in the driver) with the embedding pass or images: see docs/scale.md."""
+    if config.embedding.enabled or not config.minhash.enabled or mm.IMAGE_SHA256 in rows.dtypes:
+        return None
+    n = rows.count()
+    if not n:
+        return None
+    settings = config.minhash
+    bands, per_band = minhash.bands_and_rows(settings.threshold, settings.num_perm,
+                                             1 - settings.false_negative_weight, settings.false_negative_weight)
+    found = rows.shuffle(_band_records, minhash_shards.partition_pairs, settings, bands, per_band, rows.partitions)
+    candidates = minhash_shards.unique_pairs(found.get("a", []), found.get("b", []))
+    involved = np.unique(candidates)
+    columns = [column for column in ("id", "text", "lang", "is_risky") if column in rows.dtypes]
+    some = rows.columns(columns, where=lambda batch: batch[minhash_shards.SEQ].isin(involved))
+    texts = some["text"].fillna("").astype(str).tolist()
+    shingles = minhash.shingle(texts, some["lang"].tolist() if "lang" in some.columns else None,
+                               ngram=settings.ngram, char_ngram=settings.char_ngram)
+    pairs = np.searchsorted(involved, candidates)
+    similarity = (minhash.jaccard(shingles, pairs) if settings.verify else minhash_shards.estimate(
+        minhash.signatures(shingles, settings.num_perm, settings.seed), pairs))
+    verified = similarity >= settings.threshold
+    found = minhash.NearDuplicates(pairs[verified], similarity[verified], len(candidates), bands, per_band, shingles)
+    guard = ContrastGuard(texts, risk_codes(some), config.twin_min_shared) if config.keep_contrast_pairs else None
+    near, jaccard = minhash_clusters(len(involved), found, ctx, guard)
+    ids = some["id"].astype(str).to_numpy()
+    reasons, details = duplicate_reasons(ids, near, near, jaccard, np.ones(len(ids)), None, {})
+    twins = near[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
+    twins = np.unique(np.sort(twins, axis=1), axis=0)
+    report_clusters(near, twins, n, ctx)
+    marks = pd.DataFrame({"minhash_cluster": ids[near], "reason": reasons, "detail": details,
+                          "twins": twin_lists(ids, twins)}, index=involved)
+    return rows.map(_mark_shard, marks)
+
+
+def _band_records(batch: pd.DataFrame, settings: MinHashConfig, bands: int, per_band: int,
+                  partitions: int) -> pd.DataFrame:
+    return minhash_shards.band_rows(batch["text"].fillna("").astype(str).tolist(),
+                                    batch["lang"].tolist() if "lang" in batch.columns else None,
+                                    batch[minhash_shards.SEQ].to_numpy(), num_perm=settings.num_perm,
+                                    ngram=settings.ngram, char_ngram=settings.char_ngram, seed=settings.seed,
+                                    bands=bands, rows=per_band, partitions=partitions)
+
+
+def _mark_shard(batch: pd.DataFrame, marks: pd.DataFrame) -> pd.DataFrame:
+    """A batch marked as `find_duplicates` marks it, given the rows in a cluster (`marks`, by `_seq`)."""
+    ids = batch["id"].astype(str).to_numpy()
+    seqs = batch[minhash_shards.SEQ].to_numpy()
+    at = np.flatnonzero(np.isin(seqs, marks.index.to_numpy()))
+    found = marks.loc[seqs[at]]
+    cluster, reasons = ids.copy().astype(object), np.full(len(batch), None, dtype=object)
+    details, twins = np.full(len(batch), "", dtype=object), np.full(len(batch), None, dtype=object)
+    cluster[at], reasons[at] = found["minhash_cluster"].to_numpy(), found["reason"].to_numpy()
+    details[at], twins[at] = found["detail"].to_numpy(), found["twins"].to_numpy()
+    return mark(batch, cluster, None, None, reasons, details, cluster, list(twins))
+
+
+STAGE = Stage("dedup", Config, (whole(find_duplicates, distributed=find_duplicates_shards),), needs=("id", "text"),
               adds=("minhash_cluster", "embed_cluster", "image_cluster", contrast.TWINS),
               reject_columns=("duplicate_of",))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from bsa.multimodal.render import LAYOUTS, make_spec, render
 from bsa.pipeline.config import SourceConfig
 from bsa.pipeline.errors import DataError
 from bsa.pipeline.io import read_table
+from bsa.pipeline.keys import first_rows
 from bsa.pipeline.records import CORE_FIELDS, REJECT_DETAIL, REJECT_REASON, text_id
 from bsa.pipeline.taxonomy import Taxonomy
 
@@ -228,10 +230,11 @@ def _plain(value: object) -> object:
     return value
 
 
-def ingest(sources: list[SourceConfig], taxonomy: Taxonomy | None = None,
-           resources: dict[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ingest(sources: list[SourceConfig], taxonomy: Taxonomy | None = None, resources: dict[str, str] | None = None,
+           first_rows: Callable[[pd.Series], np.ndarray] = first_rows) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All sources as one frame of core records (then the multimodal fields any source gives, bsa.multimodal.
-    fields.FIELDS order, then other mapped fields); repeated ids (exact duplicate texts) are rejected."""
+    fields.FIELDS order, then other mapped fields); repeated ids (exact duplicate texts) are rejected, the
+    earliest row of each id kept (`first_rows`: the executor's, a shuffle on a cluster)."""
     frames, rejects = [], []
     for source in sources:
         records, bad = ingest_source(source, taxonomy, resources)
@@ -242,12 +245,12 @@ def ingest(sources: list[SourceConfig], taxonomy: Taxonomy | None = None,
     if not frames:
         raise DataError("config", "no sources configured", field="sources")
     records = pd.concat(frames, ignore_index=True)
-    repeated = records["id"].duplicated(keep="first")
+    first = first_rows(records["id"])
+    repeated = first != np.arange(len(records))
     if repeated.any():
-        first = records.drop_duplicates("id").set_index("id")["source"]
         dup = records[repeated]
         rejects.append(_reject(dup, "duplicate_id").assign(
-            reject_detail=[f"same id as a row of {first[i]}" for i in dup["id"]]))
+            reject_detail=[f"same id as a row of {s}" for s in records["source"].to_numpy()[first[repeated]]]))
         records = records[~repeated]
     records["is_risky"] = records["is_risky"].astype("boolean")
     given = [c for c in records.columns if c not in CORE_FIELDS and c != "_line"]

@@ -25,7 +25,8 @@ probability), `second_lang`, `second_score` (py3langid's, where fastText was uns
 `perplexity` (NaN when the row's language has no model).
 
 Steps: language ID and scoring row by row (`identify_rows`, per batch); the perplexity bounds and drops
-over all rows at once (`drop_perplexing`: a percentile needs them all).
+over all rows at once (`drop_perplexing`: a percentile needs them all; on a cluster an aggregate of the
+kept rows' language and perplexity, then a map: `drop_perplexing_shards`).
 """
 from __future__ import annotations
 
@@ -390,21 +391,44 @@ def drop_perplexing(frame: pd.DataFrame, config: Config, ctx: StageContext) -> p
     """All rows at once: each language's perplexity bound (a percentile needs them all), then the drops."""
     kept = frame[REJECT_REASON].isna()
     limits = perplexity_limits(frame.loc[kept, "perplexity"], frame.loc[kept, "lang"], config)
-    bound = frame["lang"].map(limits).where(kept)
+    frame = apply_limits(frame, limits)
+    report_perplexity(frame[frame[REJECT_REASON].isna()], limits, ctx)
+    return frame
+
+
+def apply_limits(frame: pd.DataFrame, limits: dict[str, float]) -> pd.DataFrame:
+    """Row by row: rows kept so far whose perplexity is above their language's bound rejected."""
+    bound = frame["lang"].map(limits).where(frame[REJECT_REASON].isna())
     too_perplexing = frame["perplexity"] > bound
     details = pd.Series([f"perplexity {p:.1f} > {b:.1f} ({lang})" for p, b, lang in
                          zip(frame.loc[too_perplexing, "perplexity"], bound[too_perplexing],
                              frame.loc[too_perplexing, "lang"], strict=True)],
                         index=frame.index[too_perplexing], dtype=object)
-    frame = reject(frame, pd.Series("high_perplexity", index=details.index, dtype=object), details)
-    survivors = frame[frame[REJECT_REASON].isna()]
+    return reject(frame, pd.Series("high_perplexity", index=details.index, dtype=object), details)
+
+
+def report_perplexity(survivors: pd.DataFrame, limits: dict[str, float], ctx: StageContext) -> None:
+    """The stage's figures: rows kept per language, the bounds, the kept rows' median perplexity."""
     ctx.report({"languages": {str(k): int(v) for k, v in survivors["lang"].value_counts().items()},
                 "perplexity_limits": {k: round(v, 2) for k, v in limits.items()},
                 "perplexity_median": {str(k): round(float(v), 2) for k, v in
                                       survivors.groupby("lang")["perplexity"].median().dropna().items()}})
-    return frame
 
 
-STAGE = Stage("language", Config, (per_batch(identify_rows, loads_models=True), whole(drop_perplexing)), setup=ensure_models,
+def drop_perplexing_shards(rows, config: Config, ctx: StageContext):
+    """`drop_perplexing` on rows spread over a cluster (bsa.pipeline.executor_ray.Shards): an aggregate, then
+    a map. Exact percentiles need each language's values, so the driver gathers two columns of the rows kept
+    so far (language and perplexity, about 16 bytes a row), computes the bounds and figures with the same
+    code as locally (numpy's linear interpolation), and a map rejects the rows above them."""
+    scored = rows.columns(["lang", "perplexity"], where=lambda batch: batch[REJECT_REASON].isna())
+    scored[REJECT_REASON] = None
+    limits = perplexity_limits(scored["perplexity"], scored["lang"], config)
+    marked = apply_limits(scored, limits)
+    report_perplexity(marked[marked[REJECT_REASON].isna()], limits, ctx)
+    return rows.map(apply_limits, limits)
+
+
+STAGE = Stage("language", Config, (per_batch(identify_rows, loads_models=True),
+                                   whole(drop_perplexing, distributed=drop_perplexing_shards)), setup=ensure_models,
               needs=("text",), adds=("lang", "declared_lang", "detected_lang", "lang_score", "second_lang", "second_score",
                     "perplexity"))

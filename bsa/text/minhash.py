@@ -371,3 +371,18 @@ def near_duplicates(texts: Sequence[str], langs: Sequence[str | None] | None = N
         similarity = (sigs[candidates[:, 0]] == sigs[candidates[:, 1]]).mean(axis=1)
     keep = similarity >= threshold
     return NearDuplicates(candidates[keep], similarity[keep], len(candidates), bands, rows, shingles)
+
+
+# -- pieces for a search spread over shards (bsa.text.minhash_shards) ------------------------------------
+def band_keys(sigs: np.ndarray, bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, bands) LSH band keys of signatures and each row's whole-signature key, as `candidate_pairs`
+    computes them."""
+    keys = _band_keys(sigs[:, :bands * rows].reshape(len(sigs), bands, rows))
+    return keys, _band_keys(np.concatenate([keys, sigs[:, bands * rows:]], axis=1))
+
+
+def bucket_pairs(keys: np.ndarray, max_bucket: int = 64) -> np.ndarray:
+    """(pairs, 2) of row indices sharing a key, as `candidate_pairs` pairs a band's buckets (a bucket above
+    `max_bucket` rows pairs with its first row only); not deduplicated."""
+    parts = [_pairs_within(members, max_bucket) for members in _groups(keys)]
+    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)

@@ -1,0 +1,63 @@
+"""MinHash's candidate search split for rows spread over shards (datatrove / NeMo Curator style), giving
+exactly `minhash.candidate_pairs`' pairs, in `_seq` terms (a row's position in the stage's input).
+
+1. `band_rows`, per batch: each row's signature (bsa.text.minhash, row by row), its LSH band keys and its
+   whole-signature key, one record per (row, band), tagged with a coarse partition of the band key.
+2. A shuffle groups the records by partition; `partition_pairs` finds the pairs inside one partition with
+   numpy (one sort, not one call per bucket). Every copy of a signature shares all its band keys, hence its
+   partition, so "a repeated signature pairs with its earliest copy only, the later copies leave the bands"
+   is decided inside a partition as `candidate_pairs` decides it over all rows.
+3. The driver joins and deduplicates the pairs (`unique_pairs`); verification and clustering follow there.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pandas as pd
+
+from bsa.text import minhash
+
+MAX_BUCKET = inspect.signature(minhash.candidate_pairs).parameters["max_bucket"].default
+PART, BAND, KEY, FULL, SEQ = "part", "band", "key", "full", "_seq"
+
+
+def band_rows(texts: list[str], langs: list[str | None] | None, seqs: np.ndarray, *, num_perm: int, ngram: int,
+              char_ngram: int, seed: int, bands: int, rows: int, partitions: int) -> pd.DataFrame:
+    """One record per (row, band): partition, band, band key, whole-signature key and the row's `_seq`."""
+    sigs = minhash.signatures(minhash.shingle(texts, langs, ngram=ngram, char_ngram=char_ngram), num_perm, seed)
+    keys, full = minhash.band_keys(sigs, bands, rows)
+    return pd.DataFrame({PART: (keys.ravel() % np.uint64(partitions)).astype(np.int64),
+                         BAND: np.tile(np.arange(bands, dtype=np.int16), len(seqs)),
+                         KEY: keys.ravel(), FULL: np.repeat(full, bands),
+                         SEQ: np.repeat(np.asarray(seqs, dtype=np.int64), bands)})
+
+
+def partition_pairs(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The candidate pairs (a < b, as `_seq`) of one partition's records: equal whole signatures pair with
+    their earliest copy (found in band 0, where every copy is), then each band's buckets of the rows left."""
+    order = np.argsort(np.asarray(group[SEQ], dtype=np.int64), kind="stable")
+    band, key = np.asarray(group[BAND])[order], np.asarray(group[KEY], dtype=np.uint64)[order]
+    full, seq = np.asarray(group[FULL], dtype=np.uint64)[order], np.asarray(group[SEQ], dtype=np.int64)[order]
+    parts = []
+    for b in np.unique(band).tolist():
+        at = np.flatnonzero(band == b)  # ascending `_seq`
+        if b == 0:
+            parts.append(seq[at][minhash.bucket_pairs(full[at], max_bucket=1)])
+        _, first = np.unique(full[at], return_index=True)  # the earliest copy of each signature
+        distinct = at[np.sort(first)]
+        parts.append(seq[distinct][minhash.bucket_pairs(key[distinct], MAX_BUCKET)])
+    pairs = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+    return {"a": pairs[:, 0].astype(np.int64), "b": pairs[:, 1].astype(np.int64)}
+
+
+def unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(pairs, 2) sorted and distinct, the smaller `_seq` first."""
+    pairs = np.sort(np.stack([np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)], axis=1), axis=1)
+    return np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), dtype=np.int64)
+
+
+def estimate(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """The signature estimate of each pair's Jaccard similarity (`near_duplicates` without `verify`)."""
+    return (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)

@@ -1,0 +1,47 @@
+"""MinHash's candidate search split over shards (bsa.text.minhash_shards) gives `candidate_pairs`' pairs exactly,
+whatever the number of partitions, and the earliest row of each key is found the same way (no Ray needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bsa.pipeline.keys import first_rows
+from bsa.text import minhash, minhash_shards
+
+SETTINGS = {"num_perm": 64, "ngram": 1, "char_ngram": 2, "seed": 3}
+
+
+def pool(rows: int = 600, seed: int = 0) -> list[str]:
+    """Texts with exact copies, near duplicates and one large bucket (a word repeated on its own)."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(40)]
+    texts = [" ".join(rng.choice(words, size=rng.integers(3, 9))) for _ in range(rows // 2)]
+    texts += [texts[int(i)] for i in rng.integers(0, len(texts), rows // 4)]  # exact copies
+    texts += [texts[int(i)] + " extra" for i in rng.integers(0, len(texts), rows // 4 - 80)]  # near duplicates
+    texts += ["same"] * 80  # a bucket above max_bucket
+    return [texts[int(i)] for i in rng.permutation(len(texts))]
+
+
+@pytest.mark.parametrize("partitions,shards", [(1, 1), (3, 4), (7, 9)])
+def test_shards_give_the_pairs_of_candidate_pairs(partitions: int, shards: int):
+    texts = pool()
+    bands, rows = minhash.bands_and_rows(0.5, SETTINGS["num_perm"], 0.1, 0.9)
+    sigs = minhash.signatures(minhash.shingle(texts, ngram=1, char_ngram=2), SETTINGS["num_perm"], SETTINGS["seed"])
+    expected = minhash.candidate_pairs(sigs, bands, rows)
+    bounds = np.linspace(0, len(texts), shards + 1).astype(int)
+    records = pd.concat([minhash_shards.band_rows(texts[lo:hi], None, np.arange(lo, hi), bands=bands, rows=rows,
+                                                  partitions=partitions, **SETTINGS)
+                         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)])
+    found = [minhash_shards.partition_pairs({c: g[c].to_numpy() for c in g.columns})
+             for _, g in records.sample(frac=1, random_state=1).groupby("part")]  # any order within a partition
+    pairs = minhash_shards.unique_pairs(np.concatenate([f["a"] for f in found]), np.concatenate([f["b"] for f in found]))
+    assert len(expected) > 100
+    np.testing.assert_array_equal(pairs, expected)
+
+
+def test_first_rows_points_at_the_earliest_row_of_each_key():
+    keys = pd.Series(["b", "a", "b", None, "c", None, "a"], dtype=object)
+    assert first_rows(keys).tolist() == [0, 1, 0, 3, 4, 3, 1]
+    assert first_rows(pd.Series([], dtype=object)).tolist() == []
