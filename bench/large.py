@@ -1,4 +1,4 @@
-"""`make bench-large`: a large pool (bench/pool.py) through clean, language and dedup on each executor.
+"""`make bench-large`: a large pool (bench/pool.py) through ingest, clean, language and dedup on each executor.
 
 Each executor runs in a fresh process (`python bench/large.py --one EXECUTOR POOL`), timed stage by stage,
 while a thread samples the resident memory of that process and all its descendants (Ray's raylet and
@@ -24,7 +24,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-STAGES = ("clean", "language", "dedup")
+STAGES = ("ingest", "clean", "language", "dedup")
 EXECUTORS = ("local", "ray")
 SETTINGS = ["dedup.embedding.enabled=false", "ray.num_cpus=2"]
 
@@ -50,6 +50,7 @@ def tree_rss(root: int) -> int:
 
 def one(executor: str, pool: Path) -> dict[str, object]:
     """Every stage on `pool` with one executor: seconds per stage, rows out, peak memory of the process tree."""
+    from bsa.pipeline.config import SourceConfig
     from bsa.pipeline.runner import Runner
     from bsa.project import PROJECT, load_config
 
@@ -65,11 +66,14 @@ def one(executor: str, pool: Path) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as build:
         config = load_config(ROOT / "configs" / "default.yaml",
                              [f"build_dir={build}", f"executor={executor}", *SETTINGS])
+        # the pool is the build's one source, read as any source is (its ids given, rows checked, duplicates found)
+        config.sources = [SourceConfig(name="pool", path=str(pool), id="id", lang="lang", category="category",
+                                       subcategory="subcategory", is_risky="is_risky", on_error="reject")]
         with Runner(config, PROJECT, show_progress=False) as runner:
             previous = pool
             for name in STAGES:
                 started = time.perf_counter()
-                previous = runner.run_stage(name, previous)
+                previous = runner.run_ingest() if name == "ingest" else runner.run_stage(name, previous)
                 seconds[name] = round(time.perf_counter() - started, 1)
                 rows[name] = runner.summary[-1]["rows_out"]
     done.set()
