@@ -95,3 +95,45 @@ def test_the_dedup_stage_gives_the_same_result_on_both_backends(tmp_path):
         assert other.rejected[["id", "reject_reason", "duplicate_of"]].equals(
             torch_result.rejected[["id", "reject_reason", "duplicate_of"]])
     assert any((tmp_path / "models").glob("*/model.int8.onnx"))
+
+
+def test_static_token_table_is_the_model_embedding_of_each_token_alone(cache):
+    from tokenizers import Tokenizer
+
+    from bsa.text import static_embed
+
+    model = embeddings.model_dir(embeddings.MINILM)
+    table = static_embed.token_table(model, Path(cache))
+    tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
+    words = ["cake", "bomb", "france", "python"]
+    rows = table[[tokenizer.token_to_id(word) for word in words]]
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    assert np.einsum("ij,ij->i", rows, embeddings.embed(words, embeddings.MINILM, 4)).min() > 0.9999
+    assert np.array_equal(static_embed.token_table(model, Path(cache)), table)  # cached: the same table
+
+
+def test_static_prefilter_finds_the_full_model_pairs(cache):
+    _, plain, plain_cos = embeddings.pairs_of(TEXTS, embeddings.MINILM, 0.7, batch_size=4)
+    _, pairs, cosines = embeddings.pairs_of(TEXTS, embeddings.MINILM, 0.7, batch_size=4, cache_dir=cache,
+                                            prefilter_margin=0.3, prefilter="static")
+    assert len(plain) > 0
+    assert sorted(map(tuple, pairs.tolist())) == sorted(map(tuple, plain.tolist()))
+    found = dict(zip(map(tuple, plain.tolist()), plain_cos, strict=True))
+    assert all(abs(found[tuple(p)] - c) < 1e-4 for p, c in zip(pairs.tolist(), cosines, strict=True))
+
+
+def test_static_vectors_are_token_means_whatever_the_batch():
+    from bsa.text.static_embed import StaticEncoder
+
+    encoder = StaticEncoder.__new__(StaticEncoder)  # a made-up table and the model's tokenizer
+    from tokenizers import Tokenizer
+
+    encoder.tokenizer = Tokenizer.from_file(str(embeddings.model_dir(embeddings.MINILM) / "tokenizer.json"))
+    encoder.table = np.random.default_rng(0).normal(size=(encoder.tokenizer.get_vocab_size(), 8)).astype(np.float32)
+    texts = ["Where can I buy a can of coke?", "", "???", "How do I kill a Python process?"]
+    vectors = encoder(texts)
+    for text, vector in zip(texts, vectors, strict=True):
+        ids = encoder.tokenizer.encode(text, add_special_tokens=False).ids
+        expected = encoder.table[ids].mean(axis=0) if ids else np.zeros(8)
+        assert np.allclose(vector, expected, atol=1e-5)
+    assert np.array_equal(encoder(texts[::-1])[::-1], vectors)
