@@ -25,10 +25,7 @@ from bsa.stages import dedup  # noqa: E402
 from bsa.text import embeddings, minhash  # noqa: E402
 
 EMBED_ROWS = 10_000
-STATIC_MARGIN = dedup.EmbeddingConfig().prefilter_margin or 0.25
-# (backend, prefilter, margin): the model's rows on `backend`, candidates from `prefilter` at threshold - margin
-BACKENDS = [("torch", None, None), ("onnx", None, None), ("onnx", "int8", 0.07), ("torch", "static", STATIC_MARGIN),
-            ("onnx", "static", STATIC_MARGIN)]
+BACKENDS = [("torch", None), ("onnx", None), ("onnx", 0.05), ("onnx", 0.07)]
 
 
 def injected_rows() -> list[str]:
@@ -52,21 +49,19 @@ def real_rows() -> list[str]:
 def measure(texts: list[str], cache: str, threshold: float) -> list[tuple[str, float, int, int, int, float]]:
     """(backend, rows/s, pairs, missed vs torch, extra vs torch, first-use seconds) per backend."""
     results, reference = [], None
-    for backend, prefilter, margin in BACKENDS:
+    for backend, margin in BACKENDS:
         started = time.perf_counter()
         embeddings.embed(texts[:8], embeddings.MINILM, 32, backend, cache if backend == "onnx" else None)
-        if prefilter == "int8":
+        if margin is not None:
             embeddings.embed(texts[:8], embeddings.MINILM, 32, backend, cache, int8=True)
-        elif prefilter == "static":
-            embeddings.static_encoder(embeddings.MINILM, cache)
         first_use = time.perf_counter() - started
         started = time.perf_counter()
         _, pairs, _ = embeddings.pairs_of(texts, embeddings.MINILM, threshold, batch_size=32, backend=backend,
-                                          cache_dir=cache, prefilter_margin=margin, prefilter=prefilter or "int8")
+                                          cache_dir=cache if backend == "onnx" else None, prefilter_margin=margin)
         seconds = time.perf_counter() - started
         found = set(map(tuple, pairs.tolist()))
         reference = found if reference is None else reference
-        name = backend if margin is None else f"{backend} + {prefilter} prefilter (margin {margin})"
+        name = backend if margin is None else f"{backend} + int8 prefilter (margin {margin})"
         results.append((name, len(texts) / seconds, len(found), len(reference - found), len(found - reference),
                         first_use))
     return results

@@ -83,11 +83,8 @@ class EmbeddingConfig(Section):
     # `onnx`: the model exported once to ONNX (kept in <build>/models) and run by ONNX Runtime, same vectors;
     # `torch`: sentence-transformers itself
     backend: Literal["torch", "onnx"] = "torch"
-    # candidates at threshold - margin by a cheaper encoder, then only their rows by the model: `static` (the
-    # model's token vectors averaged, distilled once into <build>/models) or `int8` (its int8 ONNX weights,
-    # ONNX backend only); the multilingual encoder has neither and always runs in full
+    # ONNX only: candidates by int8 weights at threshold - margin, then their rows at full precision
     prefilter_margin: float | None = Field(None, gt=0.0, lt=1.0)
-    prefilter: Literal["int8", "static"] = "int8"
     batch_size: int = Field(32, ge=1)  # MiniLM on 2 CPU cores: 32 ran about a fifth faster than 64, 128 slower
     block_rows: int = Field(2048, ge=1)  # rows scored against the rest at a time
     models: dict[str, EmbeddingModel] = {  # by language code; `default` for every other language
@@ -239,7 +236,7 @@ def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingC
         vectors, pairs, cosines = embeddings.pairs_of(
             [texts[i] for i in index], model.name, model.threshold, batch_size=config.batch_size,
             block_rows=config.block_rows, backend=config.backend, cache_dir=str(ctx.config.build_path / "models"),
-            prefilter_margin=config.prefilter_margin, prefilter=config.prefilter)
+            prefilter_margin=config.prefilter_margin)
         pairs, cosines = same_image_only(pairs, cosines, images[index] if images is not None else None)
         local = (guard.cluster(index, pairs, cosines, ctx, "embedding") if guard
                  else representatives(len(index), pairs))

