@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from bsa.text.charclass import CJK, HANGUL
+from bsa.text.onnx_encoder import usable_cores
 
 _WORD = re.compile(r"\w")
 _CJK = re.compile(f"[{CJK}{HANGUL}]")  # shingled by characters
@@ -89,6 +92,7 @@ def _char_class(point: int) -> tuple[int, int]:
 _FOLD = np.zeros(0, dtype=np.uint64)  # by code point: the folded code point of a token character, 0 elsewhere
 _KIND = np.zeros(0, dtype=np.int8)  # by code point: its class
 _KNOWN = np.zeros(0, dtype=bool)  # by code point: the two entries above are filled in
+_TABLES_LOCK = threading.Lock()  # chunks are tokenised on several threads
 
 
 def _char_tables(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,14 +101,15 @@ def _char_tables(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the class."""
     global _FOLD, _KIND, _KNOWN
     present = np.flatnonzero(np.bincount(points))
-    if len(present) and present[-1] >= len(_KNOWN):
-        size = int(present[-1]) + 1
-        _FOLD, _KIND, _KNOWN = (np.concatenate([table, np.zeros(size - len(table), dtype=table.dtype)])
-                                for table in (_FOLD, _KIND, _KNOWN))
-    for point in present[~_KNOWN[present]].tolist():
-        folded, kind = _char_class(point)
-        _FOLD[point], _KIND[point], _KNOWN[point] = folded if kind != _KIND_SEPARATOR else 0, kind, True
-    return _FOLD, _KIND
+    with _TABLES_LOCK:
+        if len(present) and present[-1] >= len(_KNOWN):
+            size = int(present[-1]) + 1
+            _FOLD, _KIND, _KNOWN = (np.concatenate([table, np.zeros(size - len(table), dtype=table.dtype)])
+                                    for table in (_FOLD, _KIND, _KNOWN))
+        for point in present[~_KNOWN[present]].tolist():
+            folded, kind = _char_class(point)
+            _FOLD[point], _KIND[point], _KNOWN[point] = folded if kind != _KIND_SEPARATOR else 0, kind, True
+        return _FOLD, _KIND
 
 
 def _tokenise_chunk(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -160,10 +165,9 @@ def tokenise(texts: Sequence[str], langs: Sequence[str | None] | None = None) ->
     A row is CJK when `lang` is a CJK code or CJK characters make up at least `CJK_SHARE` of its
     tokens. A text without word characters is one token: itself, normalised and stripped.
     """
-    parts = []
-    for lo, hi in _chunks(texts):
-        hashes, rows, cjk = _tokenise_chunk(texts[lo:hi])
-        parts.append((hashes, rows + lo, cjk))
+    chunks = list(_chunks(texts))
+    done = _in_threads(lambda chunk: _tokenise_chunk(texts[chunk[0]:chunk[1]]), chunks)
+    parts = [(hashes, rows + lo, cjk) for (lo, _), (hashes, rows, cjk) in zip(chunks, done, strict=True)]
     hashes = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.uint64)
     rows = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
     cjk = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, dtype=bool)
@@ -253,12 +257,16 @@ def signatures(shingles: Shingles, num_perm: int = 128, seed: int = 1) -> np.nda
     sizes = np.diff(shingles.offsets)
     order = np.argsort(sizes, kind="stable")
     bounds = np.flatnonzero(np.diff(sizes[order], prepend=-1, append=-1))
-    buffer = np.empty(max(_CHUNK_CELLS, num_perm * int(sizes.max(initial=1))), dtype=np.uint32)
+    blocks = []  # (rows, their shingle count)
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         length = int(sizes[order[lo]])
         per_block = max(1, _CHUNK_CELLS // (num_perm * max(length, 1)))
-        for start in range(lo, hi, per_block):
-            rows = order[start:min(start + per_block, hi)]
+        blocks += [(order[start:min(start + per_block, hi)], length) for start in range(lo, hi, per_block)]
+    threads = min(usable_cores(), len(blocks))
+
+    def sign(part: list[tuple[np.ndarray, int]]) -> None:
+        buffer = np.empty(max(_CHUNK_CELLS, num_perm * int(sizes.max(initial=1))), dtype=np.uint32)
+        for rows, length in part:
             if length == 0:  # no shingle (not made by `shingle`): datasketch's empty signature
                 out[rows] = np.uint32(0xFFFFFFFF)
                 continue
@@ -266,7 +274,17 @@ def signatures(shingles: Shingles, num_perm: int = 128, seed: int = 1) -> np.nda
             np.multiply(mixed[shingles.offsets[rows][:, None] + np.arange(length)][:, :, None], a, out=permuted)
             permuted += b
             out[rows] = permuted.min(axis=1)
+
+    _in_threads(sign, [blocks[k::threads] for k in range(threads)])
     return out
+
+
+def _in_threads(work: Callable, items: list) -> list:
+    """`[work(item) for item in items]` on one thread per usable core (numpy releases the GIL in its loops)."""
+    if usable_cores() < 2 or len(items) < 2:
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(usable_cores(), len(items))) as pool:
+        return list(pool.map(work, items))
 
 
 def _row_chunks(offsets: np.ndarray, max_items: int) -> Iterator[tuple[int, int]]:
