@@ -82,6 +82,12 @@ def test_lsh_groups_rows_by_their_full_key_when_the_high_bits_meet():
     assert groups == [[[1, 5]], [[0, 2, 6]]]
 
 
+def test_no_row_or_one_row_has_no_pair():
+    for texts in ([], ["one text"]):
+        found = minhash.near_duplicates(texts)
+        assert found.pairs.shape == (0, 2) and found.candidates == 0
+
+
 def test_tokens_are_the_same_whatever_the_chunk_size():
     texts = [f"Row {i}: how do I fix 煤气泄漏 at home, Ｆａｓｔ?" * (i % 7) for i in range(300)]
     whole = minhash.tokenise(texts)

@@ -321,7 +321,9 @@ def _groups(keys: np.ndarray) -> list[np.ndarray]:
 
     The row index replaces the key's low bits and the whole is sorted (a sort of numbers is 2x faster than
     an argsort); rows whose remaining high bits meet are then grouped again by their full key."""
-    bits = np.uint64(max(len(keys) - 1, 1).bit_length())
+    if len(keys) < 2:
+        return []
+    bits = np.uint64((len(keys) - 1).bit_length())
     low = (np.uint64(1) << bits) - np.uint64(1)
     packed = np.sort((keys & ~low) | np.arange(len(keys), dtype=np.uint64))
     high = packed >> bits
