@@ -82,6 +82,14 @@ def test_lsh_groups_rows_by_their_full_key_when_the_high_bits_meet():
     assert groups == [[[1, 5]], [[0, 2, 6]]]
 
 
+def test_empty_texts_anywhere_are_one_token_each():
+    for texts in (["a", ""], ["", ""], ["a", "", "", "b c"], ["", "b"]):
+        tokens = minhash.tokenise(texts)
+        assert tokens.lengths.tolist() == [len(t.split()) or 1 for t in texts]
+    shingles = minhash.shingle(["a b", "", "", "a b"], ngram=1)
+    assert minhash.jaccard(shingles, np.array([[0, 3], [1, 2]])).tolist() == [1.0, 1.0]
+
+
 def test_no_row_or_one_row_has_no_pair():
     for texts in ([], ["one text"]):
         found = minhash.near_duplicates(texts)

@@ -133,9 +133,9 @@ def _tokenise_chunk(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.nd
     prefix[0] = 0
     np.cumsum(fold[points] * powers, out=prefix[1:])  # separators fold to 0
     hashes = _fmix64((prefix[ends] - prefix[starts]) * inverse[starts] + (ends - starts).astype(np.uint64))
-    first_point = np.zeros(len(points), dtype=np.int32)
-    first_point[(np.cumsum(lengths + 1) - (lengths + 1))[1:]] = 1
-    return hashes, np.cumsum(first_point, dtype=np.int32)[starts], single
+    # at each point, how many rows start there (empty texts share a start; one may start past the last point)
+    new_rows = np.bincount((np.cumsum(lengths + 1) - (lengths + 1))[1:], minlength=len(points) + 1)
+    return hashes, np.cumsum(new_rows)[starts], single
 
 
 _POWERS: list[tuple[np.ndarray, np.ndarray]] = []  # the longest tables made so far (one entry)
