@@ -51,16 +51,62 @@ def clusters(rep: np.ndarray) -> set[frozenset[int]]:
 
 
 # -- MinHash ------------------------------------------------------------------------------------------------
-def test_signatures_equal_datasketch_minhash_over_the_same_shingles():
+def assert_datasketch_signatures(texts: list[str], num_perm: int, seed: int, ngram: int) -> None:
+    """Each row's signature equals datasketch's MinHash fed with the row's shingle hashes."""
     from datasketch import MinHash
 
-    texts = ["How can I kill a Python process?", "hi", "", "我想一定是因为所有法国人都天生浪漫吧？", *DISTINCT]
-    shingles = minhash.shingle(texts, ngram=2, char_ngram=2)
-    sigs = minhash.signatures(shingles, num_perm=64, seed=7)
+    shingles = minhash.shingle(texts, ngram=ngram, char_ngram=2)
+    sigs = minhash.signatures(shingles, num_perm=num_perm, seed=seed)
     for row in range(len(texts)):
-        sketch = MinHash(num_perm=64, seed=7, hashfunc=int)
+        sketch = MinHash(num_perm=num_perm, seed=seed, hashfunc=int)
         sketch.update_batch(shingles.hashes[shingles.offsets[row]:shingles.offsets[row + 1]].tolist())
         assert np.array_equal(sketch.hashvalues, sigs[row])
+
+
+def test_signatures_equal_datasketch_minhash_over_the_same_shingles():
+    assert_datasketch_signatures(["How can I kill a Python process?", "hi", "", "我想一定是因为所有法国人都天生浪漫吧？",
+                                  *DISTINCT], num_perm=64, seed=7, ngram=2)
+
+
+def test_signatures_equal_datasketch_on_many_rows_of_repeated_and_long_lengths():
+    """Rows are signed in blocks of one shingle count each, a long row in a block by itself."""
+    rng = random.Random(3)
+    words = ["alpha", "Beta", "gamma!", "δέλτα", "ｗｉｄｅ", "x", "ß", "煤气", "泄漏"]
+    texts = [" ".join(rng.choices(words, k=rng.choice([1, 2, 2, 3, 5, 5, 8, 40, 300]))) for _ in range(150)]
+    assert_datasketch_signatures(texts, num_perm=32, seed=11, ngram=1)
+
+
+def test_lsh_groups_rows_by_their_full_key_when_the_high_bits_meet():
+    keys = np.array([0x50, 0x51, 0x50, 0x77, 0x52, 0x51, 0x50, 0x99], dtype=np.uint64)  # 8 rows: 3 low bits
+    groups = [g.tolist() for g in minhash._groups(keys)]
+    assert groups == [[[1, 5]], [[0, 2, 6]]]
+
+
+def test_empty_texts_anywhere_are_one_token_each():
+    for texts in (["a", ""], ["", ""], ["a", "", "", "b c"], ["", "b"]):
+        tokens = minhash.tokenise(texts)
+        assert tokens.lengths.tolist() == [len(t.split()) or 1 for t in texts]
+    shingles = minhash.shingle(["a b", "", "", "a b"], ngram=1)
+    assert minhash.jaccard(shingles, np.array([[0, 3], [1, 2]])).tolist() == [1.0, 1.0]
+
+
+def test_no_row_or_one_row_has_no_pair():
+    for texts in ([], ["one text"]):
+        found = minhash.near_duplicates(texts)
+        assert found.pairs.shape == (0, 2) and found.candidates == 0
+
+
+def test_tokens_are_the_same_whatever_the_chunk_size():
+    texts = [f"Row {i}: how do I fix 煤气泄漏 at home, Ｆａｓｔ?" * (i % 7) for i in range(300)]
+    whole = minhash.tokenise(texts)
+    original = minhash._chunks
+    try:
+        minhash._chunks = lambda t: original(t, max_chars=97)
+        pieces = minhash.tokenise(texts)
+    finally:
+        minhash._chunks = original
+    assert np.array_equal(whole.hashes, pieces.hashes) and np.array_equal(whole.lengths, pieces.lengths)
+    assert np.array_equal(whole.by_chars, pieces.by_chars)
 
 
 def test_shingles_normalise_case_punctuation_width_and_spacing():
