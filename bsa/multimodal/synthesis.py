@@ -3,9 +3,9 @@ the item a reply makes.
 
 Kinds: the four combinations (RIRT, RIST, SIRT, SIST: where the risk sits) from risky seeds, and `benign`
 (an over-refusal pair that looks risky and is not, MOSSBench-style) from safe look-alikes. Planning fills the
-coverage cells (primary category x kind x language, bsa.multimodal.coverage) with the fewest items first,
-counting from an optional baseline (an earlier release's table), and within a cell prefers the seed whose
-secondary category has the fewest items; each seed serves a kind once. The image is a typography card
+coverage cells (category at a level, primary by default, x kind x language, bsa.multimodal.coverage) with the
+fewest items first, counting from an optional baseline (an earlier release's table), and within a cell prefers
+the seed whose next-level category has the fewest items; each seed serves a kind once. The image is a typography card
 (bsa.multimodal.render) of the text the generator wrote for it, in the kind's next layout; its render spec is
 recorded, so the release rebuilds it exactly.
 """
@@ -66,9 +66,11 @@ def _shuffled(items: list, rng: random.Random) -> list:
 
 
 def plan_pairs(counts: dict[str, int], risky: list[dict], safe: list[dict], seed: int,
-               layouts: dict[str, list[str]], baseline: Counter[Cell] | None = None
+               layouts: dict[str, list[str]], baseline: Counter[Cell] | None = None, level: int = 0
                ) -> tuple[list[PairCandidate], dict[str, dict[str, int]]]:
-    """The pairs to write, emptiest coverage cell first, and per kind how many were asked for and planned."""
+    """The pairs to write, emptiest coverage cell (category at `level` x kind x language) first, and per kind how
+    many were asked for and planned."""
+    deeper = min(level + 1, len(fields.CATEGORY_LEVELS) - 1)
     coverage: Counter[Cell] = Counter(baseline or {})
     secondary: Counter[Cell] = Counter()
     chosen: list[PairCandidate] = []
@@ -78,18 +80,18 @@ def plan_pairs(counts: dict[str, int], risky: list[dict], safe: list[dict], seed
         rng = random.Random(f"{seed}/{kind}")
         cells: dict[tuple[str, str], list[dict]] = {}
         for item in _shuffled(safe if kind == fields.BENIGN else risky, rng):
-            cells.setdefault((seed_level(item, 0), str(item.get("lang") or "en")), []).append(item)
+            cells.setdefault((seed_level(item, level), str(item.get("lang") or "en")), []).append(item)
         tie = {cell: i for i, cell in enumerate(_shuffled(sorted(cells), rng))}
         planned = 0
         while planned < wanted and cells:
             area, lang = min(cells, key=lambda c: (coverage[(c[0], kind, c[1])], tie[c]))
             queue = cells[(area, lang)]
-            pick = min(range(len(queue)), key=lambda i: (secondary[(seed_level(queue[i], 1), kind, lang)], i))
+            pick = min(range(len(queue)), key=lambda i: (secondary[(seed_level(queue[i], deeper), kind, lang)], i))
             item = queue.pop(pick)
             if not queue:
                 del cells[(area, lang)]
             coverage[(area, kind, lang)] += 1
-            secondary[(seed_level(item, 1), kind, lang)] += 1
+            secondary[(seed_level(item, deeper), kind, lang)] += 1
             chosen.append(PairCandidate(kind, item, layouts[kind][planned % len(layouts[kind])]))
             planned += 1
         figures[kind] = {"wanted": wanted, "planned": planned}
@@ -102,7 +104,7 @@ def category_path(seed: dict, taxonomy: Taxonomy, lang: str) -> str:
     return " / ".join(taxonomy.translate(name, lang) for name in names if name != UNCATEGORISED) or "-"
 
 
-def generation_values(candidate: PairCandidate, kind_note: str, taxonomy: Taxonomy) -> dict[str, str]:
+def pair_generation_values(candidate: PairCandidate, kind_note: str, taxonomy: Taxonomy) -> dict[str, str]:
     """The placeholders of the generation prompt."""
     seed = candidate.seed
     words = image_in_words(seed)

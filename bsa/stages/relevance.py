@@ -36,7 +36,6 @@ A person checks the judge with the spot check (`bsa spot-check`, bsa.review).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,15 +45,13 @@ from bsa.multimodal import fields as mm
 from bsa.multimodal.harm import HARMS, harm_request, judged_combination, read_harms
 from bsa.pipeline.config import Section
 from bsa.pipeline.errors import ConfigError
-from bsa.pipeline.llm import Request, Response
+from bsa.pipeline.llm import Request
 from bsa.pipeline.prompts import Prompt
 from bsa.pipeline.records import REJECT_REASON
 from bsa.pipeline.stage import Stage, StageContext, per_batch, reject, whole
 from bsa.pipeline.verdicts import (
     JUDGE_FAILED,
-    REASON_CHARS,
     OnJudgeFailure,
-    clip,
     read_verdict,
     schema_verdicts,
 )

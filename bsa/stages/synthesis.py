@@ -18,6 +18,17 @@ Rejects: `generation_failed` (no usable reply), `wrong_language` (not in the bui
 `duplicate_query`, `quality_missing_risk`, `quality_extra_risk`, and `judge_failed` when the checker's reply
 never parsed and `on_judge_failure: reject` (by default such items are kept, flagged `judge_failed`).
 
+Image + text seeds (a multimodal build: records with `image_sha256`) make image + text items instead
+(bsa.multimodal.synthesis): `pairs` gives the items per kind, the four combinations RIRT, RIST, SIRT, SIST and
+`benign` (an over-refusal set from the safe look-alikes), planned for the emptiest coverage cells first (category
+x kind x language, bsa.multimodal.coverage; `coverage_baseline` counts an earlier release's items). The
+generator (prompt `synth_pair`, the kind's note `synth_pair_<kind>`, each in the seed's language) writes the
+text, the card's text, a description and a summary; the card is rendered (`layouts`, in turn per kind) and its
+render spec recorded. The checker rates text, image and pair harm apart (the relevance judge's `relevance_mm`,
+reading the card's printed text, or seeing it on a `vision: true` endpoint); a pair whose ratings give another
+combination is rejected `quality_wrong_combination`, the detail naming both. The stats give the coverage table
+and its empty cells (`coverage`).
+
 Columns: the core fields (id = text_id of the query, text = the query, source `synthesis`, category and
 subcategory of the first risk, is_risky True, meta = the checker's model and prompt hash) and
     scenario, label, risk_summary   as in BSA
@@ -54,7 +65,7 @@ from bsa.multimodal.harm import harm_request, judged_combination, read_harms
 from bsa.multimodal.synthesis import (
     DEFAULT_LAYOUTS,
     PairCandidate,
-    generation_values as pair_values,
+    pair_generation_values,
     pair_item,
     plan_pairs,
     read_pair,
@@ -102,6 +113,7 @@ class Config(Section):
     pair_check_prompt: str = "relevance_mm"  # the checker rates text, image and pair harm apart
     layouts: dict[Kind, list[Layout]] = DEFAULT_LAYOUTS  # the cards' layouts, in turn per kind
     coverage_baseline: str | None = None  # a table (an earlier release) whose items count as covered
+    coverage_level: Literal[0, 1, 2] = 0  # the taxonomy level of the coverage cells (0: primary area)
 
 
 @dataclass(frozen=True)
@@ -416,7 +428,9 @@ PAIR_COLUMNS = [*ITEM_COLUMNS[:len(CORE_FIELDS)], *mm.FIELDS, *ITEM_COLUMNS[len(
 
 def _baseline(config: Config, ctx: StageContext) -> Counter:
     """Items per coverage cell of the baseline table (none without one)."""
-    return cell_counts(ctx.read_table(config.coverage_baseline)) if config.coverage_baseline else Counter()
+    if not config.coverage_baseline:
+        return Counter()
+    return cell_counts(ctx.read_table(config.coverage_baseline), config.coverage_level)
 
 
 def _write_pairs(candidates: list[PairCandidate], config: Config, ctx: StageContext) -> tuple[list[Response], str]:
@@ -426,7 +440,7 @@ def _write_pairs(candidates: list[PairCandidate], config: Config, ctx: StageCont
     for c in candidates:
         note = ctx.prompts.load(f"{config.pair_prompt}_{c.kind}", c.lang).render()[0]["content"]
         prompt = ctx.prompts.load(config.pair_prompt, c.lang)
-        requests.append(Request(config.generator, prompt.render(**pair_values(c, note, ctx.taxonomy)),
+        requests.append(Request(config.generator, prompt.render(**pair_generation_values(c, note, ctx.taxonomy)),
                                 schema=prompt.schema, params=params, tag=ctx.name))
     responses = ctx.llm.run(requests, desc="synthesis: write pairs") if requests else []
     return responses, ctx.prompts.load(config.pair_prompt).sha256
@@ -496,7 +510,7 @@ def synthesise_pairs(records: pd.DataFrame, config: Config, ctx: StageContext) -
                           f"to write per kind ({', '.join(DEFAULT_LAYOUTS)})")
     risky, safe = seed_pools(records, config, ctx)
     candidates, planned = plan_pairs(dict(config.pairs), risky, safe, ctx.seed, dict(config.layouts),
-                                     _baseline(config, ctx))
+                                     _baseline(config, ctx), config.coverage_level)
     for kind, figures in planned.items():
         if figures["planned"] < figures["wanted"]:
             ctx.log.warning("%s: the seeds allow %d of the %d pairs asked for", kind, figures["planned"],
@@ -516,7 +530,8 @@ def synthesise_pairs(records: pd.DataFrame, config: Config, ctx: StageContext) -
                    pd.Series([d.detail for d in drafts], index=frame.index, dtype=object))
     kept = frame[frame[REJECT_REASON].isna()]
     langs = {str(s.get("lang")) for s in risky + safe} | set(kept["lang"])
-    table = coverage_table(cell_counts(kept), level_names(ctx.taxonomy, 0), langs)
+    level = min(config.coverage_level, ctx.taxonomy.depth - 1)
+    table = coverage_table(cell_counts(kept, level), level_names(ctx.taxonomy, level), langs)
     ctx.report({"planned": planned, "seeds": {"risky": len(risky), "safe_look_alikes": len(safe)},
                 "kept_by_combination": {str(k): int(v) for k, v in kept[mm.COMBINATION].value_counts().items()},
                 "coverage": coverage_stats(table)})
