@@ -56,9 +56,14 @@ def test_the_demo_config_builds_a_release_of_every_combination_whose_croissant_l
     table = pd.read_csv(out / "benchmark.csv", keep_default_na=False)
     assert set(table[mm.COMBINATION]) == set(KINDS)  # the four combinations and the benign set
     assert set(table["lang"]) == {"en", "zh"}
-    assert (table[mm.IMAGE_STYLE] == "typography").all() and table[mm.RENDER_SPEC].str.len().gt(0).all()
+    assert set(table[mm.IMAGE_STYLE]) == {"realistic", "typography"}  # the pool's photos kept, cards rendered
+    full = pd.read_json(out / "benchmark.jsonl", lines=True)
+    written = full[full["source"] == "synthesis"]
+    assert set(written[mm.COMBINATION]) == set(KINDS) and set(written[mm.IMAGE_STYLE]) == {"typography"}
+    assert set(full.loc[full["source"] != "synthesis", "source"]) == {"mm-photos", "mm-cards"}
     stats = json.loads(next((project / "build-mm").glob("*_synthesis.stats.json")).read_text(encoding="utf-8"))
-    assert stats["kept_by_combination"] == {"RIRT": 2, "RIST": 2, "SIRT": 2, "SIST": 2, "benign": 2}
+    assert stats["planned"]["RIST"] == {"wanted": 2, "planned": 2} and stats["seeds"]["kept_as_items"] > 0
+    assert sum(stats["kept_by_combination"].values()) == len(table)
     assert stats["coverage"]["cells"] == 3 * 5 * 2 and stats["coverage"]["empty_cells"] > 0
     difficulty = json.loads(next((project / "build-mm").glob("*_difficulty.stats.json")).read_text(encoding="utf-8"))
     assert difficulty["counters"]["skipped_no_vision_model"] == len(table)

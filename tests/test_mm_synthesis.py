@@ -168,6 +168,25 @@ def test_a_reply_without_its_parts_is_a_generation_failure(tmp_path):
     assert "reply lacks image_text" in result.rejected["reject_detail"].iloc[0]
 
 
+def test_kept_seeds_stay_items_and_synthesis_fills_the_cell_they_leave_empty(tmp_path, server):
+    cjk_font()
+    frame = pool()
+    military = frame["text"].str.contains("通行证")
+    frame.loc[military, mm.TEXT_RISK], frame.loc[military, mm.COMBINATION] = True, "RIRT"
+    result, ctx = run_synthesis(tmp_path, server, frame, pairs={"RIST": 1}, keep_seeds=True)
+    kept = result.kept
+    seeds = kept[kept["source"] == "test"]
+    assert len(seeds) == 6 and seeds[mm.COMBINATION].value_counts().to_dict() == {"RIST": 3, "benign": 2, "RIRT": 1}
+    assert (seeds["risk_summary"].str.len() > 0).eq(seeds[mm.COMBINATION] != "benign").all()
+    assert (seeds["safe_summary"].str.len() > 0).eq(seeds[mm.COMBINATION] == "benign").all()
+    written = kept[kept["source"] == "synthesis"]
+    # the seeds hold a RIST item in every (area, language) cell but National Safety / zh: the new one goes there
+    assert len(written) == 1 and written.iloc[0]["lang"] == "zh"
+    assert written.iloc[0][mm.CATEGORY_LEVELS[0]] == "National Safety"
+    assert ctx.stats["seeds"]["kept_as_items"] == 6
+    assert ctx.stats["kept_by_combination"] == {"RIST": 4, "benign": 2, "RIRT": 1}
+
+
 def test_image_seeds_need_pairs_counts(tmp_path, server):
     from bsa.pipeline.errors import ConfigError
 

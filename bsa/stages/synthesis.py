@@ -114,6 +114,7 @@ class Config(Section):
     layouts: dict[Kind, list[Layout]] = DEFAULT_LAYOUTS  # the cards' layouts, in turn per kind
     coverage_baseline: str | None = None  # a table (an earlier release) whose items count as covered
     coverage_level: Literal[0, 1, 2] = 0  # the taxonomy level of the coverage cells (0: primary area)
+    keep_seeds: bool = False  # image builds: the seeds with a combination stay items (and count as covered)
 
 
 @dataclass(frozen=True)
@@ -433,6 +434,24 @@ def _baseline(config: Config, ctx: StageContext) -> Counter:
     return cell_counts(ctx.read_table(config.coverage_baseline), config.coverage_level)
 
 
+def seed_items(records: pd.DataFrame) -> pd.DataFrame:
+    """The seeds that are items themselves (a combination, and a primary category unless benign), in the pairs'
+    columns: their annotation as risk summary (benign: as safe summary), their own id as seed."""
+    combination = records[mm.COMBINATION] if mm.COMBINATION in records.columns else pd.Series(None, records.index)
+    primary = records.get(mm.CATEGORY_LEVELS[0], pd.Series(None, records.index))
+    usable = combination.notna() & (primary.notna() | combination.eq(mm.BENIGN))
+    seeds = records[usable.fillna(False).astype(bool)]
+    frame = pd.DataFrame({column: seeds[column] if column in seeds.columns else None for column in PAIR_COLUMNS},
+                         index=seeds.index)
+    benign = frame[mm.COMBINATION].eq(mm.BENIGN)
+    frame["safe_summary"] = seeds["benign_reason"].where(benign, "").fillna("")
+    frame["risk_summary"] = seeds["risk_summary"].where(~benign, "").fillna("")
+    frame["label"] = [f"{c}-{s}" if isinstance(s, str) and s else c for c, s in
+                      zip(seeds["category"], seeds["subcategory"], strict=True)]
+    frame["seed_ids"] = [json.dumps([str(i)]) for i in seeds["id"]]
+    return frame.reset_index(drop=True)
+
+
 def _write_pairs(candidates: list[PairCandidate], config: Config, ctx: StageContext) -> tuple[list[Response], str]:
     """The generator's replies, and the generation prompt's hash (English's; each language's is in the manifest)."""
     params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
@@ -509,8 +528,10 @@ def synthesise_pairs(records: pd.DataFrame, config: Config, ctx: StageContext) -
         raise ConfigError(f"{ctx.config.config_path}: the seeds carry images: give synthesis.pairs, the items "
                           f"to write per kind ({', '.join(DEFAULT_LAYOUTS)})")
     risky, safe = seed_pools(records, config, ctx)
-    candidates, planned = plan_pairs(dict(config.pairs), risky, safe, ctx.seed, dict(config.layouts),
-                                     _baseline(config, ctx), config.coverage_level)
+    kept_seeds = seed_items(records) if config.keep_seeds else pd.DataFrame(columns=PAIR_COLUMNS)
+    baseline = _baseline(config, ctx) + cell_counts(kept_seeds, config.coverage_level)
+    candidates, planned = plan_pairs(dict(config.pairs), risky, safe, ctx.seed, dict(config.layouts), baseline,
+                                     config.coverage_level)
     for kind, figures in planned.items():
         if figures["planned"] < figures["wanted"]:
             ctx.log.warning("%s: the seeds allow %d of the %d pairs asked for", kind, figures["planned"],
@@ -523,16 +544,21 @@ def synthesise_pairs(records: pd.DataFrame, config: Config, ctx: StageContext) -
     _screen_pairs(drafts, config)
     if config.check:
         _check_pairs(drafts, config, ctx)
-    frame = pd.DataFrame([d.item for d in drafts], columns=PAIR_COLUMNS)
+    written = pd.DataFrame([d.item for d in drafts], columns=PAIR_COLUMNS)
+    frame = pd.concat([df for df in (kept_seeds.astype(object), written.astype(object)) if not df.empty],
+                      ignore_index=True) if len(kept_seeds) or len(written) else written
     for column in ("is_risky", mm.IMG_RISK, mm.TEXT_RISK):
         frame[column] = frame[column].astype("boolean")
-    frame = reject(frame, pd.Series([d.reason for d in drafts], index=frame.index, dtype=object),
-                   pd.Series([d.detail for d in drafts], index=frame.index, dtype=object))
+    reasons = [None] * len(kept_seeds) + [d.reason for d in drafts]
+    details = [""] * len(kept_seeds) + [d.detail for d in drafts]
+    frame = reject(frame, pd.Series(reasons, index=frame.index, dtype=object),
+                   pd.Series(details, index=frame.index, dtype=object))
     kept = frame[frame[REJECT_REASON].isna()]
     langs = {str(s.get("lang")) for s in risky + safe} | set(kept["lang"])
     level = min(config.coverage_level, ctx.taxonomy.depth - 1)
     table = coverage_table(cell_counts(kept, level), level_names(ctx.taxonomy, level), langs)
-    ctx.report({"planned": planned, "seeds": {"risky": len(risky), "safe_look_alikes": len(safe)},
+    ctx.report({"planned": planned, "seeds": {"risky": len(risky), "safe_look_alikes": len(safe),
+                                              "kept_as_items": len(kept_seeds)},
                 "kept_by_combination": {str(k): int(v) for k, v in kept[mm.COMBINATION].value_counts().items()},
                 "coverage": coverage_stats(table)})
     return frame
