@@ -7,6 +7,7 @@ Everything in the card comes from the released rows, the build's stats and manif
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -326,17 +327,20 @@ def coverage_section(frame: pd.DataFrame, taxonomy: Taxonomy) -> str:
     return "\n\n".join(parts)
 
 
-def cards_section(frame: pd.DataFrame, per_language: int = 2) -> str:
-    """A few of the typography cards the build rendered, in each language."""
-    rendered = frame[frame[mm.IMAGE_STYLE].astype(str).eq("typography")] if mm.IMAGE_STYLE in frame.columns \
-        else frame.iloc[0:0]
+def cards_section(frame: pd.DataFrame, per_language: int = 3) -> str:
+    """A few of the typography cards the build rendered, in each language, one of each layout first."""
+    rendered = frame[frame[mm.IMAGE_STYLE].astype(str).eq("typography") & frame[mm.RENDER_SPEC].notna()] \
+        if mm.IMAGE_STYLE in frame.columns and mm.RENDER_SPEC in frame.columns else frame.iloc[0:0]
     if rendered.empty:
         return ""
-    sample = rendered.groupby("lang", sort=True).head(per_language)
-    rows = [[f"`{item['id']}`", item["lang"], item[mm.COMBINATION], f"![{item['combination']} card]({item[mm.IMAGE]})"]
-            for item in sample.to_dict("records")]
-    return "\n\n".join(["Rendered cards (typography drawn by the build from its render spec):",
-                         markdown_table(["id", "lang", "combination", "card"], rows)])
+    layouts = rendered[mm.RENDER_SPEC].map(lambda spec: json.loads(spec).get("layout", ""))
+    tagged = rendered.assign(_layout=layouts)
+    ordered = pd.concat([tagged.drop_duplicates(["lang", "_layout"]), tagged]).drop_duplicates("id")
+    sample = ordered.sort_values("lang", kind="stable").groupby("lang", sort=True).head(per_language)
+    rows = [[f"`{item['id']}`", item["lang"], item[mm.COMBINATION], item["_layout"],
+             f"![{item[mm.COMBINATION]} card]({item[mm.IMAGE]})"] for item in sample.to_dict("records")]
+    return "\n\n".join(["Rendered cards (typography the build drew from each item's render spec):",
+                         markdown_table(["id", "lang", "combination", "layout", "card"], rows)])
 
 
 def images_section(frame: pd.DataFrame, images: ImageSet) -> str:
