@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,16 @@ from tests.fake_openai import FakeOpenAI, request_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 TAXONOMY = Taxonomy.load(ROOT / "configs" / "taxonomy" / "bsa.yaml")
+
+
+def copy_project(target: Path) -> Path:
+    """The project's code, prompts, configs, data and Makefile copied to `target` (a build there touches nothing
+    here)."""
+    for name in ("bsa", "prompts", "configs", "data"):
+        shutil.copytree(ROOT / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("Makefile", "pyproject.toml", "requirements.lock"):
+        shutil.copy2(ROOT / name, target / name)
+    return target
 
 
 def endpoint(server: FakeOpenAI, model: str, **options: object) -> EndpointConfig:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ from bsa.pipeline.runner import stage_fingerprint
 from bsa.project import PROJECT, load_config
 from bsa.stages import STAGES
 from tests.fake_openai import FakeOpenAI, request_schema
+from tests.llm_stage_support import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "bsa"
@@ -193,11 +193,7 @@ def scripted(payload: dict, seen: int) -> dict:
 @pytest.fixture
 def copy(tmp_path):
     """The project copied, with a config whose endpoints are the scripted server (started here)."""
-    target = tmp_path / "project"
-    for name in ("bsa", "prompts", "configs", "data"):
-        shutil.copytree(ROOT / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("Makefile", "pyproject.toml", "requirements.lock"):
-        shutil.copy2(ROOT / name, target / name)
+    target = copy_project(tmp_path / "project")
     with FakeOpenAI(reply=scripted) as server:
         fake = {"base_url": server.url, "max_retries": 1, "parse_retries": 0, "timeout": 20, "concurrency": 8}
         config = {"extends": "default.yaml", "endpoints": {"local": {**fake, "model": "fake"},

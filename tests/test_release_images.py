@@ -164,7 +164,8 @@ def test_card_counts_images_by_style_and_source_and_shows_some(released):
     assert "| photos | 6 | 4 |" in card and "| rendered | 1 | 1 |" in card
     assert "| SIST | both harmless alone, the pair harmful | 2 |" in card and "| Total |  | 7 |" in card
     shown = [line for line in card.splitlines() if "](images/" in line]
-    assert len(shown) == 5  # one item of each combination
+    assert sum(" item " in line for line in shown) == 5  # one item of each combination
+    assert sum(" card](" in line for line in shown) == 1  # the rendered cards (one typography item here)
     for line in shown:
         assert (out / line.split("](")[1].split(")")[0]).is_file()
     assert "| `image_content` |" not in card and "| `image` | The image's file, relative to the table" in card

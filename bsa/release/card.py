@@ -7,6 +7,7 @@ Everything in the card comes from the released rows, the build's stats and manif
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import yaml
 
 from bsa.benchmark import SCENARIOS, label_categories
 from bsa.multimodal import fields as mm
+from bsa.multimodal.coverage import KINDS, cell_counts, coverage_table, level_names
 from bsa.pipeline.config import SourceConfig
 from bsa.pipeline.taxonomy import Taxonomy
 from bsa.release.config import Config
@@ -301,8 +303,44 @@ def pairs_contents_section(info: ReleaseInfo) -> str:
         "Items by primary category and combination:",
         markdown_table(["primary category", *counts.columns], rows),
         "![Items by primary category and combination](categories.png)",
+        coverage_section(frame, info.taxonomy),
         *([images_section(frame, images)] if images else []),
+        *([cards_section(frame)] if images and cards_section(frame) else []),
     ])
+
+
+def coverage_section(frame: pd.DataFrame, taxonomy: Taxonomy) -> str:
+    """Items per cell of category x kind x language, empty cells shown: primary areas by language, then the
+    secondary categories (both languages together) when the taxonomy has them."""
+    langs = sorted(set(frame["lang"].astype(str)))
+    primary = coverage_table(cell_counts(frame, 0), level_names(taxonomy, 0), langs)
+    empty = int((primary[list(KINDS)] == 0).to_numpy().sum())
+    parts = ["### Coverage",
+             f"Items per primary category, combination and language: {empty} of {primary[list(KINDS)].size} cells "
+             "are empty (the synthesis stage plans its items for the emptiest cells first; its stats list them).",
+             markdown_table(["primary category", "lang", *KINDS], primary.to_numpy().tolist())]
+    if taxonomy.depth > 1:
+        secondary = coverage_table(cell_counts(frame, 1), level_names(taxonomy, 1), langs)
+        merged = secondary.groupby("category", sort=False)[list(KINDS)].sum().reset_index()
+        parts += ["Items per secondary category and combination (languages together):",
+                  markdown_table(["secondary category", *KINDS], merged.to_numpy().tolist())]
+    return "\n\n".join(parts)
+
+
+def cards_section(frame: pd.DataFrame, per_language: int = 3) -> str:
+    """A few of the typography cards the build rendered, in each language, one of each layout first."""
+    rendered = frame[frame[mm.IMAGE_STYLE].astype(str).eq("typography") & frame[mm.RENDER_SPEC].notna()] \
+        if mm.IMAGE_STYLE in frame.columns and mm.RENDER_SPEC in frame.columns else frame.iloc[0:0]
+    if rendered.empty:
+        return ""
+    layouts = rendered[mm.RENDER_SPEC].map(lambda spec: json.loads(spec).get("layout", ""))
+    tagged = rendered.assign(_layout=layouts)
+    ordered = pd.concat([tagged.drop_duplicates(["lang", "_layout"]), tagged]).drop_duplicates("id")
+    sample = ordered.sort_values("lang", kind="stable").groupby("lang", sort=True).head(per_language)
+    rows = [[f"`{item['id']}`", item["lang"], item[mm.COMBINATION], item["_layout"],
+             f"![{item[mm.COMBINATION]} card]({item[mm.IMAGE]})"] for item in sample.to_dict("records")]
+    return "\n\n".join(["Rendered cards (typography the build drew from each item's render spec):",
+                         markdown_table(["id", "lang", "combination", "layout", "card"], rows)])
 
 
 def images_section(frame: pd.DataFrame, images: ImageSet) -> str:

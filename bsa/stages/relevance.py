@@ -36,28 +36,22 @@ A person checks the judge with the spot check (`bsa spot-check`, bsa.review).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from pydantic import field_validator
 
 from bsa.multimodal import fields as mm
-from bsa.multimodal.benchmark import image_in_words
-from bsa.multimodal.judges import ATTACHED, IMAGE_NOTES
-from bsa.multimodal.messages import attach_image, data_url, image_mime
-from bsa.multimodal.render import render_json
+from bsa.multimodal.harm import HARMS, harm_request, judged_combination, read_harms
 from bsa.pipeline.config import Section
 from bsa.pipeline.errors import ConfigError
-from bsa.pipeline.llm import Request, Response
+from bsa.pipeline.llm import Request
 from bsa.pipeline.prompts import Prompt
 from bsa.pipeline.records import REJECT_REASON
 from bsa.pipeline.stage import Stage, StageContext, per_batch, reject, whole
 from bsa.pipeline.verdicts import (
     JUDGE_FAILED,
-    REASON_CHARS,
     OnJudgeFailure,
-    clip,
     read_verdict,
     schema_verdicts,
 )
@@ -111,7 +105,6 @@ def _labelled(frame: pd.DataFrame, ctx: StageContext) -> pd.Series:
                       for c, s in zip(frame["category"], frame["subcategory"], strict=True)], index=frame.index)
 
 
-HARMS = ("text_harm", "image_harm", "pair_harm")
 MM_COMBINATION, IMAGE_SEEN, DISAGREES = "relevance_combination", "image_seen", "relevance_disagrees"
 MM_COLUMNS = (*HARMS, MM_COMBINATION, IMAGE_SEEN, DISAGREES)
 UNREADABLE = "image_unreadable"
@@ -119,40 +112,6 @@ UNREADABLE = "image_unreadable"
 
 def is_multimodal(frame: pd.DataFrame) -> bool:
     return mm.IMAGE_SHA256 in frame.columns and bool(frame[mm.IMAGE_SHA256].notna().any())
-
-
-def _image_url(row: pd.Series) -> str:
-    """The row's image as a data URL: its file, or the typography card rebuilt from its render spec."""
-    path = row.get(mm.IMAGE)
-    data = Path(path).read_bytes() if isinstance(path, str) and path else render_json(row[mm.RENDER_SPEC])
-    return data_url(data, image_mime(data))
-
-
-def _mm_request(row: pd.Series, vision: bool, config: Config, ctx: StageContext) -> Request | None:
-    """The three-rating request of an image row; None when a text-only judge could not read the image."""
-    if vision:
-        note = ctx.prompts.load(IMAGE_NOTES[ATTACHED]).render()
-    else:
-        words = image_in_words(row.to_dict())
-        if words is None:
-            return None
-        note = ctx.prompts.load(IMAGE_NOTES[words[0]]).render(description=words[1])
-    prompt = ctx.prompts.load(config.mm_prompt)
-    messages = prompt.render(text=row["text"], image_note=note[0]["content"])
-    if vision:
-        messages = attach_image(messages, _image_url(row))
-    return Request(config.endpoint, messages, schema=prompt.schema, tag=ctx.name,
-                   params={"temperature": config.temperature, "max_tokens": config.max_tokens})
-
-
-def _ratings(response: Response) -> tuple[dict[str, bool] | None, str]:
-    """The three ratings and the reason of a reply; (None, why) when it never parsed into them."""
-    parsed = response.parsed if response.ok else None
-    if not isinstance(parsed, dict):
-        return None, clip(response.error or "reply did not parse", REASON_CHARS)
-    if not all(isinstance(parsed.get(key), bool) for key in HARMS):
-        return None, f"reply lacks a true/false for each of {list(HARMS)}"
-    return {key: parsed[key] for key in HARMS}, clip(parsed.get("reason", ""), REASON_CHARS)
 
 
 def _disagreements(row: pd.Series, ratings: dict[str, bool]) -> str | None:
@@ -165,7 +124,9 @@ def judge_images(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd
     """Row by row, image items: text, image and pair harm rated apart, the combination they give."""
     frame = records.copy()
     vision = bool(ctx.config.endpoints[config.endpoint].vision)
-    requests = {index: _mm_request(row, vision, config, ctx) for index, row in frame.iterrows()}
+    params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+    requests = {index: harm_request(row.to_dict(), config.endpoint, vision, ctx.prompts, config.mm_prompt, params,
+                                    ctx.name) for index, row in frame.iterrows()}
     asked = [index for index, request in requests.items() if request is not None]
     responses = ctx.llm.run([requests[i] for i in asked], desc="relevance judge (image items)") if asked else []
     for column in (VERDICT, REASON, *MM_COLUMNS):
@@ -173,7 +134,7 @@ def judge_images(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd
     frame[IMAGE_SEEN] = vision
     reasons = pd.Series(None, index=frame.index, dtype=object)
     for index, response in zip(asked, responses, strict=True):
-        ratings, why = _ratings(response)
+        ratings, why = read_harms(response)
         frame.at[index, REASON] = why
         if ratings is None:
             frame.at[index, VERDICT] = JUDGE_FAILED
@@ -182,8 +143,7 @@ def judge_images(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd
             continue
         for key, value in ratings.items():
             frame.at[index, key] = value
-        combo = mm.combination(ratings["image_harm"], ratings["text_harm"],
-                               ratings["pair_harm"] or ratings["image_harm"] or ratings["text_harm"])
+        combo = judged_combination(ratings)
         frame.at[index, MM_COMBINATION] = frame.at[index, VERDICT] = combo
         frame.at[index, DISAGREES] = _disagreements(frame.loc[index], ratings)
         if frame.at[index, DISAGREES]:

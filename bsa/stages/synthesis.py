@@ -18,6 +18,17 @@ Rejects: `generation_failed` (no usable reply), `wrong_language` (not in the bui
 `duplicate_query`, `quality_missing_risk`, `quality_extra_risk`, and `judge_failed` when the checker's reply
 never parsed and `on_judge_failure: reject` (by default such items are kept, flagged `judge_failed`).
 
+Image + text seeds (a multimodal build: records with `image_sha256`) make image + text items instead
+(bsa.multimodal.synthesis): `pairs` gives the items per kind, the four combinations RIRT, RIST, SIRT, SIST and
+`benign` (an over-refusal set from the safe look-alikes), planned for the emptiest coverage cells first (category
+x kind x language, bsa.multimodal.coverage; `coverage_baseline` counts an earlier release's items). The
+generator (prompt `synth_pair`, the kind's note `synth_pair_<kind>`, each in the seed's language) writes the
+text, the card's text, a description and a summary; the card is rendered (`layouts`, in turn per kind) and its
+render spec recorded. The checker rates text, image and pair harm apart (the relevance judge's `relevance_mm`,
+reading the card's printed text, or seeing it on a `vision: true` endpoint); a pair whose ratings give another
+combination is rejected `quality_wrong_combination`, the detail naming both. The stats give the coverage table
+and its empty cells (`coverage`).
+
 Columns: the core fields (id = text_id of the query, text = the query, source `synthesis`, category and
 subcategory of the first risk, is_risky True, meta = the checker's model and prompt hash) and
     scenario, label, risk_summary   as in BSA
@@ -32,6 +43,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -47,6 +59,17 @@ from bsa.benchmark import (
     Scenario,
     join_parts,
 )
+from bsa.multimodal import fields as mm
+from bsa.multimodal.coverage import cell_counts, coverage_stats, coverage_table, level_names
+from bsa.multimodal.harm import harm_request, judged_combination, read_harms
+from bsa.multimodal.synthesis import (
+    DEFAULT_LAYOUTS,
+    PairCandidate,
+    pair_generation_values,
+    pair_item,
+    plan_pairs,
+    read_pair,
+)
 from bsa.pipeline.config import Section
 from bsa.pipeline.errors import ConfigError, DataError
 from bsa.pipeline.llm import Request, Response
@@ -56,6 +79,8 @@ from bsa.pipeline.stage import Stage, StageContext, reject, whole
 from bsa.pipeline.verdicts import JUDGE_FAILED, OnJudgeFailure, clip, read_verdict, schema_verdicts
 from bsa.text.charclass import HAN
 
+Kind = Literal["RIRT", "RIST", "SIRT", "SIST", "benign"]
+Layout = Literal["numbered", "label", "caption"]
 RO, CS, OS = RISK_OMISSION, COGNITIVE_SHORTCUT, OVER_SENSITIVITY
 SUMMARY_FIELDS = {RO: ("risk_summary",), CS: ("risk_summary_a", "risk_summary_b"), OS: ("risk_summary",)}
 QUALITY_REJECTS = {"missing_risk": "quality_missing_risk", "extra_risk": "quality_extra_risk"}
@@ -82,6 +107,14 @@ class Config(Section):
     temperature: float = 0.8
     max_tokens: int = 600
     check_max_tokens: int = 96
+    # image + text builds (seeds carry images): items per kind, docs/multimodal.md (Synthesis of pairs)
+    pairs: dict[Kind, int] = {}
+    pair_prompt: str = "synth_pair"  # the generation prompt; its kind notes are <pair_prompt>_<kind>
+    pair_check_prompt: str = "relevance_mm"  # the checker rates text, image and pair harm apart
+    layouts: dict[Kind, list[Layout]] = DEFAULT_LAYOUTS  # the cards' layouts, in turn per kind
+    coverage_baseline: str | None = None  # a table (an earlier release) whose items count as covered
+    coverage_level: Literal[0, 1, 2] = 0  # the taxonomy level of the coverage cells (0: primary area)
+    keep_seeds: bool = False  # image builds: the seeds with a combination stay items (and count as covered)
 
 
 @dataclass(frozen=True)
@@ -361,6 +394,8 @@ def _quality_check(drafts: list[Draft], prompt: Prompt, config: Config, ctx: Sta
 
 def synthesise(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd.DataFrame:
     """All rows at once (seeds are paired across the pool): plan, write, screen and check the items."""
+    if mm.IMAGE_SHA256 in records.columns and records[mm.IMAGE_SHA256].notna().any():
+        return synthesise_pairs(records, config, ctx)
     prompts, check_prompt = _loaded(ctx, config)
     risky, safe = seed_pools(records, config, ctx)
     candidates, planned = plan(config, risky, safe, ctx.seed, list(ctx.taxonomy.categories))
@@ -384,6 +419,148 @@ def synthesise(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd.D
     kept = frame[frame[REJECT_REASON].isna()]
     ctx.report({"planned": planned, "seeds": {"risky": len(risky), "safe_look_alikes": len(safe)},
                 "kept_by_scenario": {str(k): int(v) for k, v in kept["scenario"].value_counts().items()}})
+    return frame
+
+
+# -- image + text pairs (bsa.multimodal.synthesis) -------------------------------------------------------------
+WRONG_COMBINATION = "quality_wrong_combination"
+PAIR_COLUMNS = [*ITEM_COLUMNS[:len(CORE_FIELDS)], *mm.FIELDS, *ITEM_COLUMNS[len(CORE_FIELDS):]]
+
+
+def _baseline(config: Config, ctx: StageContext) -> Counter:
+    """Items per coverage cell of the baseline table (none without one)."""
+    if not config.coverage_baseline:
+        return Counter()
+    return cell_counts(ctx.read_table(config.coverage_baseline), config.coverage_level)
+
+
+def seed_items(records: pd.DataFrame) -> pd.DataFrame:
+    """The seeds that are items themselves (a combination, and a primary category unless benign), in the pairs'
+    columns: their annotation as risk summary (benign: as safe summary), their own id as seed."""
+    combination = records[mm.COMBINATION] if mm.COMBINATION in records.columns else pd.Series(None, records.index)
+    primary = records.get(mm.CATEGORY_LEVELS[0], pd.Series(None, records.index))
+    usable = combination.notna() & (primary.notna() | combination.eq(mm.BENIGN))
+    seeds = records[usable.fillna(False).astype(bool)]
+    frame = pd.DataFrame({column: seeds[column] if column in seeds.columns else None for column in PAIR_COLUMNS},
+                         index=seeds.index)
+    benign = frame[mm.COMBINATION].eq(mm.BENIGN)
+    frame["safe_summary"] = seeds["benign_reason"].where(benign, "").fillna("")
+    frame["risk_summary"] = seeds["risk_summary"].where(~benign, "").fillna("")
+    frame["label"] = [f"{c}-{s}" if isinstance(s, str) and s else c for c, s in
+                      zip(seeds["category"], seeds["subcategory"], strict=True)]
+    frame["seed_ids"] = [json.dumps([str(i)]) for i in seeds["id"]]
+    return frame.reset_index(drop=True)
+
+
+def _write_pairs(candidates: list[PairCandidate], config: Config, ctx: StageContext) -> tuple[list[Response], str]:
+    """The generator's replies, and the generation prompt's hash (English's; each language's is in the manifest)."""
+    params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+    requests = []
+    for c in candidates:
+        note = ctx.prompts.load(f"{config.pair_prompt}_{c.kind}", c.lang).render()[0]["content"]
+        prompt = ctx.prompts.load(config.pair_prompt, c.lang)
+        requests.append(Request(config.generator, prompt.render(**pair_generation_values(c, note, ctx.taxonomy)),
+                                schema=prompt.schema, params=params, tag=ctx.name))
+    responses = ctx.llm.run(requests, desc="synthesis: write pairs") if requests else []
+    return responses, ctx.prompts.load(config.pair_prompt).sha256
+
+
+def _pair_draft(candidate: PairCandidate, response: Response, provenance: dict[str, str]) -> Draft:
+    parts, problem = read_pair(response.parsed if response.ok else None)
+    if parts is None:
+        failed = {column: None for column in PAIR_COLUMNS}
+        failed |= {"id": text_id(f"{candidate.kind}|{candidate.seed['id']}"), "text": "", "lang": candidate.lang,
+                   "source": "synthesis", mm.COMBINATION: candidate.kind,
+                   "seed_ids": json.dumps([str(candidate.seed["id"])])}
+        draft = Draft(Candidate(candidate.kind, (candidate.seed,)), failed, [])
+        draft.reject("generation_failed", response.error or problem if not response.ok else problem)
+        return draft
+    item = pair_item(candidate, parts, provenance)
+    return Draft(Candidate(candidate.kind, (candidate.seed,)), item, [parts["image_text"]])
+
+
+def _screen_pairs(drafts: list[Draft], config: Config) -> None:
+    """Reject pairs whose text and card are not in the seed's script, and repeats of an earlier pair."""
+    seen: set[str] = set()
+    for draft in drafts:
+        if draft.reason:
+            continue
+        written = f"{draft.item['text']} {draft.summaries[0]}"
+        if config.check_script and not in_script(written, draft.item["lang"]):
+            draft.reject("wrong_language", f"not written in the script of '{draft.item['lang']}'")
+        elif draft.item["id"] in seen:
+            draft.reject("duplicate_query", "the same text and card were written for another seed")
+        seen.add(draft.item["id"])
+
+
+def _check_pairs(drafts: list[Draft], config: Config, ctx: StageContext) -> None:
+    """The checker rates each pair's text, card and pair harm; a pair that is not its intended kind fails."""
+    todo = [d for d in drafts if d.reason is None]
+    vision = bool(ctx.config.endpoints[config.checker].vision)
+    params = {"temperature": 0.0, "max_tokens": config.check_max_tokens}
+    # the checker reads what the card prints, not the generator's description of it
+    requests = [harm_request({**d.item, mm.IMAGE_DESCRIPTION: None}, config.checker, vision, ctx.prompts,
+                             config.pair_check_prompt, params, ctx.name, d.item["lang"]) for d in todo]
+    responses = ctx.llm.run(requests, desc="synthesis: check pairs") if requests else []
+    for draft, response in zip(todo, responses, strict=True):
+        ratings, why = read_harms(response)
+        intended = draft.item[mm.COMBINATION]
+        if ratings is None:
+            draft.item["quality_verdict"], draft.item["quality_reason"] = JUDGE_FAILED, why
+            ctx.count(JUDGE_FAILED)
+            if config.on_judge_failure == "reject":
+                draft.reject(JUDGE_FAILED, why)
+            continue
+        judged = judged_combination(ratings)
+        ok = judged == intended
+        draft.item["quality_verdict"] = QUALITY_OK if ok else WRONG_COMBINATION
+        draft.item["quality_reason"] = why if ok else f"intended {intended}, the checker reads {judged}: {why}"
+        if not ok:
+            if config.on_check_failure == "flag":
+                ctx.count(f"flagged_{WRONG_COMBINATION}")
+            else:
+                draft.reject(WRONG_COMBINATION, draft.item["quality_reason"])
+
+
+def synthesise_pairs(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd.DataFrame:
+    """Image + text items of every kind from the annotated seeds, emptiest coverage cell first, then checked."""
+    if not config.pairs:
+        raise ConfigError(f"{ctx.config.config_path}: the seeds carry images: give synthesis.pairs, the items "
+                          f"to write per kind ({', '.join(DEFAULT_LAYOUTS)})")
+    risky, safe = seed_pools(records, config, ctx)
+    kept_seeds = seed_items(records) if config.keep_seeds else pd.DataFrame(columns=PAIR_COLUMNS)
+    baseline = _baseline(config, ctx) + cell_counts(kept_seeds, config.coverage_level)
+    candidates, planned = plan_pairs(dict(config.pairs), risky, safe, ctx.seed, dict(config.layouts), baseline,
+                                     config.coverage_level)
+    for kind, figures in planned.items():
+        if figures["planned"] < figures["wanted"]:
+            ctx.log.warning("%s: the seeds allow %d of the %d pairs asked for", kind, figures["planned"],
+                            figures["wanted"])
+    responses, prompt_sha = _write_pairs(candidates, config, ctx)
+    provenance = {"generator_model": ctx.llm.endpoint_model(config.generator), "prompt_sha256": prompt_sha,
+                  "meta": json.dumps({"checker_model": ctx.llm.endpoint_model(config.checker),
+                                      "check_prompt_sha256": ctx.prompts.load(config.pair_check_prompt).sha256})}
+    drafts = [_pair_draft(c, r, provenance) for c, r in zip(candidates, responses, strict=True)]
+    _screen_pairs(drafts, config)
+    if config.check:
+        _check_pairs(drafts, config, ctx)
+    written = pd.DataFrame([d.item for d in drafts], columns=PAIR_COLUMNS)
+    frame = pd.concat([df for df in (kept_seeds.astype(object), written.astype(object)) if not df.empty],
+                      ignore_index=True) if len(kept_seeds) or len(written) else written
+    for column in ("is_risky", mm.IMG_RISK, mm.TEXT_RISK):
+        frame[column] = frame[column].astype("boolean")
+    reasons = [None] * len(kept_seeds) + [d.reason for d in drafts]
+    details = [""] * len(kept_seeds) + [d.detail for d in drafts]
+    frame = reject(frame, pd.Series(reasons, index=frame.index, dtype=object),
+                   pd.Series(details, index=frame.index, dtype=object))
+    kept = frame[frame[REJECT_REASON].isna()]
+    langs = {str(s.get("lang")) for s in risky + safe} | set(kept["lang"])
+    level = min(config.coverage_level, ctx.taxonomy.depth - 1)
+    table = coverage_table(cell_counts(kept, level), level_names(ctx.taxonomy, level), langs)
+    ctx.report({"planned": planned, "seeds": {"risky": len(risky), "safe_look_alikes": len(safe),
+                                              "kept_as_items": len(kept_seeds)},
+                "kept_by_combination": {str(k): int(v) for k, v in kept[mm.COMBINATION].value_counts().items()},
+                "coverage": coverage_stats(table)})
     return frame
 
 
