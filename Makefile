@@ -125,7 +125,7 @@ leaderboard: .venv/.setup-done
 bench: .venv/.setup-done
 	$(PY) bench/run_all.py
 
-# a 1M-row pool through clean, language and dedup (MinHash) on each executor (needs the [ray] extra)
+# a 1M-row pool through ingest, clean, language and dedup (MinHash) on each executor (needs the [ray] extra)
 bench-large: .venv/.setup-done
 	$(PY) bench/large.py $(ROWS)
 
