@@ -26,8 +26,10 @@ generator (prompt `synth_pair`, the kind's note `synth_pair_<kind>`, each in the
 text, the card's text, a description and a summary; the card is rendered (`layouts`, in turn per kind) and its
 render spec recorded. The checker rates text, image and pair harm apart (the relevance judge's `relevance_mm`,
 reading the card's printed text, or seeing it on a `vision: true` endpoint); a pair whose ratings give another
-combination is rejected `quality_wrong_combination`, the detail naming both. The stats give the coverage table
-and its empty cells (`coverage`).
+combination is rejected `quality_wrong_combination`, the detail naming both. With `image_generator` (an image
+API endpoint), the pairs of `image_kinds` get a picture drawn from their description instead of a card
+(`_draw_pictures`: checked like an ingested image, saved in the build, `image_prompt` recorded). The stats
+give the coverage table and its empty cells (`coverage`).
 
 Columns: the core fields (id = text_id of the query, text = the query, source `synthesis`, category and
 subcategory of the first risk, is_risky True, meta = the checker's model and prompt hash) and
