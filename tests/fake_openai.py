@@ -2,7 +2,7 @@
 
 Real HTTP (aiohttp.web), in a background thread (`FakeOpenAI(...).start()`) or as its own process
 (`python tests/fake_openai.py --latency 0.2`, which prints its base URL). It answers
-`POST /v1/chat/completions` and `GET /v1/models`.
+`POST /v1/chat/completions`, `POST /v1/images/generations` and `GET /v1/models`.
 
 Replies: by default the content echoes the last message (`echo: <text>`); a message holding a directive
 gets a scripted reply instead: `[[field]]` (a `reasoning_content` field), `[[reasoning]]` (a `reasoning`
@@ -28,7 +28,11 @@ Images: a message's `content` may be a list of parts (`text` and `image_url`); t
 joined. Every image must be a `data:` URL whose bytes Pillow reads and whose MIME type matches them, else the
 request gets a 400, as a vision server answers; `images_of(payload)` decodes a request's images.
 
-Counters, keyed by the last message's text: `received` (every arrival) and `answered` (valid replies sent);
+Image generations: the reply's `data[0].b64_json` is a small PNG drawn from the request's `prompt` (the same
+prompt, the same picture: `drawn_png`), or the bytes an `image(payload, seen)` callable returns; the faults
+above apply to them too (`malformed`: a body without an image).
+
+Counters, keyed by the last message's text (an image generation: its prompt): `received` (every arrival) and `answered` (valid replies sent);
 `payloads` holds every request body and `authorizations` the Authorization headers seen.
 """
 
@@ -55,6 +59,7 @@ FORMS = ("json_schema", "json_object_schema", "json_object")
 MALFORMED_BODIES = (b'{"choices": [{"message": {"content": "cut', b"<html>Bad Gateway</html>",
                     b'{"id": "x", "object": "chat.completion"}', b'{"choices": []}')
 ReplyFn = Callable[[dict, int], dict]
+ImageFn = Callable[[dict, int], bytes]
 FaultFn = Callable[[dict, int], str | None]
 
 
@@ -98,6 +103,22 @@ def images_of(payload: dict) -> list[bytes]:
     return images
 
 
+def drawn_png(prompt: str, size: str = "64x64") -> bytes:
+    """A PNG of `size` ("WxH", at most 256 a side) whose colours and stripe come from the prompt's sha256."""
+    import hashlib
+
+    from PIL import Image, ImageDraw
+
+    digest = hashlib.sha256(prompt.encode()).digest()
+    width, height = (min(int(side), 256) for side in size.split("x"))
+    image = Image.new("RGB", (width, height), tuple(digest[:3]))
+    ImageDraw.Draw(image).rectangle([digest[3] % (width // 2), 0, width // 2 + digest[4] % (width // 2), height // 3],
+                                    fill=tuple(digest[5:8]))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def response_format_form(payload: dict) -> str | None:
     """The structured-output form a request asks for (one of FORMS), None without `response_format`."""
     rf = payload.get("response_format")
@@ -138,13 +159,14 @@ class FakeOpenAI:
 
     def __init__(self, reply: ReplyFn | None = None, faults: dict[str, float] | FaultFn | None = None,
                  latency: float = 0.0, retry_after: str = "0", hang: float = 5.0, seed: int = 0,
-                 honour_n: bool = True, accepts: tuple[str, ...] = FORMS):
+                 honour_n: bool = True, accepts: tuple[str, ...] = FORMS, image: ImageFn | None = None):
         unknown = set(faults) - set(FAULTS) if isinstance(faults, dict) else set()
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)} (known: {', '.join(FAULTS)})")
         self.reply, self.faults, self.latency = reply or scripted_message, faults or {}, latency
         self.retry_after, self.hang, self.honour_n = retry_after, hang, honour_n
         self.accepts = tuple(accepts)
+        self.image = image or (lambda payload, seen: drawn_png(str(payload.get("prompt")), str(payload.get("size"))))
         self.rejected_forms: Counter[str] = Counter()  # response_format forms answered with a 400
         self.received: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
@@ -216,6 +238,22 @@ class FakeOpenAI:
         self.answered[prompt] += 1
         return web.json_response(body)
 
+    async def _images(self, request: web.Request) -> web.StreamResponse:
+        payload = json.loads(await request.read())
+        prompt = str(payload.get("prompt", ""))
+        self.received[prompt] += 1
+        self.payloads.append(payload)
+        self.authorizations[request.headers.get("Authorization", "")] += 1
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        fault = self._fault(payload, self.received[prompt])
+        if fault is not None:
+            return await self._inject(fault, request)
+        data = self.image(payload, self.received[prompt])
+        self.answered[prompt] += 1
+        return web.json_response({"created": 0, "model": payload.get("model", "fake-image"),
+                                  "data": [{"b64_json": base64.b64encode(data).decode("ascii")}]})
+
     async def _inject(self, fault: str, request: web.Request) -> web.StreamResponse:
         if fault == "500":
             return web.json_response({"error": {"message": "injected"}}, status=self._random.choice((500, 502, 503)))
@@ -242,6 +280,7 @@ class FakeOpenAI:
     async def _serve(self, port: int = 0) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/images/generations", self._images)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()

@@ -28,9 +28,10 @@ from tests.test_mm_synthesis import writer
 
 
 @pytest.fixture
-def project(tmp_path):
+def project(tmp_path, request):
     """The project copied, with a config extending configs/multimodal.yaml whose endpoints are the scripted
-    server (started here)."""
+    server (started here); `request.param` (indirect) adds endpoints and synthesis settings."""
+    extra = getattr(request, "param", {})
     try:
         FONTS["cjk"].path()
     except FontMissing as err:
@@ -39,21 +40,41 @@ def project(tmp_path):
     with FakeOpenAI(reply=writer) as server:
         fake = {"base_url": server.url, "max_retries": 1, "parse_retries": 0, "timeout": 20, "concurrency": 8}
         config = {"extends": "multimodal.yaml", "endpoints": {"local": {**fake, "model": "fake"},
-                                                              "light": {**fake, "model": "fake-light"}},
+                                                              "light": {**fake, "model": "fake-light"},
+                                                              **{name: {**fake, "model": model} for name, model
+                                                                 in extra.get("endpoints", {}).items()}},
                   "dedup": {"embedding": {"enabled": False}},
-                  "synthesis": {"on_check_failure": "reject", "check_script": True}}
+                  "synthesis": {"on_check_failure": "reject", "check_script": True, **extra.get("synthesis", {})}}
         (target / "configs" / "house-mm.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
         yield target
 
 
-def test_the_demo_config_builds_a_release_of_every_combination_whose_croissant_loads_each_image(project):
+def build_release(project) -> tuple:
+    """`make build-dataset` on the test config: the release folder and its table."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MAKEFLAGS", "MFLAGS")}
     done = subprocess.run(["make", "-o", ".venv/.setup-done", "build-dataset", "CONFIG=configs/house-mm.yaml",
                            f"BSA={sys.executable} -m bsa.cli"], cwd=project, capture_output=True, text=True,
                           env=env, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout + done.stderr
     out = project / "build-mm" / "release"
-    table = pd.read_csv(out / "benchmark.csv", keep_default_na=False)
+    return out, pd.read_csv(out / "benchmark.csv", keep_default_na=False)
+
+
+def assert_croissant_loads_every_image(out, table: pd.DataFrame) -> None:
+    report = validate_release(out)
+    assert report.ok, report.summary()
+    assert report.records == len(table) and report.images == len(table)
+    with quiet_mlcroissant():
+        records = list(mlc.Dataset(out / "croissant.json").records(RECORD_SET))
+    assert [r[f"{RECORD_SET}/id"].decode() for r in records] == list(table["id"])
+    for record, name in zip(records, table[mm.IMAGE], strict=True):
+        with Image.open(out / name) as original:
+            assert np.array_equal(np.asarray(record[f"{RECORD_SET}/{IMAGE_CONTENT}"]),
+                                  np.asarray(original.convert("RGB")))
+
+
+def test_the_demo_config_builds_a_release_of_every_combination_whose_croissant_loads_each_image(project):
+    out, table = build_release(project)
     assert set(table[mm.COMBINATION]) == set(KINDS)  # the four combinations and the benign set
     assert set(table["lang"]) == {"en", "zh"}
     assert set(table[mm.IMAGE_STYLE]) == {"realistic", "typography"}  # the pool's photos kept, cards rendered
@@ -70,13 +91,22 @@ def test_the_demo_config_builds_a_release_of_every_combination_whose_croissant_l
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "### Coverage" in card and "Rendered cards" in card
     assert "| Public Safety | zh |" in card
-    report = validate_release(out)
-    assert report.ok, report.summary()
-    assert report.records == len(table) and report.images == len(table)
-    with quiet_mlcroissant():
-        records = list(mlc.Dataset(out / "croissant.json").records(RECORD_SET))
-    assert [r[f"{RECORD_SET}/id"].decode() for r in records] == list(table["id"])
-    for record, name in zip(records, table[mm.IMAGE], strict=True):
-        with Image.open(out / name) as original:
-            assert np.array_equal(np.asarray(record[f"{RECORD_SET}/{IMAGE_CONTENT}"]),
-                                  np.asarray(original.convert("RGB")))
+    assert_croissant_loads_every_image(out, table)
+
+
+@pytest.mark.parametrize("project", [{"endpoints": {"draw": "fake-image"},
+                                      "synthesis": {"image_generator": "draw", "image_size": "96x64"}}],
+                         indirect=True)
+def test_generated_pictures_reach_the_release_and_its_croissant(project):
+    out, table = build_release(project)
+    full = pd.read_json(out / "benchmark.jsonl", lines=True)
+    written = full[full["source"] == "synthesis"]
+    drawn = written[written[mm.COMBINATION].isin(["SIRT", "SIST", "benign"])]
+    assert len(drawn) and set(drawn[mm.IMAGE_STYLE]) == {"synthetic"}
+    assert set(drawn[mm.IMAGE_SOURCE]) == {"generated: draw (fake-image)"}
+    assert drawn["image_prompt"].str.contains("photograph|照片").all()
+    assert set(written.loc[~written.index.isin(drawn.index), mm.IMAGE_STYLE]) == {"typography"}
+    for item in drawn.to_dict("records"):
+        with Image.open(out / item[mm.IMAGE]) as picture:
+            assert picture.size == (96, 64)
+    assert_croissant_loads_every_image(out, table)

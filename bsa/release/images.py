@@ -37,9 +37,11 @@ FIELD_DESCRIPTIONS = {
     mm.IMAGE: f"The image's file, relative to the table (`{IMAGES_DIR}/<sha256>.<ext>`, one file per distinct image).",
     mm.IMAGE_SHA256: "sha256 of the image file's bytes (also its file name).",
     mm.IMAGE_STYLE: f"The image's style: {', '.join(mm.IMAGE_STYLES)}.",
-    mm.IMAGE_SOURCE: f"Where the image came from: a source's name, or '{mm.RENDERED}' for typography the build drew.",
+    mm.IMAGE_SOURCE: f"Where the image came from: a source's name, '{mm.RENDERED}' for typography the build drew, or "
+                     "'generated: <endpoint> (<model>)' for a picture an image generator drew.",
     mm.IMAGE_DESCRIPTION: "What the image shows, in words (what a judge that cannot see images reads).",
     mm.RENDER_SPEC: "JSON of the typography spec a rendered image is rebuilt from exactly (empty for other images).",
+    "image_prompt": "The prompt a generated picture (image_style 'synthetic') was drawn from (empty for other images).",
     mm.IMG_RISK: "Whether the image alone carries the risk.",
     mm.TEXT_RISK: "Whether the text alone carries the risk.",
     mm.COMBINATION: f"Where the risk sits: {', '.join(mm.COMBINATIONS)} (risky/safe image, risky/safe text; "

@@ -26,8 +26,10 @@ generator (prompt `synth_pair`, the kind's note `synth_pair_<kind>`, each in the
 text, the card's text, a description and a summary; the card is rendered (`layouts`, in turn per kind) and its
 render spec recorded. The checker rates text, image and pair harm apart (the relevance judge's `relevance_mm`,
 reading the card's printed text, or seeing it on a `vision: true` endpoint); a pair whose ratings give another
-combination is rejected `quality_wrong_combination`, the detail naming both. The stats give the coverage table
-and its empty cells (`coverage`).
+combination is rejected `quality_wrong_combination`, the detail naming both. With `image_generator` (an image
+API endpoint), the pairs of `image_kinds` get a picture drawn from their description instead of a card
+(`_draw_pictures`: checked like an ingested image, saved in the build, `image_prompt` recorded). The stats
+give the coverage table and its empty cells (`coverage`).
 
 Columns: the core fields (id = text_id of the query, text = the query, source `synthesis`, category and
 subcategory of the first risk, is_risky True, meta = the checker's model and prompt hash) and
@@ -40,6 +42,7 @@ subcategory of the first risk, is_risky True, meta = the checker's model and pro
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import re
@@ -49,6 +52,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pandas as pd
+from pydantic import Field
 
 from bsa.benchmark import (
     BSA_MIX,
@@ -62,6 +66,7 @@ from bsa.benchmark import (
 from bsa.multimodal import fields as mm
 from bsa.multimodal.coverage import cell_counts, coverage_stats, coverage_table, level_names
 from bsa.multimodal.harm import harm_request, judged_combination, read_harms
+from bsa.multimodal.images import ImageProblem, check_image_bytes
 from bsa.multimodal.synthesis import (
     DEFAULT_LAYOUTS,
     PairCandidate,
@@ -70,9 +75,10 @@ from bsa.multimodal.synthesis import (
     plan_pairs,
     read_pair,
 )
-from bsa.pipeline.config import Section
+from bsa.pipeline.config import ImageLimits, Section
 from bsa.pipeline.errors import ConfigError, DataError
-from bsa.pipeline.llm import Request, Response
+from bsa.pipeline.io import atomic_path
+from bsa.pipeline.llm import Request, Response, image_request
 from bsa.pipeline.prompts import Prompt
 from bsa.pipeline.records import CORE_FIELDS, REJECT_REASON, text_id
 from bsa.pipeline.stage import Stage, StageContext, reject, whole
@@ -115,6 +121,12 @@ class Config(Section):
     coverage_baseline: str | None = None  # a table (an earlier release) whose items count as covered
     coverage_level: Literal[0, 1, 2] = 0  # the taxonomy level of the coverage cells (0: primary area)
     keep_seeds: bool = False  # image builds: the seeds with a combination stay items (and count as covered)
+    # image builds: a picture generated from the pair's image_description instead of a card (None: cards only)
+    image_generator: str | None = None  # an endpoint serving an OpenAI-compatible image API
+    image_kinds: list[Kind] = ["SIRT", "SIST", "benign"]  # the kinds drawn as pictures (the others stay cards)
+    image_prompt: str = "image_generation"  # prompts/<lang>/<image_prompt>.md, `$description` the pair's
+    image_size: str = Field("512x512", pattern=r"^[0-9]+x[0-9]+$")
+    image_limits: ImageLimits = ImageLimits()  # a generated image is checked like an ingested one
 
 
 @dataclass(frozen=True)
@@ -424,7 +436,8 @@ def synthesise(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd.D
 
 # -- image + text pairs (bsa.multimodal.synthesis) -------------------------------------------------------------
 WRONG_COMBINATION = "quality_wrong_combination"
-PAIR_COLUMNS = [*ITEM_COLUMNS[:len(CORE_FIELDS)], *mm.FIELDS, *ITEM_COLUMNS[len(CORE_FIELDS):]]
+IMAGE_PROMPT = "image_prompt"  # the prompt a generated picture was drawn from (empty for cards)
+PAIR_COLUMNS = [*ITEM_COLUMNS[:len(CORE_FIELDS)], *mm.FIELDS, *ITEM_COLUMNS[len(CORE_FIELDS):], IMAGE_PROMPT]
 
 
 def _baseline(config: Config, ctx: StageContext) -> Counter:
@@ -493,13 +506,52 @@ def _screen_pairs(drafts: list[Draft], config: Config) -> None:
         seen.add(draft.item["id"])
 
 
+GENERATED_DIR = "images"  # generated pictures in the build folder: images/<sha256>.<ext>
+
+
+def _draw_pictures(drafts: list[Draft], config: Config, ctx: StageContext) -> None:
+    """The `image_kinds` pairs still standing get a picture from the image generator, drawn from their
+    image_description: checked like an ingested image, saved in the build, its prompt recorded. A generation
+    that failed after its retries is rejected `generation_failed`, a picture the limits refuse with its reason."""
+    name = config.image_generator
+    todo = [d for d in drafts if d.reason is None and d.item[mm.COMBINATION] in config.image_kinds]
+    if name is None or not todo:
+        return
+    prompts = [ctx.prompts.load(config.image_prompt, d.item["lang"]).render(
+        description=d.item[mm.IMAGE_DESCRIPTION])[0]["content"] for d in todo]
+    requests = [image_request(name, prompt, config.image_size, ctx.name) for prompt in prompts]
+    responses = ctx.llm.run(requests, desc="synthesis: draw pictures")
+    source = f"generated: {name} ({ctx.llm.endpoint_model(name)})"
+    folder = ctx.config.build_path / GENERATED_DIR
+    for draft, prompt, response in zip(todo, prompts, responses, strict=True):
+        if not response.ok:
+            draft.reject("generation_failed", f"image generator '{name}': {response.error}")
+            continue
+        try:
+            info = check_image_bytes(base64.b64decode(response.content), config.image_limits,
+                                     f"image from '{name}'")
+        except ImageProblem as problem:
+            draft.reject(problem.reason, problem.detail)
+            continue
+        path = folder / f"{info.sha256}.{info.extension}"
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(base64.b64decode(response.content))
+        draft.item |= {mm.IMAGE: str(path), mm.IMAGE_SHA256: info.sha256, mm.IMAGE_STYLE: "synthetic",
+                       mm.IMAGE_SOURCE: source, mm.RENDER_SPEC: None, IMAGE_PROMPT: prompt}
+        ctx.count("pictures_generated")
+
+
 def _check_pairs(drafts: list[Draft], config: Config, ctx: StageContext) -> None:
     """The checker rates each pair's text, card and pair harm; a pair that is not its intended kind fails."""
     todo = [d for d in drafts if d.reason is None]
     vision = bool(ctx.config.endpoints[config.checker].vision)
     params = {"temperature": 0.0, "max_tokens": config.check_max_tokens}
-    # the checker reads what the card prints, not the generator's description of it
-    requests = [harm_request({**d.item, mm.IMAGE_DESCRIPTION: None}, config.checker, vision, ctx.prompts,
+    # the checker reads what the card prints, not the generator's description of it (a generated picture has
+    # no print: a checker that cannot see it reads the description it was drawn from)
+    requests = [harm_request(d.item if d.item[mm.RENDER_SPEC] is None else {**d.item, mm.IMAGE_DESCRIPTION: None},
+                             config.checker, vision, ctx.prompts,
                              config.pair_check_prompt, params, ctx.name, d.item["lang"]) for d in todo]
     responses = ctx.llm.run(requests, desc="synthesis: check pairs") if requests else []
     for draft, response in zip(todo, responses, strict=True):
@@ -542,6 +594,7 @@ def synthesise_pairs(records: pd.DataFrame, config: Config, ctx: StageContext) -
                                       "check_prompt_sha256": ctx.prompts.load(config.pair_check_prompt).sha256})}
     drafts = [_pair_draft(c, r, provenance) for c, r in zip(candidates, responses, strict=True)]
     _screen_pairs(drafts, config)
+    _draw_pictures(drafts, config, ctx)
     if config.check:
         _check_pairs(drafts, config, ctx)
     written = pd.DataFrame([d.item for d in drafts], columns=PAIR_COLUMNS)
@@ -564,6 +617,6 @@ def synthesise_pairs(records: pd.DataFrame, config: Config, ctx: StageContext) -
     return frame
 
 
-STAGE = Stage("synthesis", Config, (whole(synthesise),), endpoints=("generator", "checker"),
+STAGE = Stage("synthesis", Config, (whole(synthesise),), endpoints=("generator", "checker", "image_generator"),
               needs=("id", "text", "is_risky", "category", "subcategory", "risk_summary", "benign_reason"),
               adds=tuple(ITEM_COLUMNS), replaces_rows=True)

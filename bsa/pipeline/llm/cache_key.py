@@ -2,7 +2,7 @@
 
 In: the endpoint's identity (its URL; for the embedded model `local:<GGUF file name>`, since its port changes
 every run), the sample index, the reply schema (as the grammar sees it) and the request body: the
-endpoint's `extra_body`, model, messages (with the elicit-reasoning instruction when it applies), its sampling
+endpoint's `extra_body`, model, messages (an image generation: its prompt and size, `image_payload`) (with the elicit-reasoning instruction when it applies), its sampling
 fields and the request's own parameters. An image sent as a `data:` URL counts by the sha256 of its bytes
 (`with_image_digests`), not by its base64 text: the key stays small, and the cache stores the digest too.
 Out: how the schema is asked for (the structured-output form is negotiated per endpoint), concurrency,
@@ -51,6 +51,12 @@ def request_payload(endpoint: EndpointConfig, messages: list[dict[str, str]], pa
     if "seed" in payload and sample and not endpoint.supports_n:
         payload["seed"] += sample  # k samples with a fixed seed must still differ (with n: one request)
     return payload
+
+
+def image_payload(endpoint: EndpointConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """The body of an image generation (`POST {base_url}/images/generations`): the endpoint's `extra_body`, its
+    model, the request's `prompt` and `size`, one image, returned as base64. The chat sampling fields stay out."""
+    return {**endpoint.extra_body, "model": endpoint.model, **params, "n": 1, "response_format": "b64_json"}
 
 
 def schema_text(grammar_schema: dict | None) -> str | None:

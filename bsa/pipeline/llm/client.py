@@ -1,4 +1,5 @@
-"""The HTTP side of the engine: one OpenAI-compatible chat endpoint, retries and rate limits.
+"""The HTTP side of the engine: one OpenAI-compatible endpoint (chat completions, or image generations for a
+request of kind "image"), retries and rate limits.
 
 Kept lean on purpose (the engine must stay near the ideal throughput of `concurrency / latency`): one
 shared aiohttp session, bodies serialised once by the caller, headers and timeouts built once per endpoint.
@@ -96,6 +97,28 @@ def parse_choices(body: bytes) -> list[CachedReply]:
     return replies
 
 
+def parse_images(body: bytes) -> list[CachedReply]:
+    """The image of an image generation body (`data[0].b64_json`) as a reply whose content is the base64 text
+    (raises SendError when the body holds none)."""
+    try:
+        data = json.loads(body)
+        encoded = data["data"][0]["b64_json"]
+        if not (isinstance(encoded, str) and encoded):
+            raise ValueError("no b64_json")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise SendError("malformed", f"unreadable image reply body ({type(err).__name__}: {err})", True,
+                        raw=body[:RAW_LIMIT].decode("utf-8", "replace")) from err
+    usage = data.get("usage") or {}
+    counts = {"prompt_tokens": int(usage.get("input_tokens") or 0),
+              "completion_tokens": int(usage.get("output_tokens") or 0)}
+    return [CachedReply(content=encoded, model=str(data.get("model") or ""), finish_reason="stop", usage=counts)]
+
+
+# a request's kind -> its path under the base URL and the parser of its reply body
+ROUTES: dict[str, tuple[str, Callable[[bytes], list[CachedReply]]]] = {
+    "chat": ("/chat/completions", parse_choices), "image": ("/images/generations", parse_images)}
+
+
 class RateLimiter:
     """Requests and tokens per minute over a sliding 60-second window."""
 
@@ -139,7 +162,7 @@ class RateLimiter:
 
 
 class EndpointClient:
-    """Sends chat completions to one endpoint, retrying transient failures."""
+    """Sends requests to one endpoint (chat completions, or image generations: ROUTES)."""
 
     def __init__(self, name: str, config: EndpointConfig, base_url: str):
         self.name, self.config = name, config
@@ -158,14 +181,16 @@ class EndpointClient:
                         if config.requests_per_minute or config.tokens_per_minute else None)
 
     def set_base_url(self, base_url: str) -> None:
-        self.base_url, self.url = base_url, base_url.rstrip("/") + "/chat/completions"
+        self.base_url, self.url = base_url, base_url.rstrip("/") + ROUTES["chat"][0]
 
-    async def send_once(self, session: aiohttp.ClientSession, body: bytes) -> list[CachedReply]:
-        """One HTTP attempt: the reply's choices (raises SendError)."""
+    async def send_once(self, session: aiohttp.ClientSession, body: bytes, kind: str = "chat") -> list[CachedReply]:
+        """One HTTP attempt: the reply's choices, or its image (raises SendError)."""
+        path, parse = ROUTES[kind]
+        url = self.url if kind == "chat" else self.base_url.rstrip("/") + path
         if self.limiter:
             await self.limiter.acquire()
         try:
-            async with session.post(self.url, data=body, headers=self.headers, timeout=self.timeout) as reply:
+            async with session.post(url, data=body, headers=self.headers, timeout=self.timeout) as reply:
                 payload = await reply.read()
                 status, headers = reply.status, reply.headers
         except TimeoutError as err:
@@ -180,7 +205,7 @@ class EndpointClient:
             text = payload[:RAW_LIMIT].decode("utf-8", "replace")
             retryable = status in RETRY_STATUSES or status >= 500
             raise SendError(f"http_{status}", text[:300], retryable, parse_retry_after(headers), text, status=status)
-        replies = parse_choices(payload)
+        replies = parse(payload)
         if self.limiter:
             self.limiter.record_tokens(sum(replies[0].usage.values()))
         return replies

@@ -13,20 +13,27 @@ rerun, or another stage asking the same thing, sends nothing twice; failures are
 An endpoint that cannot answer at all (refused connections or an unknown host for `down_after` seconds,
 `down_after_requests` 401/403/404 replies in a row, a local server dead beyond its restarts) stops the run
 with EndpointDown, naming the endpoint and the cause, instead of failing every request.
+
+A request of kind "image" (`image_request`) asks an OpenAI-compatible image API (`POST {base_url}/images/generations`)
+for one picture; its Response's content is the image as base64. It is cached, retried and recorded like a chat
+request; a reply whose bytes are no image counts as unparsable (asked again `parse_retries` times, never cached).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import concurrent.futures
 import dataclasses
+import io
 import itertools
 import json
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tqdm.auto import tqdm
 
@@ -36,6 +43,7 @@ from bsa.pipeline.llm.cache import CachedReply, LLMCache
 from bsa.pipeline.llm.cache_key import (
     body_bytes,
     cache_key,
+    image_payload,
     request_payload,
     schema_text,
     stored_request,
@@ -78,6 +86,26 @@ class Request:
     params: dict[str, Any] = field(default_factory=dict)  # overrides: temperature, top_p, max_tokens, ...
     tag: str = ""  # who asks (stage name, "eval", "judge"): usage is counted per tag
     elicit_reasoning: bool | None = None  # None: the endpoint's `reasoning` setting decides
+    kind: Literal["chat", "image"] = "chat"  # image: an image generation, `params` its prompt and size
+
+
+def image_request(endpoint: str, prompt: str, size: str, tag: str = "") -> Request:
+    """One picture from an OpenAI-compatible image endpoint; the Response's content is the image as base64."""
+    return Request(endpoint, [], params={"prompt": prompt, "size": size}, tag=tag, kind="image")
+
+
+def image_problem(encoded: str) -> str | None:
+    """Why an image reply's base64 is not an image Pillow can identify (None when it is one)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(encoded, validate=True))) as image:
+            image.verify()
+    except (binascii.Error, ValueError) as err:
+        return f"not base64 ({err})"
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        return f"not an image ({err})"
+    return None
 
 
 @dataclass
@@ -212,8 +240,13 @@ class Engine:
 
     def _call(self, request: Request, index: int) -> _Call:
         config = self._endpoint(request.endpoint)
+        if request.kind == "image" and config.embedded:
+            raise ConfigError(f"endpoint '{request.endpoint}': the embedded model generates no images (give an "
+                              "image API's base_url)")
         elicit = (config.reasoning == "elicit") if request.elicit_reasoning is None else request.elicit_reasoning
-        payload = request_payload(config, self._messages(request.messages, elicit), request.params, request.sample)
+        elicit = elicit and request.kind == "chat"
+        payload = (image_payload(config, request.params) if request.kind == "image" else
+                   request_payload(config, self._messages(request.messages, elicit), request.params, request.sample))
         schema_json = schema_text(grammar_schema(request.schema)) if request.schema else None
         body = body_bytes(payload)
         keyed = with_image_digests(payload)  # images count by their sha256
@@ -242,7 +275,14 @@ class Engine:
 
     # -- interpreting replies --------------------------------------------------------------------------------
     def _interpret(self, call: _Call, reply: CachedReply) -> Response:
-        """A Response from a server reply: reasoning split off, JSON extracted and validated."""
+        """A Response from a server reply: reasoning split off, JSON extracted and validated (an image: checked
+        to be one)."""
+        if call.request.kind == "image":
+            problem = image_problem(reply.content)
+            return Response(ok=problem is None, content=reply.content, error=problem and f"unparsable: {problem}",
+                            raw="" if problem is None else reply.content[:2000], usage=dict(reply.usage or {}),
+                            model=reply.model or call.payload["model"], finish_reason=reply.finish_reason,
+                            key=call.key)
         if call.config.reasoning == "none":
             split = Split(reply.content.strip(), reply.reasoning, *(("field",) * 2 if reply.reasoning else ("none",) * 2))
         else:
@@ -411,7 +451,7 @@ class Engine:
                 self._count(call, f"replica:{replica.url}")
             try:
                 try:
-                    replies = await replica.client.send_once(session, body)
+                    replies = await replica.client.send_once(session, body, call.request.kind)
                 finally:
                     pool.release(replica)
             except SendError as err:
