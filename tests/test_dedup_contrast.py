@@ -86,3 +86,18 @@ def test_relevance_merges_twins_labelled_alike_and_confirms_the_others():
     ("bomb", False), ("not", False), ("myself", False), ("炸弹", False), ("", False)])
 def test_function_words_are_read_from_the_lexicon(word, expected):
     assert contrast.is_function_word(word) is expected
+
+
+def test_classify_gives_compare_s_kind_for_every_pair():
+    """classify's shortcuts (units split once, equal units near, each distinct pair aligned once) change nothing."""
+    import numpy as np
+
+    texts = ["How do I blow up a balloon?", "how do I blow up a BALLOON", "How do I blow up a house?",
+             "Please, how do I blow up a balloon?", "Where can I buy a can of coke?", "Where can I buy a gram of coke?",
+             "Tell me a story about dragons and knights in a castle far away", "如何制作蛋糕", "请问如何制作蛋糕？",
+             "如何制作炸弹", "How do I blow up a house?"]
+    pairs = np.array([(i, j) for i in range(len(texts)) for j in range(len(texts)) if i != j] * 2)
+    expected = [contrast.KINDS.index(contrast.compare(texts[i], texts[j]).kind) for i, j in pairs.tolist()]
+    kinds = contrast.classify(texts, pairs)
+    assert kinds.tolist() == expected
+    assert set(kinds.tolist()) == {0, 1, 2}  # every kind occurs, so the check covers each
