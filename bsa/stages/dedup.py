@@ -383,8 +383,9 @@ def find_duplicates_shards(rows, config: Config, ctx: StageContext):
     involved = np.unique(candidates)
     columns = [column for column in ("id", "text", "lang", "is_risky") if column in rows.dtypes]
     if semantic.enabled:
-        everyone = rows.columns(columns)  # `_seq` is the row's position: 0..n-1
-        some = everyone.iloc[involved].reset_index(drop=True)
+        everyone = rows.columns(columns)
+        at = np.searchsorted(everyone[minhash_shards.SEQ].to_numpy(), involved)  # the positions of `involved`
+        some = everyone.iloc[at].reset_index(drop=True)
     else:
         some = rows.columns(columns, where=lambda batch: batch[minhash_shards.SEQ].isin(involved))
     texts = some["text"].fillna("").astype(str).tolist()
@@ -398,7 +399,7 @@ def find_duplicates_shards(rows, config: Config, ctx: StageContext):
     guard = ContrastGuard(texts, risk_codes(some), config.twin_min_shared) if config.keep_contrast_pairs else None
     near, jaccard = minhash_clusters(len(involved), found, ctx, guard)
     if semantic.enabled:
-        return rows.map(_mark_rows, semantic_shards(rows, everyone, involved, near, jaccard, guard, config, ctx))
+        return rows.map(_mark_rows, semantic_shards(rows, everyone, at, near, jaccard, guard, config, ctx))
     ids = some["id"].astype(str).to_numpy()
     reasons, details = duplicate_reasons(ids, near, near, jaccard, np.ones(len(ids)), None, {})
     twins = near[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
@@ -415,7 +416,8 @@ MARKS = ("minhash_cluster", "embed_cluster", "image_cluster", "reason", "detail"
 def semantic_shards(rows, everyone: pd.DataFrame, involved: np.ndarray, near: np.ndarray, jaccard: np.ndarray,
                     guard: ContrastGuard | None, config: Config, ctx: StageContext) -> pd.DataFrame:
     """Every row's marks (`MARKS`, by `_seq`) after the embedding pass, given every row's id, text, language
-    and label (`everyone`) and the MinHash pass over the rows of its candidate pairs (`involved`)."""
+    and label (`everyone`, in input order) and the MinHash pass over the rows of its candidate pairs (at the
+    positions `involved`)."""
     n = len(everyone)
     ids = everyone["id"].astype(str).to_numpy()
     texts = everyone["text"].fillna("").astype(str).tolist()
