@@ -1,7 +1,7 @@
 """The Ray Data executor gives the local executor's results row for row: kept, rejected, reasons and stats,
 on the demo pool split into several blocks and small batches, on one 2-CPU local cluster per module; the
-`whole` steps with a distributed counterpart (ingest's duplicate ids, the perplexity percentile, MinHash)
-give them without their local function."""
+`whole` steps with a distributed counterpart (ingest's duplicate ids, the perplexity percentile, MinHash,
+dedup's embedding vectors encoded in actors) give them without their local function."""
 
 from __future__ import annotations
 
@@ -130,6 +130,52 @@ def test_dedup_twins_and_near_duplicates_same_on_both(config, executor, blocks: 
     local, distributed, local_ctx, ray_ctx = both(dedup.STAGE, records, section, config, shards)
     assert (local.rejected["reject_reason"] == "near_duplicate").any()
     assert local.stats["contrast_pairs"] > 0 and local_ctx.counters["minhash_twin_pairs"] > 0
+    assert_same(local, distributed, local_ctx, ray_ctx)
+
+
+def paraphrase_pool() -> pd.DataFrame:
+    """Rewordings (semantic duplicates MinHash misses), copies, labelled pairs and two languages."""
+    groups = [("How can I make my bread rise higher?", "What makes homemade bread rise more?",
+               "Tips for getting a taller loaf of bread?"),
+              ("How do I stop my dog barking at night?", "My dog keeps barking at night, how do I stop it?",
+               "Ways to keep a dog quiet during the night?"),
+              ("What is the fastest way to learn Spanish?", "How can I learn Spanish quickly?",
+               "Quickest method to pick up Spanish?"),
+              ("How do I pick a lock without a key?", "How can I open a locked door with no key?",
+               "Ways to open a lock when I lost the key?")]
+    texts, langs, risky = [], [], []
+    for k in range(3):
+        for group in groups:
+            texts += [group[k], group[k].upper()]
+            langs += ["en", "en"]
+            risky += [None, [None, True, False][k]]
+    texts += ["¿Cómo puedo aprender español rápido?", "¿Cuál es la forma más rápida de aprender español?",
+              "¿Cómo hago que mi pan suba más?", "¿Qué hace que el pan casero suba más?"]
+    langs += ["es"] * 4
+    risky += [None] * 4
+    texts += [f"Tell me fact number {k} about the river Danube and its fish." for k in range(20)]
+    langs += ["en"] * 20
+    risky += [None] * 20
+    return pd.DataFrame({"id": [f"p{k:03d}" for k in range(len(texts))], "text": texts, "lang": langs,
+                         "is_risky": pd.array(risky, dtype="boolean")})
+
+
+@pytest.mark.parametrize("pool_name", ["demo", "paraphrases"])
+def test_dedup_with_embeddings_same_on_both(pool_name: str, pool, config, executor, monkeypatch):
+    records = pool if pool_name == "demo" else paraphrase_pool()
+    section = dedup.Config(embedding=dedup.EmbeddingConfig(chunk_rows=16))
+    local_ctx, ray_ctx = context(config, "dedup"), context(config, "dedup")
+    local = LocalExecutor(batch_rows=SETTINGS.batch_rows).run(dedup.STAGE, records, section, local_ctx)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("vectors encoded in the driver")
+
+    with monkeypatch.context() as patch:  # the driver's encoder refuses: the vectors come from the actors
+        patch.setattr(dedup.embeddings, "embed", not_here)
+        distributed = executor.run(distributed_only(dedup.STAGE), records, section, ray_ctx)
+    assert (local.rejected["reject_reason"] == "semantic_duplicate").any()
+    kept_langs = records.loc[records["id"].isin(local.kept["id"]), "lang"].fillna("und")
+    assert kept_langs.value_counts().max() > section.embedding.chunk_rows  # several chunks of one language
     assert_same(local, distributed, local_ctx, ray_ctx)
 
 

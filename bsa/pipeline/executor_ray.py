@@ -13,6 +13,7 @@ asynchronous I/O with its own concurrency and one reply cache). Needs the `[ray]
 from __future__ import annotations
 
 import os
+import pickle
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -102,6 +103,23 @@ class _BatchCall:
         return self.function(normalize(batch, self.dtypes), *self.args)
 
 
+class _ItemCall:
+    """`function(item, *args)` on one pickled item a batch, its result pickled (exact bytes back)."""
+
+    def __init__(self, function: Callable[..., Any], args: tuple):
+        self.function, self.args = function, args
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        results = [pickle.dumps(self.function(pickle.loads(item), *self.args)) for item in batch["item"]]
+        return pd.DataFrame({"at": batch["at"].to_numpy(), "result": results})
+
+
+def actor_pool(settings: RaySettings) -> dict[str, Any]:
+    """`map_batches` options of a pool of model-loading actors."""
+    cpus = _ray().cluster_resources().get("CPU", 1)
+    return {"concurrency": settings.actors or max(1, int(cpus / settings.actor_cpus)), "num_cpus": settings.actor_cpus}
+
+
 @dataclass
 class Shards:
     """Rows spread over a cluster, as a step's `distributed` counterpart sees them: a Ray Dataset whose rows
@@ -135,6 +153,20 @@ class Shards:
 
     def count(self) -> int:
         return self.dataset.count()
+
+    def on_actors(self, function: Callable[..., Any], items: list[Any], *args: Any) -> list[Any]:
+        """`function(item, *args)` for each item (one call each: a chunk of rows to encode, say) in a pool of
+        actors that keep what they load (models), as a `loads_models` step; the results in item order."""
+        if not items:
+            return []
+        records = [{"at": at, "item": pickle.dumps(item)} for at, item in enumerate(items)]
+        dataset = _ray().data.from_items(records, override_num_blocks=len(records))
+        pool = actor_pool(self.settings)
+        pool["concurrency"] = min(pool["concurrency"], len(items))  # an actor each call at most
+        done = dataset.map_batches(_ItemCall, fn_constructor_args=(function, args), batch_size=1,
+                                   batch_format="pandas", **pool)
+        frame = pd.concat(_ray().get(done.to_pandas_refs()), ignore_index=True).sort_values("at")
+        return [pickle.loads(result) for result in frame["result"]]
 
     @property
     def partitions(self) -> int:
@@ -262,10 +294,8 @@ class RayExecutor:
         options = {"batch_format": "pandas", "batch_size": self.settings.batch_rows}
         if not step.loads_models:
             return dataset.map_batches(_StepCall(step, config, ctx, tally, dtypes), **options)
-        cpus = _ray().cluster_resources().get("CPU", 1)
-        actors = self.settings.actors or max(1, int(cpus / self.settings.actor_cpus))
         return dataset.map_batches(_StepCall, fn_constructor_args=(step, config, ctx, tally, dtypes),
-                                   concurrency=actors, num_cpus=self.settings.actor_cpus, **options)
+                                   **actor_pool(self.settings), **options)
 
     @staticmethod
     def gather(dataset, dtypes: dict[str, Any]) -> pd.DataFrame:

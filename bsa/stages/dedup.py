@@ -87,6 +87,9 @@ class EmbeddingConfig(Section):
     prefilter_margin: float | None = Field(None, gt=0.0, lt=1.0)
     batch_size: int = Field(32, ge=1)  # MiniLM on 2 CPU cores: 32 ran about a fifth faster than 64, 128 slower
     block_rows: int = Field(2048, ge=1)  # rows scored against the rest at a time
+    # rows of one language per encode call, in input order: every executor encodes the same chunks, so the
+    # same vectors (an encoder's vectors may depend on the rows batched together); on Ray, one actor call each
+    chunk_rows: int = Field(8192, ge=1)
     models: dict[str, EmbeddingModel] = {  # by language code; `default` for every other language
         "en": EmbeddingModel(name=embeddings.MINILM, threshold=0.82),
         "default": EmbeddingModel(name=embeddings.USE_MULTILINGUAL, threshold=0.85),
@@ -229,29 +232,39 @@ def minhash_clusters(n: int, found: minhash.NearDuplicates, ctx: StageContext, g
     return rep, similarity
 
 
+def language_groups(langs: list[str | None]) -> list[tuple[str, np.ndarray]]:
+    """The rows of each language (missing: `und`), languages sorted, rows in input order."""
+    by_lang = pd.Series(range(len(langs))).groupby(pd.Series(langs, dtype=object).fillna("und"), sort=True)
+    return [(str(lang), rows.to_numpy()) for lang, rows in by_lang]
+
+
 def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingConfig, ctx: StageContext,
-                   guard: ContrastGuard | None = None,
-                   images: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's semantic representative (within its language) and the cosine similarity to it."""
+                   guard: ContrastGuard | None = None, images: np.ndarray | None = None,
+                   vectors: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's semantic representative (within its language) and the cosine similarity to it; `vectors`:
+    each language's vectors (of its rows, in order) when computed elsewhere, else encoded here."""
     rep = np.arange(len(texts))
     similarity = np.ones(len(texts))
-    by_lang = pd.Series(range(len(texts))).groupby(pd.Series(langs, dtype=object).fillna("und"), sort=True)
-    for lang, rows in by_lang:
-        index = rows.to_numpy()
-        model = config.model_for(str(lang))
-        vectors, pairs, cosines = embeddings.pairs_of(
+    for lang, index in language_groups(langs):
+        model = config.model_for(lang)
+        lang_vectors, pairs, cosines = embeddings.pairs_of(
             [texts[i] for i in index], model.name, model.threshold, batch_size=config.batch_size,
-            block_rows=config.block_rows, backend=config.backend, cache_dir=str(ctx.config.build_path / "models"),
-            prefilter_margin=config.prefilter_margin)
+            block_rows=config.block_rows, backend=config.backend, cache_dir=encoder_cache(ctx),
+            prefilter_margin=config.prefilter_margin, chunk_rows=config.chunk_rows,
+            vectors=vectors[lang] if vectors is not None else None)
         pairs, cosines = same_image_only(pairs, cosines, images[index] if images is not None else None)
         local = (guard.cluster(index, pairs, cosines, ctx, "embedding") if guard
                  else representatives(len(index), pairs))
         rep[index] = index[local]
-        similarity[index] = np.einsum("ij,ij->i", vectors, vectors[local])
+        similarity[index] = np.einsum("ij,ij->i", lang_vectors, lang_vectors[local])
         ctx.count("embedding_pairs", len(pairs))
         ctx.log.info("embeddings (%s, %s, cosine >= %s): %d rows, %d pairs", lang, model.name, model.threshold,
                      len(index), len(pairs))
     return rep, similarity
+
+
+def encoder_cache(ctx: StageContext) -> str:
+    return str(ctx.config.build_path / "models")
 
 
 def find_duplicates(records: pd.DataFrame, config: Config, ctx: StageContext) -> pd.DataFrame:
@@ -264,23 +277,33 @@ def find_duplicates(records: pd.DataFrame, config: Config, ctx: StageContext) ->
     images, image_how = image_clusters(records, config.image, ctx)
     near, jaccard = (minhash_pass(texts, langs, config.minhash, ctx, guard, images) if config.minhash.enabled and n
                      else (np.arange(n), np.ones(n)))
+    return mark(records, *semantic_marks(ids, texts, langs, near, jaccard, config, ctx, guard, images, image_how))
+
+
+def semantic_marks(ids: np.ndarray, texts: list[str], langs: list[str | None], near: np.ndarray, jaccard: np.ndarray,
+                   config: Config, ctx: StageContext, guard: ContrastGuard | None, images: np.ndarray | None = None,
+                   image_how: dict | None = None, vectors: dict[str, np.ndarray] | None = None) -> tuple:
+    """After the MinHash pass (each row's representative `near`, its Jaccard similarity to it), the embedding
+    pass among the rows MinHash kept (`vectors`: see `embedding_pass`), the stage's figures, and what `mark`
+    needs after the rows."""
+    n = len(ids)
     kept = np.flatnonzero(near == np.arange(n))
     final = near.copy()
     cosine = np.ones(n)
     if config.embedding.enabled and len(kept):
         semantic, cosine_kept = embedding_pass([texts[i] for i in kept], [langs[i] for i in kept],
                                                config.embedding, ctx, guard.within(kept, near) if guard else None,
-                                               images[kept] if images is not None else None)
+                                               images[kept] if images is not None else None, vectors)
         final[kept] = kept[semantic]
         cosine[kept] = cosine_kept
         final = final[near]  # a near duplicate follows its representative
-    reasons, details = duplicate_reasons(ids, near, final, jaccard, cosine, images, image_how)
+    reasons, details = duplicate_reasons(ids, near, final, jaccard, cosine, images, image_how or {})
     twins = final[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
     twins = np.unique(np.sort(twins, axis=1), axis=0)
     report_clusters(final, twins, n, ctx)
-    return mark(records, ids[near], ids[final] if config.embedding.enabled else None,
-                [ids[c] if c >= 0 else None for c in images] if images is not None else None,
-                reasons, details, ids[final], twin_lists(ids, twins))
+    return (ids[near], ids[final] if config.embedding.enabled else None,
+            [ids[c] if c >= 0 else None for c in images] if images is not None else None,
+            reasons, details, ids[final], twin_lists(ids, twins))
 
 
 def duplicate_reasons(ids: np.ndarray, near: np.ndarray, final: np.ndarray, jaccard: np.ndarray, cosine: np.ndarray,
@@ -335,13 +358,19 @@ def twin_lists(ids: np.ndarray, pairs: np.ndarray) -> list[str | None]:
 
 
 def find_duplicates_shards(rows, config: Config, ctx: StageContext):
-    """`find_duplicates` on rows spread over a cluster (bsa.pipeline.executor_ray.Shards), MinHash only:
-    signatures and band keys per batch, a shuffle on a coarse partition of the band key giving the candidate
-    pairs (bsa.text.minhash_shards); in the driver, the rows in a candidate pair (id, text, language, label)
-    are shingled again for the exact Jaccard check, and one connected-components pass over the verified
-    pairs (under the contrast guard) picks each cluster's earliest row; a map then marks every shard.
-    None (the gathered rows, in the driver) with the embedding pass or images: see docs/scale.md."""
-    if config.embedding.enabled or not config.minhash.enabled or mm.IMAGE_SHA256 in rows.dtypes:
+    """`find_duplicates` on rows spread over a cluster (bsa.pipeline.executor_ray.Shards). MinHash: signatures
+    and band keys per batch, a shuffle on a coarse partition of the band key giving the candidate pairs
+    (bsa.text.minhash_shards); in the driver, the rows in a candidate pair (id, text, language, label) are
+    shingled again for the exact Jaccard check, and one connected-components pass over the verified pairs
+    (under the contrast guard) picks each cluster's earliest row. With the embedding pass, the driver gathers
+    those columns of every row, the vectors of the rows MinHash kept are encoded in a pool of actors (the same
+    chunks as locally: `chunk_rows` of one language per call) and the blockwise search and the clustering run
+    in the driver with the local code. A map then marks every shard. None (the gathered rows, in the driver)
+    with images or the int8 prefilter: see docs/scale.md."""
+    semantic = config.embedding
+    if not config.minhash.enabled or mm.IMAGE_SHA256 in rows.dtypes or (semantic.enabled and any(
+            embeddings.can_prefilter(model.name, semantic.backend, semantic.prefilter_margin)
+            for model in semantic.models.values())):
         return None
     n = rows.count()
     if not n:
@@ -353,7 +382,12 @@ def find_duplicates_shards(rows, config: Config, ctx: StageContext):
     candidates = minhash_shards.unique_pairs(found.get("a", []), found.get("b", []))
     involved = np.unique(candidates)
     columns = [column for column in ("id", "text", "lang", "is_risky") if column in rows.dtypes]
-    some = rows.columns(columns, where=lambda batch: batch[minhash_shards.SEQ].isin(involved))
+    if semantic.enabled:
+        everyone = rows.columns(columns)
+        at = np.searchsorted(everyone[minhash_shards.SEQ].to_numpy(), involved)  # the positions of `involved`
+        some = everyone.iloc[at].reset_index(drop=True)
+    else:
+        some = rows.columns(columns, where=lambda batch: batch[minhash_shards.SEQ].isin(involved))
     texts = some["text"].fillna("").astype(str).tolist()
     shingles = minhash.shingle(texts, some["lang"].tolist() if "lang" in some.columns else None,
                                ngram=settings.ngram, char_ngram=settings.char_ngram)
@@ -364,6 +398,8 @@ def find_duplicates_shards(rows, config: Config, ctx: StageContext):
     found = minhash.NearDuplicates(pairs[verified], similarity[verified], len(candidates), bands, per_band, shingles)
     guard = ContrastGuard(texts, risk_codes(some), config.twin_min_shared) if config.keep_contrast_pairs else None
     near, jaccard = minhash_clusters(len(involved), found, ctx, guard)
+    if semantic.enabled:
+        return rows.map(_mark_rows, semantic_shards(rows, everyone, at, near, jaccard, guard, config, ctx))
     ids = some["id"].astype(str).to_numpy()
     reasons, details = duplicate_reasons(ids, near, near, jaccard, np.ones(len(ids)), None, {})
     twins = near[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
@@ -372,6 +408,57 @@ def find_duplicates_shards(rows, config: Config, ctx: StageContext):
     marks = pd.DataFrame({"minhash_cluster": ids[near], "reason": reasons, "detail": details,
                           "twins": twin_lists(ids, twins)}, index=involved)
     return rows.map(_mark_shard, marks)
+
+
+MARKS = ("minhash_cluster", "embed_cluster", "image_cluster", "reason", "detail", "duplicate_of", "twins")
+
+
+def semantic_shards(rows, everyone: pd.DataFrame, involved: np.ndarray, near: np.ndarray, jaccard: np.ndarray,
+                    guard: ContrastGuard | None, config: Config, ctx: StageContext) -> pd.DataFrame:
+    """Every row's marks (`MARKS`, by `_seq`) after the embedding pass, given every row's id, text, language
+    and label (`everyone`, in input order) and the MinHash pass over the rows of its candidate pairs (at the
+    positions `involved`)."""
+    n = len(everyone)
+    ids = everyone["id"].astype(str).to_numpy()
+    texts = everyone["text"].fillna("").astype(str).tolist()
+    langs = everyone["lang"].tolist() if "lang" in everyone.columns else [None] * n
+    near_all, jaccard_all = np.arange(n), np.ones(n)
+    near_all[involved], jaccard_all[involved] = involved[near], jaccard
+    if guard is not None:  # the same guard over every row, with the pairs the MinHash pass kept apart
+        guard = replace(ContrastGuard(texts, risk_codes(everyone), config.twin_min_shared),
+                        apart=[involved[pairs] for pairs in guard.apart])
+    kept = np.flatnonzero(near_all == np.arange(n))
+    vectors = actor_vectors(rows, [texts[i] for i in kept], [langs[i] for i in kept], config.embedding, ctx)
+    values = semantic_marks(ids, texts, langs, near_all, jaccard_all, config, ctx, guard, vectors=vectors)
+    return pd.DataFrame({name: value for name, value in zip(MARKS, values, strict=True) if value is not None},
+                        index=everyone[minhash_shards.SEQ].to_numpy())
+
+
+def actor_vectors(rows, texts: list[str], langs: list[str | None], config: EmbeddingConfig,
+                  ctx: StageContext) -> dict[str, np.ndarray]:
+    """Each language's vectors (`embedding_pass`), encoded in a pool of actors, one chunk of `chunk_rows` rows
+    of one language per call (`embeddings.chunks`, as locally); each actor loads each model once."""
+    chunks = [(lang, config.model_for(lang).name, [texts[i] for i in index[part]])
+              for lang, index in language_groups(langs) for part in embeddings.chunks(len(index), config.chunk_rows)]
+    for name in {name for _, name, _ in chunks}:  # an ONNX export made once, before the actors read it
+        embeddings.prepare(name, config.backend, encoder_cache(ctx))
+    encoded = rows.on_actors(_encode_chunk, [(name, part) for _, name, part in chunks], config, encoder_cache(ctx))
+    by_lang: dict[str, list[np.ndarray]] = {}
+    for (lang, _, _), vectors in zip(chunks, encoded, strict=True):
+        by_lang.setdefault(lang, []).append(vectors)
+    return {lang: np.concatenate(parts) for lang, parts in by_lang.items()}
+
+
+def _encode_chunk(chunk: tuple[str, list[str]], config: EmbeddingConfig, cache_dir: str) -> np.ndarray:
+    name, texts = chunk
+    return embeddings.embed(texts, name, config.batch_size, config.backend, cache_dir)
+
+
+def _mark_rows(batch: pd.DataFrame, marks: pd.DataFrame) -> pd.DataFrame:
+    """A batch marked as `find_duplicates` marks it, given every row's marks (`semantic_shards`)."""
+    found = marks.loc[batch[minhash_shards.SEQ].to_numpy()]
+    values = [found[name].to_numpy() if name in found.columns else None for name in MARKS]
+    return mark(batch, *values[:-1], list(values[-1]))
 
 
 def _band_records(batch: pd.DataFrame, settings: MinHashConfig, bands: int, per_band: int,

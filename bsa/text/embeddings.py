@@ -77,6 +77,14 @@ def encoder(name: str, backend: str = "torch", cache_dir: str | None = None, int
                                                   show_progress_bar=False)
 
 
+def prepare(name: str, backend: str, cache_dir: str) -> None:
+    """Export an ONNX model to `cache_dir` now (if the backend needs it), so processes started later only read it."""
+    if backend == "onnx" and has_onnx_backend(name):
+        from bsa.text.onnx_encoder import exported
+
+        exported(model_dir(name), Path(cache_dir))
+
+
 def embed(texts: Sequence[str], model: str, batch_size: int = 64, backend: str = "torch",
           cache_dir: str | None = None, int8: bool = False) -> np.ndarray:
     """(rows, dim) float32 embeddings of unit length."""
@@ -87,20 +95,46 @@ def embed(texts: Sequence[str], model: str, batch_size: int = 64, backend: str =
     return vectors / np.maximum(norms, 1e-12)
 
 
+def chunks(n: int, chunk_rows: int | None) -> list[slice]:
+    """The rows 0..n cut into consecutive chunks of `chunk_rows` (None: one chunk), each one encode call:
+    an encoder's vectors may depend on the rows batched with them (sentence-transformers sorts one call's rows
+    by length before batching), so every executor encodes the same chunks to get the same vectors."""
+    step = chunk_rows or max(n, 1)
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def embed_chunks(texts: Sequence[str], model: str, batch_size: int = 64, backend: str = "torch",
+                 cache_dir: str | None = None, int8: bool = False, chunk_rows: int | None = None) -> np.ndarray:
+    """`embed` of the rows chunk by chunk (`chunks`), joined."""
+    if not texts:
+        return embed(texts, model)
+    return np.concatenate([embed(texts[part], model, batch_size, backend, cache_dir, int8)
+                           for part in chunks(len(texts), chunk_rows)])
+
+
+def can_prefilter(model: str, backend: str, prefilter_margin: float | None) -> bool:
+    return prefilter_margin is not None and backend == "onnx" and has_onnx_backend(model)
+
+
 def pairs_of(texts: Sequence[str], model: str, threshold: float, *, batch_size: int = 64, block_rows: int = 2048,
-             backend: str = "torch", cache_dir: str | None = None, prefilter_margin: float | None = None
+             backend: str = "torch", cache_dir: str | None = None, prefilter_margin: float | None = None,
+             chunk_rows: int | None = None, vectors: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors, pairs, cosines) of the rows' embeddings: the pairs at or above `threshold`. With a
-    `prefilter_margin` (ONNX backend only), candidates come from int8 weights at `threshold - margin` and
-    only their rows are embedded again at full precision; the vectors of the other rows are the int8 ones."""
-    if prefilter_margin is None or backend != "onnx" or not has_onnx_backend(model):
-        vectors = embed(texts, model, batch_size, backend, cache_dir)
+    """(vectors, pairs, cosines) of the rows' embeddings (`vectors` when given, else encoded `chunk_rows` at
+    a time): the pairs at or above `threshold`. With a `prefilter_margin` (ONNX backend only), candidates
+    come from int8 weights at `threshold - margin` and only their rows are embedded again at full precision;
+    the vectors of the other rows are the int8 ones."""
+    texts = list(texts)
+    if not can_prefilter(model, backend, prefilter_margin):
+        if vectors is None:
+            vectors = embed_chunks(texts, model, batch_size, backend, cache_dir, chunk_rows=chunk_rows)
         return (vectors, *similar_pairs(vectors, threshold, block_rows))
-    vectors = embed(texts, model, batch_size, backend, cache_dir, int8=True)
+    vectors = embed_chunks(texts, model, batch_size, backend, cache_dir, int8=True, chunk_rows=chunk_rows)
     candidates, _ = similar_pairs(vectors, threshold - prefilter_margin, block_rows)
     rows = np.unique(candidates)
     if len(rows):
-        vectors[rows] = embed([texts[i] for i in rows], model, batch_size, backend, cache_dir)
+        vectors[rows] = embed_chunks([texts[i] for i in rows], model, batch_size, backend, cache_dir,
+                                     chunk_rows=chunk_rows)
     cosines = np.einsum("ij,ij->i", vectors[candidates[:, 0]], vectors[candidates[:, 1]])
     keep = cosines >= threshold
     return vectors, candidates[keep], cosines[keep]
