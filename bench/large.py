@@ -5,7 +5,8 @@ while a thread samples the resident memory of that process and all its descendan
 workers) from /proc; the peak is reported. Dedup runs its MinHash pass only (embeddings off: at about 250
 rows/s they would take hours on a million rows). Writes bench/sections/large.md and bench/results.md.
 
-    python bench/large.py [ROWS]        # default 1,000,000
+    python bench/large.py [ROWS] [KEY=VALUE ...]   # default 1,000,000; further config settings, e.g.
+                                                   # dedup.keep_contrast_pairs=false
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def tree_rss(root: int) -> int:
     return sum(rss.get(pid, 0) for pid in members)
 
 
-def one(executor: str, pool: Path) -> dict[str, object]:
+def one(executor: str, pool: Path, settings: list[str]) -> dict[str, object]:
     """Every stage on `pool` with one executor: seconds per stage, rows out, peak memory of the process tree."""
     from bsa.pipeline.config import SourceConfig
     from bsa.pipeline.runner import Runner
@@ -65,7 +66,7 @@ def one(executor: str, pool: Path) -> dict[str, object]:
     seconds, rows = {}, {}
     with tempfile.TemporaryDirectory() as build:
         config = load_config(ROOT / "configs" / "default.yaml",
-                             [f"build_dir={build}", f"executor={executor}", *SETTINGS])
+                             [f"build_dir={build}", f"executor={executor}", *settings])
         # the pool is the build's one source, read as any source is (its ids given, rows checked, duplicates found)
         config.sources = [SourceConfig(name="pool", path=str(pool), id="id", lang="lang", category="category",
                                        subcategory="subcategory", is_risky="is_risky", on_error="reject")]
@@ -80,11 +81,12 @@ def one(executor: str, pool: Path) -> dict[str, object]:
     return {"seconds": seconds, "rows": rows, "peak_gib": round(peak[0] / 2**30, 2)}
 
 
-def run(size: int = 1_000_000) -> str:
+def run(size: int = 1_000_000, extra: list[str] | None = None) -> str:
     from pool import make_pool
 
     from bsa.pipeline.io import write_table
 
+    settings = [*SETTINGS, *(extra or [])]
     with tempfile.TemporaryDirectory() as scratch:
         pool = Path(scratch) / "pool.parquet"
         started = time.perf_counter()
@@ -92,12 +94,12 @@ def run(size: int = 1_000_000) -> str:
         made = time.perf_counter() - started
         results = {}
         for executor in EXECUTORS:
-            out = subprocess.run([sys.executable, __file__, "--one", executor, str(pool)], cwd=ROOT, check=True,
+            out = subprocess.run([sys.executable, __file__, "--one", executor, str(pool), *settings], cwd=ROOT, check=True,
                                  capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
             results[executor] = json.loads(out.stdout.strip().splitlines()[-1])
     lines = ["## Large pool on each executor (`make bench-large`)\n",
              f"Pool: {size:,} rows from bench/pool.py (made in {made:.0f} s), through {', '.join(STAGES)} "
-             f"(dedup: MinHash only); settings {', '.join(SETTINGS)}. Peak memory: the process and all its "
+             f"(dedup: MinHash only); settings {', '.join(settings)}. Peak memory: the process and all its "
              "descendants (Ray's raylet, object store and workers), sampled every 0.2 s.\n",
              "| executor | " + " | ".join(f"{s} s" for s in STAGES) + " | total s | rows out | peak GiB |",
              "| --- |" + " ---: |" * (len(STAGES) + 3)]
@@ -110,11 +112,11 @@ def run(size: int = 1_000_000) -> str:
 
 def main(argv: list[str]) -> None:
     if argv[:1] == ["--one"]:
-        print(json.dumps(one(argv[1], Path(argv[2]))))
+        print(json.dumps(one(argv[1], Path(argv[2]), argv[3:])))
         return
     from run_all import write_section
 
-    write_section("large", lambda: run(int(argv[0]) if argv else 1_000_000))
+    write_section("large", lambda: run(int(argv[0]) if argv else 1_000_000, argv[1:]))
 
 
 if __name__ == "__main__":
