@@ -298,8 +298,7 @@ def semantic_marks(ids: np.ndarray, texts: list[str], langs: list[str | None], n
         cosine[kept] = cosine_kept
         final = final[near]  # a near duplicate follows its representative
     reasons, details = duplicate_reasons(ids, near, final, jaccard, cosine, images, image_how or {})
-    twins = final[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
-    twins = np.unique(np.sort(twins, axis=1), axis=0)
+    twins = kept_apart(final, guard)
     report_clusters(final, twins, n, ctx)
     return (ids[near], ids[final] if config.embedding.enabled else None,
             [ids[c] if c >= 0 else None for c in images] if images is not None else None,
@@ -346,6 +345,12 @@ def mark(records: pd.DataFrame, minhash_cluster: object, embed_cluster: object, 
     frame["duplicate_of"] = pd.Series(duplicate_of, index=frame.index, dtype=object).where(reasons.notna(), None)
     frame[contrast.TWINS] = twins
     return frame
+
+
+def kept_apart(final: np.ndarray, guard: ContrastGuard | None) -> np.ndarray:
+    """The distinct pairs of representatives (by `final`) that the contrast guard kept apart."""
+    twins = final[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
+    return np.unique(np.sort(twins, axis=1), axis=0)
 
 
 def twin_lists(ids: np.ndarray, pairs: np.ndarray) -> list[str | None]:
@@ -402,8 +407,7 @@ def find_duplicates_shards(rows, config: Config, ctx: StageContext):
         return rows.map(_mark_rows, semantic_shards(rows, everyone, at, near, jaccard, guard, config, ctx))
     ids = some["id"].astype(str).to_numpy()
     reasons, details = duplicate_reasons(ids, near, near, jaccard, np.ones(len(ids)), None, {})
-    twins = near[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
-    twins = np.unique(np.sort(twins, axis=1), axis=0)
+    twins = kept_apart(near, guard)
     report_clusters(near, twins, n, ctx)
     marks = pd.DataFrame({"minhash_cluster": ids[near], "reason": reasons, "detail": details,
                           "twins": twin_lists(ids, twins)}, index=involved)
