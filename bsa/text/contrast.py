@@ -150,17 +150,12 @@ def compare_units(left: Sequence[str], right: Sequence[str], min_shared: float =
 def classify(texts: Sequence[str], pairs: np.ndarray, min_shared: float = MIN_TEMPLATE_SHARE) -> np.ndarray:
     """The kind of each pair (rows i, j of `texts`), as indices into KINDS.
 
-    The same as `compare` pair by pair, faster on large pools: each row is split into units once, pairs whose
-    units are equal are near duplicates without an alignment, and each distinct pair of unit sequences is
-    aligned once (a pool's copies of one text share their sequences)."""
+    The same as `compare` pair by pair, faster on large pools: each row is split into units once, and pairs
+    whose units are equal are near duplicates without an alignment (no memo of pairs: their number can grow
+    with the square of a pool's copies of one text)."""
     split = {row: tuple(units(texts[row])) for row in np.unique(pairs).tolist()}
-    known: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
-    kinds = np.zeros(len(pairs), dtype=np.int8)  # 0: near
+    kinds = np.full(len(pairs), KINDS.index("near"), dtype=np.int8)
     for at, (i, j) in enumerate(pairs.tolist()):
-        left, right = split[i], split[j]
-        if left != right:
-            kind = known.get((left, right))
-            if kind is None:
-                kind = known[left, right] = KINDS.index(compare_units(left, right, min_shared).kind)
-            kinds[at] = kind
+        if split[i] != split[j]:
+            kinds[at] = KINDS.index(compare_units(split[i], split[j], min_shared).kind)
     return kinds
