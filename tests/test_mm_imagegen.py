@@ -141,3 +141,16 @@ def test_an_image_reply_is_cached_by_its_request(tmp_path, server):
             [response] = engine.run([image_request("draw", "a red kite", "64x64")])
         assert response.ok and base64.b64decode(response.content) == drawn_png("a red kite", "64x64")
     assert server.received["a red kite"] == 1
+
+
+def test_a_failed_image_reply_is_recorded_clipped(tmp_path):
+    """A generator that answers with a large page instead of an image: the failure is logged with its error
+    and the start of the reply, not the whole base64 body."""
+    page = b"<html>" + b"x" * 200_000
+    with FakeOpenAI(reply=writer, image=lambda payload, seen: page) as server, \
+            Engine({"draw": endpoint(server, "fake-image")}, tmp_path / "cache.sqlite") as engine:
+        [response] = engine.run([image_request("draw", "a red kite", "64x64")])
+        [failure] = engine.cache.failures()
+    assert not response.ok and response.error.startswith("unparsable: not an image")
+    assert failure["error"].startswith("unparsable: not an image")
+    assert failure["raw"] == base64.b64encode(page).decode()[:2000]

@@ -427,7 +427,7 @@ class Engine:
                 self._store(call, body, reply)
                 return response
             self._count(call, "error:unparsable")
-        return self._failure(call, body, response.error or "unparsable", reply.content, attempts, "unparsable",
+        return self._failure(call, body, response.error or "unparsable", response.raw, attempts, "unparsable",
                              response)
 
     def _store(self, call: _Call, body: bytes, reply: CachedReply) -> None:
