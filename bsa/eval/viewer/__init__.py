@@ -76,15 +76,17 @@ def _asset(name: str) -> str:
 
 
 def render_page(page: str, title: str, data: Any) -> str:
-    """The page `page` (`samples`, `mm_samples` or `leaderboard`: its `<page>.body.html` and `<page>.js`, after
-    the shared common.js, in the shared page.html with viewer.css) holding `data`."""
+    """The page `page` (`samples`, `mm_samples` or `leaderboard`: its `<page>.body.html`, where `$run_header`
+    stands for the shared run_header.html, and `<page>.js`, after the shared common.js, in the shared page.html
+    with viewer.css) holding `data`."""
     script, style = _asset("common.js") + _asset(f"{page}.js"), _asset("viewer.css")
     for source, tag in ((script, "script"), (style, "style")):
         if f"</{tag}" in source.lower():
             raise ValueError(f"the viewer's {tag} must not contain '</{tag}'")
     return Template(_asset("page.html")).substitute(
         csp=content_security_policy(script, style), title=html.escape(title), style=style,
-        body=_asset(f"{page}.body.html"), script=script, data=embed_json(data))
+        body=Template(_asset(f"{page}.body.html")).substitute(run_header=_asset("run_header.html")), script=script,
+        data=embed_json(data))
 
 
 # -- the samples page ----------------------------------------------------------------------------------------

@@ -41,5 +41,18 @@ const view = (function () {
     return box;
   }
 
-  return { el, ratio, imageOf, addOptions, field };
+  // the run's header (run_header.html): title, the toy-judge warning, a line about the run, its figures
+  function runHeader(run, line) {
+    document.getElementById("title").textContent = "Samples: " + run.model;
+    document.getElementById("toy").hidden = !run.judge_is_toy;
+    document.getElementById("run-line").textContent = line;
+    const headRow = el("tr"), valueRow = el("tr");
+    for (const [name, value] of Object.entries(run.figures)) {
+      headRow.appendChild(el("th", "", name));
+      valueRow.appendChild(el("td", "", value === null || value === undefined ? "-" : value.toFixed(2)));
+    }
+    document.getElementById("figures").append(headRow, valueRow);
+  }
+
+  return { el, ratio, imageOf, addOptions, field, runHeader };
 })();

@@ -14,17 +14,9 @@
     $("blind").hidden = false;
     $("blind").textContent = run.notice || "The model never saw an image: text-only fallback.";
   }
-  $("title").textContent = "Samples: " + run.model;
-  $("toy").hidden = !run.judge_is_toy;
-  $("run-line").textContent = run.items + " image + text items x k=" + run.k + " samples on " + run.benchmark +
+  view.runHeader(run, run.items + " image + text items x k=" + run.k + " samples on " + run.benchmark +
     "; the model " + (run.model_sees_images ? "saw each image" : "read each image in words") + "; judge: " +
-    run.judge + (run.judge_sees_images ? " (saw the images)" : " (read the images in words)") + ".";
-  const headRow = el("tr"), valueRow = el("tr");
-  for (const [name, value] of Object.entries(run.figures)) {
-    headRow.appendChild(el("th", "", name));
-    valueRow.appendChild(el("td", "", value === null || value === undefined ? "-" : value.toFixed(2)));
-  }
-  $("figures").append(headRow, valueRow);
+    run.judge + (run.judge_sees_images ? " (saw the images)" : " (read the images in words)") + ".");
 
   // -- the filters -----------------------------------------------------------------------------------------
   const unsafe = (s) => s.label !== "" && s.label !== data.unscored && !data.safe.includes(s.label) &&

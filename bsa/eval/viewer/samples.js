@@ -9,20 +9,12 @@
 
   // -- the header ------------------------------------------------------------------------------------------
   const run = data.run;
-  $("title").textContent = "Samples: " + run.model;
-  $("toy").hidden = !run.judge_is_toy;
-  $("run-line").textContent = run.items + " items x k=" + run.k + " samples on " + run.benchmark +
-    "; judge" + (run.judges.length > 1 ? "s: " : ": ") + run.judges.join(", ");
   const samples = data.items.flatMap((it) => it.samples);
   const ssaSamples = samples.filter((s) => s.ssa).length;
-  $("run-line").textContent += ". SSA cell (a Safe answer whose reasoning missed the risk): " + ssaSamples +
-    " of " + samples.length + " samples, in " + data.items.filter((it) => it.ssa).length + " items.";
-  const headRow = el("tr"), valueRow = el("tr");
-  for (const [name, value] of Object.entries(run.figures)) {
-    headRow.appendChild(el("th", "", name));
-    valueRow.appendChild(el("td", "", value === null ? "-" : value.toFixed(2)));
-  }
-  $("figures").append(headRow, valueRow);
+  view.runHeader(run, run.items + " items x k=" + run.k + " samples on " + run.benchmark +
+    "; judge" + (run.judges.length > 1 ? "s: " : ": ") + run.judges.join(", ") +
+    ". SSA cell (a Safe answer whose reasoning missed the risk): " + ssaSamples + " of " + samples.length +
+    " samples, in " + data.items.filter((it) => it.ssa).length + " items.");
 
   // -- the filters -----------------------------------------------------------------------------------------
   const VERDICTS = [
