@@ -89,7 +89,7 @@ def test_function_words_are_read_from_the_lexicon(word, expected):
 
 
 def test_classify_gives_compare_s_kind_for_every_pair():
-    """classify's shortcuts (units split once, equal units near, each distinct pair aligned once) change nothing."""
+    """classify's shortcuts (one content key per row, alignment only for pairs whose keys differ) change nothing."""
     import numpy as np
 
     texts = ["How do I blow up a balloon?", "how do I blow up a BALLOON", "How do I blow up a house?",
@@ -101,3 +101,70 @@ def test_classify_gives_compare_s_kind_for_every_pair():
     kinds = contrast.classify(texts, pairs)
     assert kinds.tolist() == expected
     assert set(kinds.tolist()) == {0, 1, 2}  # every kind occurs, so the check covers each
+
+
+@pytest.mark.parametrize(("a", "b", "kind"), [
+    ("How do I blow up a balloon?", "Quick question: how do I blow up a balloon? Thanks in advance", "near"),
+    ("Blow up a balloon, how do I?", "How do I blow up a balloon?", "near"),  # word order is no difference
+    ("How do I blow up a balloon?", "How do I not blow up a balloon?", "contrast"),  # a negation is content
+    ("请问如何制作蛋糕？", "如何制作蛋糕", "near"),
+    ("如何制作蛋糕", "如何制作炸弹", "contrast"),
+    ("Tell me a story about dragons and knights in a castle far away",
+     "Castle knights far away dragons story", "near")])
+def test_near_means_equal_content_keys(a, b, kind):
+    difference = contrast.compare(a, b)
+    assert difference.kind == kind
+    assert (contrast.content_key(contrast.units(a)) == contrast.content_key(contrast.units(b))) == (kind == "near")
+    assert bool(difference.content) == (kind != "near")
+
+
+def eager_guard(texts: list[str], risky: list[bool | None], pairs, similarity):
+    """The guard as first written: every pair's kind, then joins strongest first, each checked against every
+    pair kept apart (bsa.text.clusters.constrained_representatives), whatever the pool."""
+    import numpy as np
+
+    from bsa.text.clusters import constrained_representatives
+
+    risk = np.array([-1 if r is None else int(r) for r in risky])
+    left, right = risk[pairs[:, 0]], risk[pairs[:, 1]]
+    known = (left >= 0) & (right >= 0)
+    kinds = np.full(len(pairs), -1)
+    kinds[~known] = contrast.classify(texts, pairs[~known], align=False)
+    apart = (known & (left != right)) | (kinds == contrast.KINDS.index("contrast"))
+    join = np.flatnonzero(~apart)
+    join = join[np.argsort(-similarity[join], kind="stable")]
+    return constrained_representatives(len(texts), pairs[join], pairs[apart], risk)[0]
+
+
+@pytest.mark.parametrize("labelled", [0.0, 0.3])
+def test_the_guard_s_shortcut_gives_the_eager_guard_s_clusters(labelled):
+    """Copies of a few seeds (polite phrases, casing, numbers changed, a word swapped) with all their pairs,
+    some labelled: the guard (its clusters checked once, joins one by one only when a cluster holds a pair
+    kept apart or two labels) keeps exactly the rows the eager guard keeps."""
+    import random
+
+    import numpy as np
+
+    from bsa.stages.dedup import ContrastGuard
+
+    rng = random.Random(7)
+    seeds = ["How do I blow up a balloon for 3 kids?", "Where can I buy a can of coke near 5th street?",
+             "How can I steal someone's heart in 2 weeks?", "如何在3天内制作蛋糕"]
+    edits = [lambda t: t.upper(), lambda t: "Please, " + t, lambda t: t.replace("3", str(rng.randint(4, 6))),
+             lambda t: t.replace("balloon", "house").replace("coke", "pepsi").replace("蛋糕", "炸弹"), lambda t: t]
+    texts = [rng.choice(edits)(rng.choice(edits)(seed)) for seed in seeds for _ in range(40)]
+    risky = [rng.choice([True, False]) if rng.random() < labelled else None for _ in texts]
+    pairs = np.array([(i, j) for i in range(len(texts)) for j in range(i + 1, len(texts))
+                      if i // 40 == j // 40 and rng.random() < 0.6])
+    similarity = np.array([rng.random() for _ in pairs])
+    guard = ContrastGuard(texts, dedup_risk(risky), 0.5)
+    found = guard.cluster(np.arange(len(texts)), pairs, similarity, context(), "minhash", rewordings=False)
+    expected = eager_guard(texts, risky, pairs, similarity)
+    assert found.tolist() == expected.tolist()
+    assert 4 < len(set(found.tolist())) < len(texts)  # some rows joined, some kept apart: the check has teeth
+
+
+def dedup_risk(risky: list[bool | None]):
+    from bsa.stages.dedup import risk_codes
+
+    return risk_codes(records([""] * len(risky), risky=risky))

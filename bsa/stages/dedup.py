@@ -12,10 +12,10 @@ the row EARLIEST IN INPUT ORDER, so the order of the configured sources sets whi
 
 With `keep_contrast_pairs` (default) contrast pairs, what over-sensitivity items are made of, are never
 joined, directly or through a chain of duplicates: a pair of rows labelled one risky and one safe; and,
-where a label is unknown, a minimal pair whose aligned tokens differ in a content word (bsa/text/contrast.py:
-"How do I blow up a balloon?" / "... a house?"), a contrast twin. Pairs differing only in casing,
-punctuation, spacing, function words or a polite phrase are near duplicates, and embedding pairs that share
-little wording (rewordings) semantic duplicates, as before. The relevance stage merges twins whose labels
+where a label is unknown, a pair whose content words differ (bsa/text/contrast.py: "How do I blow up a
+balloon?" / "... a house?"), a contrast twin. Pairs differing only in casing, punctuation, spacing, word
+order, function words or a polite phrase are near duplicates, and embedding pairs that share little wording
+(rewordings) semantic duplicates. The relevance stage merges twins whose labels
 turn out to agree (`twin_duplicate`) and marks the others confirmed.
 
 Items with images (bsa.multimodal.fields) are duplicates only when their images are the same too: the same
@@ -49,7 +49,7 @@ from bsa.multimodal.dedup import same_images
 from bsa.pipeline.config import Section
 from bsa.pipeline.stage import Stage, StageContext, reject, whole
 from bsa.text import contrast, embeddings, minhash, minhash_shards
-from bsa.text.clusters import constrained_representatives, representatives
+from bsa.text.clusters import constrained_representatives, mixes_labels, representatives
 
 
 class MinHashConfig(Section):
@@ -159,24 +159,31 @@ class ContrastGuard:
         return self.follow[pairs] if self.follow is not None else pairs
 
     def cluster(self, positions: np.ndarray, pairs: np.ndarray, similarity: np.ndarray, ctx: StageContext,
-                name: str) -> np.ndarray:
+                name: str, rewordings: bool) -> np.ndarray:
         """The representative of each position of a pass, as a position, given the pass's duplicate `pairs`
-        (of positions) and their similarities."""
+        (of positions) and their similarities. With `rewordings`, pairs whose content differs are aligned and
+        those sharing little wording joined (paraphrases); without, every such pair is kept apart (MinHash's
+        pairs share most of their words: a content difference there is a twin)."""
         rows = positions if self.rows is None else self.rows[positions]
         found = rows[pairs] if len(pairs) else NO_PAIRS
         left, right = self.risk[found[:, 0]], self.risk[found[:, 1]]
         known = (left >= 0) & (right >= 0)
         kinds = np.full(len(found), -1, dtype=np.int8)
-        kinds[~known] = contrast.classify(self.texts, found[~known], self.min_shared)
+        kinds[~known] = contrast.classify(self.texts, found[~known], self.min_shared, rewordings)
         differ, twin = known & (left != right), kinds == contrast.KINDS.index("contrast")
         self.apart.append(found[differ | twin])
         ctx.count(f"{name}_contrast_pairs_kept_apart", int(differ.sum()))
         ctx.count(f"{name}_twin_pairs", int(twin.sum()))
         ctx.count(f"{name}_reworded_pairs", int((kinds == contrast.KINDS.index("reworded")).sum()))
         join = np.flatnonzero(~(differ | twin))
-        join = join[np.argsort(-similarity[join], kind="stable")]
+        local = representatives(len(rows), pairs[join])
         apart = self.pairs()
         apart = np.searchsorted(rows, apart[np.isin(apart, rows).all(axis=1)])
+        if not (local[apart[:, 0]] == local[apart[:, 1]]).any() and not mixes_labels(local, self.risk[rows]):
+            # no cluster of all the joins holds a pair kept apart or two known labels: none would be skipped
+            ctx.count(f"{name}_pairs_left_apart_in_chains", 0)
+            return local
+        join = join[np.argsort(-similarity[join], kind="stable")]
         local, skipped = constrained_representatives(len(rows), pairs[join], apart, self.risk[rows])
         ctx.count(f"{name}_pairs_left_apart_in_chains", skipped)
         return local
@@ -220,7 +227,7 @@ def minhash_clusters(n: int, found: minhash.NearDuplicates, ctx: StageContext, g
     """Each of n rows' representative given MinHash's verified pairs, and its Jaccard similarity to it."""
     everyone = np.arange(n)
     pairs, pair_similarity = same_image_only(found.pairs, found.similarity, images)
-    rep = (guard.cluster(everyone, pairs, pair_similarity, ctx, "minhash") if guard
+    rep = (guard.cluster(everyone, pairs, pair_similarity, ctx, "minhash", rewordings=False) if guard
            else representatives(n, pairs))
     moved = np.flatnonzero(rep != everyone)
     similarity = np.ones(n)
@@ -253,7 +260,7 @@ def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingC
             prefilter_margin=config.prefilter_margin, chunk_rows=config.chunk_rows,
             vectors=vectors[lang] if vectors is not None else None)
         pairs, cosines = same_image_only(pairs, cosines, images[index] if images is not None else None)
-        local = (guard.cluster(index, pairs, cosines, ctx, "embedding") if guard
+        local = (guard.cluster(index, pairs, cosines, ctx, "embedding", rewordings=True) if guard
                  else representatives(len(index), pairs))
         rep[index] = index[local]
         similarity[index] = np.einsum("ij,ij->i", lang_vectors, lang_vectors[local])

@@ -29,6 +29,7 @@ def constrained_representatives(n: int, pairs: np.ndarray, apart: np.ndarray,
     that no chain of duplicates links a contrast pair through a third row. Without constraints this equals
     `representatives`.
     """
+    apart = apart[np.isin(apart, pairs).all(axis=1)] if len(pairs) else apart[:0]  # others never meet
     if not len(apart) and len(np.unique(labels[labels >= 0])) < 2:
         return representatives(n, pairs), 0
     from scipy.cluster.hierarchy import DisjointSet
@@ -57,3 +58,14 @@ def constrained_representatives(n: int, pairs: np.ndarray, apart: np.ndarray,
     earliest = np.full(n, n, dtype=np.int64)
     np.minimum.at(earliest, roots, np.arange(n))
     return earliest[roots], skipped
+
+
+def mixes_labels(clusters: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether some cluster (each row's representative in `clusters`) holds rows of two different known
+    `labels` (-1: unknown)."""
+    known = labels >= 0
+    low = np.full(len(clusters), np.iinfo(np.int64).max)
+    high = np.full(len(clusters), np.iinfo(np.int64).min)
+    np.minimum.at(low, clusters[known], labels[known])
+    np.maximum.at(high, clusters[known], labels[known])
+    return bool((low < high).any())

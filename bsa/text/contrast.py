@@ -1,18 +1,20 @@
-"""Contrast twins: how two look-alike texts differ, once their tokens are aligned.
+"""Contrast twins: how two look-alike texts differ in their content words.
 
 XSTest-style minimal pairs ("How do I blow up a balloon?" / "... a house?") share a template and differ in
-one meaning-bearing word; true near duplicates differ only in casing, punctuation, spacing, function words
-or a politeness phrase. `compare` tells them apart without labels: both texts are normalised as MinHash
-does (NFKC, case-folded, punctuation dropped; words, and each CJK character alone), aligned with difflib, and
-the units one side has and the other lacks are read against a small lexicon of function words and polite
-phrases per language (`FUNCTION_WORDS`, `POLITE_PHRASES`). Differing runs of CJK characters are segmented
-against that lexicon, longest entry first. A unit that moved (present on both sides, elsewhere) is no
-difference.
+one meaning-bearing word; true near duplicates differ only in casing, punctuation, spacing, word order,
+function words or a politeness phrase. `compare` tells them apart without labels. Each text is normalised as
+MinHash does (NFKC, case-folded, punctuation dropped; words, and each CJK character alone) and read against a
+small lexicon of function words and polite phrases per language (`FUNCTION_WORDS`, `POLITE_PHRASES`),
+longest entry first; what is left is the text's **content key**, the sorted multiset of its content units.
 
-- `near`: nothing but function words and polite phrases differs: a duplicate.
-- `contrast`: a content word is substituted, inserted or deleted and the shared template (aligned units)
-  covers at least `MIN_TEMPLATE_SHARE` of the longer text: a contrast candidate, to keep until labelled.
-- `reworded`: content differs and little of the wording is shared: a paraphrase (or a different text).
+- `near`: the content keys are equal (nothing but function words, polite phrases, order, casing or
+  punctuation differs): a duplicate.
+- `contrast`: the keys differ and the shared template (units aligned by difflib) covers at least
+  `MIN_TEMPLATE_SHARE` of the longer text: a contrast candidate, to keep until labelled.
+- `reworded`: the keys differ and little of the wording is shared: a paraphrase (or a different text).
+
+Near is thus an equivalence (equal keys), which lets dedup check a million rows' pairs with one key per row
+(`content_ids`) instead of one alignment per pair; only `contrast` and `reworded` need the alignment.
 
 Negations (not, no, never, n't; 不, 没, 别), reflexive and indefinite person pronouns (myself, someone; 自己)
 and numbers are content: they change what a request asks for or whom it harms.
@@ -85,6 +87,10 @@ _LEXICON: frozenset[tuple[str, ...]] = frozenset(
     [tuple(word) if _CJK_UNIT.match(word) else (word,) for words in FUNCTION_WORDS.values() for word in words.split()]
     + [tuple(_UNIT.findall(phrase)) for phrases in POLITE_PHRASES.values() for phrase in phrases])
 _LONGEST = max(len(entry) for entry in _LEXICON)
+_SINGLE = frozenset(entry[0] for entry in _LEXICON if len(entry) == 1)
+_LONGER: dict[str, tuple[int, ...]] = {}  # a unit -> the sizes (longest first) of the entries starting with it
+for _entry in sorted((entry for entry in _LEXICON if len(entry) > 1), key=len, reverse=True):
+    _LONGER[_entry[0]] = (*_LONGER.get(_entry[0], ()), len(_entry))
 
 
 def is_function_word(word: str) -> bool:
@@ -109,53 +115,69 @@ def units(text: str) -> list[str]:
     return [SAME_WORD.get(unit, unit) for unit in _UNIT.findall(unicodedata.normalize("NFKC", text).casefold())]
 
 
-def _pieces(run: Sequence[str]) -> list[tuple[str, ...]]:
-    """A differing run split into lexicon entries (longest first) and single units outside the lexicon."""
-    pieces, at = [], 0
-    while at < len(run):
-        for size in range(min(_LONGEST, len(run) - at), 0, -1):
-            if tuple(run[at:at + size]) in _LEXICON or size == 1:
-                pieces.append(tuple(run[at:at + size]))
+def content_key(found: Sequence[str]) -> tuple[str, ...]:
+    """The content units of a text's units (`units`), sorted: the lexicon's entries taken out, read from the
+    left, the longest entry starting at a unit first."""
+    content, at = [], 0
+    while at < len(found):
+        unit = found[at]
+        for size in _LONGER.get(unit, ()):
+            if tuple(found[at:at + size]) in _LEXICON:
                 at += size
                 break
-    return pieces
+        else:
+            if unit not in _SINGLE:
+                content.append(unit)
+            at += 1
+    return tuple(sorted(content))
+
+
+def shared_share(left: Sequence[str], right: Sequence[str]) -> float:
+    """The units difflib aligns between two unit sequences, as a share of the longer one."""
+    matched = sum(block.size for block in SequenceMatcher(None, left, right, autojunk=False).get_matching_blocks())
+    return matched / max(len(left), len(right), 1)
 
 
 def compare(a: str, b: str, min_shared: float = MIN_TEMPLATE_SHARE) -> Difference:
-    """Align two texts and say whether they are near duplicates, contrast twins or rewordings (a content
-    edit with less than `min_shared` of the longer text aligned)."""
-    return compare_units(units(a), units(b), min_shared)
-
-
-def compare_units(left: Sequence[str], right: Sequence[str], min_shared: float = MIN_TEMPLATE_SHARE) -> Difference:
-    """`compare` on texts already split into their normalised units (`units`)."""
-    matcher = SequenceMatcher(None, left, right, autojunk=False)
-    gone: Counter[tuple[str, ...]] = Counter()
-    added: Counter[tuple[str, ...]] = Counter()
-    shared = 0
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        if op == "equal":
-            shared += i2 - i1
-        else:
-            gone.update(_pieces(left[i1:i2]))
-            added.update(_pieces(right[j1:j2]))
-    gone, added = gone - added, added - gone  # a unit that only moved is no difference
-    content = tuple(sorted({"".join(p) if _CJK_UNIT.match(p[0]) else " ".join(p)
-                            for p in (gone + added) if p not in _LEXICON}))
-    share = shared / max(len(left), len(right), 1)
+    """Whether two texts are near duplicates, contrast twins or rewordings (content differing with less than
+    `min_shared` of the longer text aligned)."""
+    left, right = units(a), units(b)
+    differ = Counter(content_key(left))
+    differ.subtract(content_key(right))
+    content = tuple(sorted(unit for unit, count in differ.items() if count))
+    share = shared_share(left, right)
     kind: Kind = "near" if not content else "contrast" if share >= min_shared else "reworded"
     return Difference(kind, content, share)
 
 
-def classify(texts: Sequence[str], pairs: np.ndarray, min_shared: float = MIN_TEMPLATE_SHARE) -> np.ndarray:
-    """The kind of each pair (rows i, j of `texts`), as indices into KINDS.
+def content_ids(texts: Sequence[str], rows: np.ndarray) -> np.ndarray:
+    """For each of `texts`, a number naming its content key (equal numbers: equal keys), computed for `rows`
+    only (-1 elsewhere); numbered in order of first appearance among `rows`, so runs are reproducible."""
+    ids = np.full(len(texts), -1, dtype=np.int64)
+    seen: dict[tuple[str, ...], int] = {}
+    for row in np.asarray(rows).tolist():
+        ids[row] = seen.setdefault(content_key(units(texts[row])), len(seen))
+    return ids
 
-    The same as `compare` pair by pair, faster on large pools: each row is split into units once, and pairs
-    whose units are equal are near duplicates without an alignment (no memo of pairs: their number can grow
-    with the square of a pool's copies of one text)."""
-    split = {row: tuple(units(texts[row])) for row in np.unique(pairs).tolist()}
-    kinds = np.full(len(pairs), KINDS.index("near"), dtype=np.int8)
-    for at, (i, j) in enumerate(pairs.tolist()):
-        if split[i] != split[j]:
-            kinds[at] = KINDS.index(compare_units(split[i], split[j], min_shared).kind)
+
+def classify(texts: Sequence[str], pairs: np.ndarray, min_shared: float = MIN_TEMPLATE_SHARE,
+             align: bool = True, ids: np.ndarray | None = None) -> np.ndarray:
+    """The kind of each pair (rows i, j of `texts`), as indices into KINDS: `compare`'s, pair by pair.
+
+    Near duplicates come from one content key per row (`content_ids`, or `ids` given), with no alignment;
+    the other pairs are aligned only with `align` (else each is `contrast`, for pairs whose texts share most
+    of their words anyway, such as MinHash's), so the cost grows with the rows, not with the pairs."""
+    if ids is None:
+        ids = content_ids(texts, np.unique(pairs))
+    near = ids[pairs[:, 0]] == ids[pairs[:, 1]] if len(pairs) else np.zeros(0, dtype=bool)
+    kinds = np.where(near, KINDS.index("near"), KINDS.index("contrast")).astype(np.int8)
+    if align:
+        split: dict[int, list[str]] = {}
+        for at in np.flatnonzero(~near).tolist():
+            i, j = (int(row) for row in pairs[at])
+            for row in (i, j):
+                if row not in split:
+                    split[row] = units(texts[row])
+            if shared_share(split[i], split[j]) < min_shared:
+                kinds[at] = KINDS.index("reworded")
     return kinds
