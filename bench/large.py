@@ -6,7 +6,7 @@ workers) from /proc; the peak is reported. Dedup runs its MinHash pass only (emb
 rows/s they would take hours on a million rows). Writes bench/sections/large.md and bench/results.md.
 
     python bench/large.py [ROWS] [KEY=VALUE ...]   # default 1,000,000; further config settings, e.g.
-                                                   # dedup.keep_contrast_pairs=false
+                                                   # dedup.keep_contrast_pairs=false (the guard off)
 """
 
 from __future__ import annotations
