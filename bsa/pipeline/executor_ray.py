@@ -40,19 +40,21 @@ def _ray():
 
 
 class _Tally:
-    """One actor collecting the workers' counters and declared resources."""
+    """One actor collecting the workers' counters, declared resources and the nodes their batches ran on."""
 
     def __init__(self) -> None:
         self.counters: Counter = Counter()
         self.resources: dict[str, str] = {}
+        self.nodes: set[str] = set()
 
-    def add(self, counters: dict[str, int], resources: dict[str, str]) -> None:
+    def add(self, counters: dict[str, int], resources: dict[str, str], node: str) -> None:
         self.counters.update(counters)
         self.resources.update(resources)
+        self.nodes.add(node)
 
-    def take(self) -> tuple[dict[str, int], dict[str, str]]:
-        out = dict(self.counters), dict(self.resources)
-        self.counters, self.resources = Counter(), {}
+    def take(self) -> tuple[dict[str, int], dict[str, str], list[str]]:
+        out = dict(self.counters), dict(self.resources), sorted(self.nodes)
+        self.counters, self.resources, self.nodes = Counter(), {}, set()
         return out
 
 
@@ -80,7 +82,8 @@ def normalize(batch: pd.DataFrame, dtypes: dict[str, Any]) -> pd.DataFrame:
 
 
 class _StepCall:
-    """A step applied to a batch, its counters and resources sent to the tally (a task or an actor)."""
+    """A step applied to a batch, its counters and resources sent to the tally with the node it ran on (a task
+    or an actor)."""
 
     def __init__(self, step: Step, config: Any, ctx: StageContext, tally: Any, dtypes: dict[str, Any]):
         self.step, self.config, self.ctx, self.tally, self.dtypes = step, config, ctx, tally, dtypes
@@ -88,8 +91,8 @@ class _StepCall:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         ctx = replace(self.ctx, counters=Counter(), resources={}, stats={})
         out = self.step.function(normalize(batch, self.dtypes), self.config, ctx)
-        if ctx.counters or ctx.resources:
-            _ray().get(self.tally.add.remote(dict(ctx.counters), dict(ctx.resources)))
+        node = _ray().get_runtime_context().get_node_id()
+        _ray().get(self.tally.add.remote(dict(ctx.counters), dict(ctx.resources), node))
         return out
 
 
@@ -217,6 +220,7 @@ class RayExecutor:
     def __init__(self, settings: RaySettings | None = None):
         self.settings = settings or RaySettings()
         self._started = False
+        self.nodes: list[str] = []  # the nodes the last stage's per-batch steps ran on
 
     def _connect(self):
         ray = _ray()
@@ -261,7 +265,9 @@ class RayExecutor:
             frame = self.gather(dataset, dtypes) if frame is None else frame  # no counterpart: in the driver
             frame, dataset = step.function(frame, config, ctx), None
         frame = self.gather(dataset, dtypes) if frame is None else frame
-        counters, resources = ray.get(tally.take.remote())
+        counters, resources, self.nodes = ray.get(tally.take.remote())
+        if self.nodes:
+            ctx.log.info("%s: batches ran on %d node(s) of the cluster", stage.name, len(self.nodes))
         ctx.counters.update(counters)
         ctx.resources.update(resources)
         kept, rejected = split_rejects(frame, stage.reject_columns)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -78,6 +79,22 @@ class EmbeddingModel(Section):
         return name
 
 
+class IndexConfig(Section):
+    """How the embedding pass finds pairs: `exact` scores every pair (block by block); `ivf`, an inverted-file
+    index (embeddings.cell_pairs), scores pairs only within k-means cells (seeded): approximate (a pair whose
+    rows share no cell is missed; docs/dedup.md measures how many), for pools whose exact search is too slow."""
+
+    kind: Literal["exact", "ivf"] = "exact"
+    cells: int | None = Field(None, ge=1)  # default: the square root of the rows of a language
+    probes: int = Field(2, ge=1)  # the cells of its nearest centroids each row goes into
+    seed: int = 0
+
+    def search(self) -> embeddings.Search:
+        if self.kind == "exact":
+            return embeddings.similar_pairs
+        return partial(embeddings.cell_pairs, cells=self.cells, probes=self.probes, seed=self.seed)
+
+
 class EmbeddingConfig(Section):
     enabled: bool = True
     # `onnx`: the model exported once to ONNX (kept in <build>/models) and run by ONNX Runtime, same vectors;
@@ -90,6 +107,7 @@ class EmbeddingConfig(Section):
     # rows of one language per encode call, in input order: every executor encodes the same chunks, so the
     # same vectors (an encoder's vectors may depend on the rows batched together); on Ray, one actor call each
     chunk_rows: int = Field(8192, ge=1)
+    index: IndexConfig = IndexConfig()
     models: dict[str, EmbeddingModel] = {  # by language code; `default` for every other language
         "en": EmbeddingModel(name=embeddings.MINILM, threshold=0.82),
         "default": EmbeddingModel(name=embeddings.USE_MULTILINGUAL, threshold=0.85),
@@ -258,7 +276,7 @@ def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingC
             [texts[i] for i in index], model.name, model.threshold, batch_size=config.batch_size,
             block_rows=config.block_rows, backend=config.backend, cache_dir=encoder_cache(ctx),
             prefilter_margin=config.prefilter_margin, chunk_rows=config.chunk_rows,
-            vectors=vectors[lang] if vectors is not None else None)
+            vectors=vectors[lang] if vectors is not None else None, search=config.index.search())
         pairs, cosines = same_image_only(pairs, cosines, images[index] if images is not None else None)
         local = (guard.cluster(index, pairs, cosines, ctx, "embedding", rewordings=True) if guard
                  else representatives(len(index), pairs))

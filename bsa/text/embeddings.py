@@ -9,6 +9,10 @@ exported once to ONNX and run by ONNX Runtime: bsa/text/onnx_encoder.py; the sam
 can find candidates first with int8 weights at `threshold - prefilter_margin`, then score only the rows in
 a candidate pair at full precision: the pairs of the full-precision model whenever the int8 model's cosine
 is within the margin of it (measured in docs/dedup.md), for the cost of the int8 pass plus those rows.
+
+`cell_pairs` is the approximate search for pools whose exact search is too slow: an inverted-file index
+(k-means cells with a fixed seed), each row in the cells of its nearest centroids, pairs scored exactly
+within each cell only.
 """
 
 from __future__ import annotations
@@ -116,21 +120,24 @@ def can_prefilter(model: str, backend: str, prefilter_margin: float | None) -> b
     return prefilter_margin is not None and backend == "onnx" and has_onnx_backend(model)
 
 
+Search = Callable[[np.ndarray, float, int], tuple[np.ndarray, np.ndarray]]  # (vectors, threshold, block_rows)
+
+
 def pairs_of(texts: Sequence[str], model: str, threshold: float, *, batch_size: int = 64, block_rows: int = 2048,
              backend: str = "torch", cache_dir: str | None = None, prefilter_margin: float | None = None,
-             chunk_rows: int | None = None, vectors: np.ndarray | None = None
+             chunk_rows: int | None = None, vectors: np.ndarray | None = None, search: Search | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(vectors, pairs, cosines) of the rows' embeddings (`vectors` when given, else encoded `chunk_rows` at
-    a time): the pairs at or above `threshold`. With a `prefilter_margin` (ONNX backend only), candidates
-    come from int8 weights at `threshold - margin` and only their rows are embedded again at full precision;
-    the vectors of the other rows are the int8 ones."""
-    texts = list(texts)
+    a time): the pairs at or above `threshold`, found by `search` (default: `similar_pairs`, exact). With a
+    `prefilter_margin` (ONNX backend only), candidates come from int8 weights at `threshold - margin` and
+    only their rows are embedded again at full precision; the vectors of the other rows are the int8 ones."""
+    texts, search = list(texts), search or similar_pairs
     if not can_prefilter(model, backend, prefilter_margin):
         if vectors is None:
             vectors = embed_chunks(texts, model, batch_size, backend, cache_dir, chunk_rows=chunk_rows)
-        return (vectors, *similar_pairs(vectors, threshold, block_rows))
+        return (vectors, *search(vectors, threshold, block_rows))
     vectors = embed_chunks(texts, model, batch_size, backend, cache_dir, int8=True, chunk_rows=chunk_rows)
-    candidates, _ = similar_pairs(vectors, threshold - prefilter_margin, block_rows)
+    candidates, _ = search(vectors, threshold - prefilter_margin, block_rows)
     rows = np.unique(candidates)
     if len(rows):
         vectors[rows] = embed_chunks([texts[i] for i in rows], model, batch_size, backend, cache_dir,
@@ -159,3 +166,59 @@ def similar_pairs(vectors: np.ndarray, threshold: float, block_rows: int = 2048)
     if not found:
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
     return np.concatenate(found).astype(np.int64), np.concatenate(scores)
+
+
+def _nearest(vectors: np.ndarray, centroids: np.ndarray, count: int, block_rows: int) -> np.ndarray:
+    """(rows, count) indices of each row's `count` nearest centroids (highest cosine first), block by block."""
+    found = []
+    for start in range(0, len(vectors), block_rows):
+        scores = vectors[start:start + block_rows] @ centroids.T
+        top = np.argpartition(-scores, count - 1, axis=1)[:, :count] if count < len(centroids) else \
+            np.tile(np.arange(len(centroids)), (len(scores), 1))
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        found.append(np.take_along_axis(top, order, axis=1))
+    return np.concatenate(found) if found else np.zeros((0, count), dtype=np.int64)
+
+
+def centroids_of(vectors: np.ndarray, cells: int, seed: int, train_rows: int = 65_536, iterations: int = 10,
+                 block_rows: int = 8192) -> np.ndarray:
+    """`cells` unit centroids by spherical k-means on at most `train_rows` rows drawn with `seed` (the same rows
+    and seed, the same centroids); a cell left empty keeps its centroid."""
+    rng = np.random.default_rng(seed)
+    sample = vectors[np.sort(rng.choice(len(vectors), min(len(vectors), train_rows), replace=False))]
+    centroids = sample[np.sort(rng.choice(len(sample), cells, replace=False))].astype(np.float32)
+    for _ in range(iterations):
+        nearest = _nearest(sample, centroids, 1, block_rows)[:, 0]
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, nearest, sample)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = np.where(norms > 0, sums / np.maximum(norms, 1e-12), centroids).astype(np.float32)
+    return centroids
+
+
+def cell_pairs(vectors: np.ndarray, threshold: float, block_rows: int = 2048, *, cells: int | None = None,
+               probes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`similar_pairs` approximately, by an inverted-file index: `cells` centroids (default: the square root of
+    the rows) from `centroids_of`, each row in the cells of its `probes` nearest centroids, pairs scored
+    exactly within each cell. Every pair returned has its true cosine at or above `threshold`; a pair is
+    missed only when its rows share no cell. Work: about rows x rows / cells x probes^2 scores, not rows^2."""
+    n = len(vectors)
+    cells = min(cells or max(1, round(n ** 0.5)), n)
+    if cells <= probes:
+        return similar_pairs(vectors, threshold, block_rows)
+    assigned = _nearest(vectors, centroids_of(vectors, cells, seed), probes, block_rows)
+    cell_of, row_of = assigned.ravel(), np.repeat(np.arange(n), probes)
+    order = np.lexsort((row_of, cell_of))  # by cell, rows ascending within a cell
+    bounds = np.flatnonzero(np.diff(cell_of[order], prepend=-1, append=cells + 1))
+    found, scores = [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        members = row_of[order[lo:hi]]
+        pairs, cosines = similar_pairs(vectors[members], threshold, block_rows)
+        found.append(members[pairs])
+        scores.append(cosines)
+    pairs, cosines = np.concatenate(found), np.concatenate(scores)
+    if not len(pairs):
+        return pairs.reshape(0, 2).astype(np.int64), cosines
+    keys = pairs[:, 0] * n + pairs[:, 1]
+    _, first = np.unique(keys, return_index=True)  # a pair two cells share: its first cell's score
+    return pairs[first].astype(np.int64), cosines[first]
