@@ -27,10 +27,10 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from typing import Literal
 
 import numpy as np
-from cydifflib import SequenceMatcher
 
 from bsa.text.charclass import CJK, HANGUL
 
