@@ -86,7 +86,6 @@ POLITE_PHRASES: dict[str, tuple[str, ...]] = {  # several words, matched whole (
 _LEXICON: frozenset[tuple[str, ...]] = frozenset(
     [tuple(word) if _CJK_UNIT.match(word) else (word,) for words in FUNCTION_WORDS.values() for word in words.split()]
     + [tuple(_UNIT.findall(phrase)) for phrases in POLITE_PHRASES.values() for phrase in phrases])
-_LONGEST = max(len(entry) for entry in _LEXICON)
 _SINGLE = frozenset(entry[0] for entry in _LEXICON if len(entry) == 1)
 _LONGER: dict[str, tuple[int, ...]] = {}  # a unit -> the sizes (longest first) of the entries starting with it
 for _entry in sorted((entry for entry in _LEXICON if len(entry) > 1), key=len, reverse=True):
@@ -161,14 +160,13 @@ def content_ids(texts: Sequence[str], rows: np.ndarray) -> np.ndarray:
 
 
 def classify(texts: Sequence[str], pairs: np.ndarray, min_shared: float = MIN_TEMPLATE_SHARE,
-             align: bool = True, ids: np.ndarray | None = None) -> np.ndarray:
+             align: bool = True) -> np.ndarray:
     """The kind of each pair (rows i, j of `texts`), as indices into KINDS: `compare`'s, pair by pair.
 
-    Near duplicates come from one content key per row (`content_ids`, or `ids` given), with no alignment;
+    Near duplicates come from one content key per row (`content_ids`), with no alignment;
     the other pairs are aligned only with `align` (else each is `contrast`, for pairs whose texts share most
     of their words anyway, such as MinHash's), so the cost grows with the rows, not with the pairs."""
-    if ids is None:
-        ids = content_ids(texts, np.unique(pairs))
+    ids = content_ids(texts, np.unique(pairs))
     near = ids[pairs[:, 0]] == ids[pairs[:, 1]] if len(pairs) else np.zeros(0, dtype=bool)
     kinds = np.where(near, KINDS.index("near"), KINDS.index("contrast")).astype(np.int8)
     if align:
