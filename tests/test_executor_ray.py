@@ -179,6 +179,27 @@ def test_dedup_with_embeddings_same_on_both(pool_name: str, pool, config, execut
     assert_same(local, distributed, local_ctx, ray_ctx)
 
 
+@pytest.mark.parametrize("cells", [None, 3])
+def test_dedup_with_the_index_same_on_both_vectors_kept_on_the_cluster(cells, pool, config, executor, monkeypatch):
+    """`index.kind: ivf` on Ray: the actors' vectors stay in the object store, the cells are searched after a
+    shuffle, and neither the driver's encoder nor the whole-table search runs; the rows equal the local run's."""
+    records = pd.concat([pool, paraphrase_pool()], ignore_index=True)
+    section = dedup.Config(embedding=dedup.EmbeddingConfig(
+        chunk_rows=32, index=dedup.IndexConfig(kind="ivf", cells=cells, probes=2)))
+    local_ctx, ray_ctx = context(config, "dedup"), context(config, "dedup")
+    local = LocalExecutor(batch_rows=SETTINGS.batch_rows).run(dedup.STAGE, records, section, local_ctx)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("vectors encoded or searched in the driver")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dedup.embeddings, "embed", not_here)
+        patch.setattr(dedup.embeddings, "cell_pairs", not_here)
+        distributed = executor.run(distributed_only(dedup.STAGE), records, section, ray_ctx)
+    assert (local.rejected["reject_reason"] == "semantic_duplicate").sum() >= 3
+    assert_same(local, distributed, local_ctx, ray_ctx)
+
+
 def test_ingest_duplicate_ids_same_on_both(tmp_path: Path, config, executor):
     lines = ["How do I bake bread?", "How do I fix a bike?", "How do I bake bread?", "What is rain?",
              "How do I fix a bike?", "How do I bake bread?"]

@@ -162,14 +162,26 @@ class Shards:
         actors that keep what they load (models), as a `loads_models` step; the results in item order."""
         if not items:
             return []
+        frame = self.on_actors_kept(function, items, *args).frame().sort_values("at")
+        return [pickle.loads(result) for result in frame["result"]]
+
+    def on_actors_kept(self, function: Callable[..., Any], items: list[Any], *args: Any) -> Shards:
+        """`on_actors` with the results left on the cluster: rows of `at` (the item's index) and `result`
+        (pickled), materialised in the object store for the steps that read them."""
         records = [{"at": at, "item": pickle.dumps(item)} for at, item in enumerate(items)]
-        dataset = _ray().data.from_items(records, override_num_blocks=len(records))
+        dataset = _ray().data.from_items(records, override_num_blocks=max(len(records), 1))
         pool = actor_pool(self.settings)
-        pool["concurrency"] = min(pool["concurrency"], len(items))  # an actor each call at most
+        pool["concurrency"] = max(1, min(pool["concurrency"], len(items)))  # an actor each call at most
         done = dataset.map_batches(_ItemCall, fn_constructor_args=(function, args), batch_size=1,
                                    batch_format="pandas", **pool)
-        frame = pd.concat(_ray().get(done.to_pandas_refs()), ignore_index=True).sort_values("at")
-        return [pickle.loads(result) for result in frame["result"]]
+        return Shards(done.materialize(), {}, self.settings)
+
+    def frame(self, function: Callable[..., pd.DataFrame] | None = None, *args: Any) -> pd.DataFrame:
+        """Every row (of `function(batch, *args)` on every batch, when given) in the driver, in no set order:
+        for rows without `_seq`, such as `on_actors_kept`'s."""
+        dataset = self.dataset if function is None else self.map(function, *args).dataset
+        frames = [frame for frame in _ray().get(dataset.to_pandas_refs()) if len(frame)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     @property
     def partitions(self) -> int:

@@ -37,6 +37,8 @@ with the Jaccard similarity to its representative) or `semantic_duplicate` (embe
 from __future__ import annotations
 
 import json
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
@@ -150,6 +152,7 @@ def risk_codes(records: pd.DataFrame) -> np.ndarray:
 
 
 NO_PAIRS = np.zeros((0, 2), dtype=np.int64)
+Searched = tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]  # pairs, cosines, rows -> vectors
 
 
 @dataclass
@@ -265,23 +268,31 @@ def language_groups(langs: list[str | None]) -> list[tuple[str, np.ndarray]]:
 
 def embedding_pass(texts: list[str], langs: list[str | None], config: EmbeddingConfig, ctx: StageContext,
                    guard: ContrastGuard | None = None, images: np.ndarray | None = None,
-                   vectors: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's semantic representative (within its language) and the cosine similarity to it; `vectors`:
-    each language's vectors (of its rows, in order) when computed elsewhere, else encoded here."""
+                   vectors: dict[str, np.ndarray] | None = None,
+                   searched: dict[str, Searched] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's semantic representative (within its language) and the cosine similarity to it (1 for the
+    rows kept); `vectors`: each language's vectors (of its rows, in order) when computed elsewhere, else
+    encoded here; `searched`: each language's pairs, cosines and vectors when the search ran elsewhere."""
     rep = np.arange(len(texts))
     similarity = np.ones(len(texts))
     for lang, index in language_groups(langs):
         model = config.model_for(lang)
-        lang_vectors, pairs, cosines = embeddings.pairs_of(
-            [texts[i] for i in index], model.name, model.threshold, batch_size=config.batch_size,
-            block_rows=config.block_rows, backend=config.backend, cache_dir=encoder_cache(ctx),
-            prefilter_margin=config.prefilter_margin, chunk_rows=config.chunk_rows,
-            vectors=vectors[lang] if vectors is not None else None, search=config.index.search())
+        if searched is not None:
+            pairs, cosines, vectors_of = searched[lang]
+        else:
+            lang_vectors, pairs, cosines = embeddings.pairs_of(
+                [texts[i] for i in index], model.name, model.threshold, batch_size=config.batch_size,
+                block_rows=config.block_rows, backend=config.backend, cache_dir=encoder_cache(ctx),
+                prefilter_margin=config.prefilter_margin, chunk_rows=config.chunk_rows,
+                vectors=vectors[lang] if vectors is not None else None, search=config.index.search())
+            vectors_of = lang_vectors.__getitem__
         pairs, cosines = same_image_only(pairs, cosines, images[index] if images is not None else None)
         local = (guard.cluster(index, pairs, cosines, ctx, "embedding", rewordings=True) if guard
                  else representatives(len(index), pairs))
         rep[index] = index[local]
-        similarity[index] = np.einsum("ij,ij->i", lang_vectors, lang_vectors[local])
+        moved = np.flatnonzero(local != np.arange(len(index)))
+        if len(moved):
+            similarity[index[moved]] = np.einsum("ij,ij->i", vectors_of(moved), vectors_of(local[moved]))
         ctx.count("embedding_pairs", len(pairs))
         ctx.log.info("embeddings (%s, %s, cosine >= %s): %d rows, %d pairs", lang, model.name, model.threshold,
                      len(index), len(pairs))
@@ -307,9 +318,10 @@ def find_duplicates(records: pd.DataFrame, config: Config, ctx: StageContext) ->
 
 def semantic_marks(ids: np.ndarray, texts: list[str], langs: list[str | None], near: np.ndarray, jaccard: np.ndarray,
                    config: Config, ctx: StageContext, guard: ContrastGuard | None, images: np.ndarray | None = None,
-                   image_how: dict | None = None, vectors: dict[str, np.ndarray] | None = None) -> tuple:
+                   image_how: dict | None = None, vectors: dict[str, np.ndarray] | None = None,
+                   searched: dict[str, Searched] | None = None) -> tuple:
     """After the MinHash pass (each row's representative `near`, its Jaccard similarity to it), the embedding
-    pass among the rows MinHash kept (`vectors`: see `embedding_pass`), the stage's figures, and what `mark`
+    pass among the rows MinHash kept (`vectors`, `searched`: see `embedding_pass`), the stage's figures, and what `mark`
     needs after the rows."""
     n = len(ids)
     kept = np.flatnonzero(near == np.arange(n))
@@ -318,7 +330,7 @@ def semantic_marks(ids: np.ndarray, texts: list[str], langs: list[str | None], n
     if config.embedding.enabled and len(kept):
         semantic, cosine_kept = embedding_pass([texts[i] for i in kept], [langs[i] for i in kept],
                                                config.embedding, ctx, guard.within(kept, near) if guard else None,
-                                               images[kept] if images is not None else None, vectors)
+                                               images[kept] if images is not None else None, vectors, searched)
         final[kept] = kept[semantic]
         cosine[kept] = cosine_kept
         final = final[near]  # a near duplicate follows its representative
@@ -457,8 +469,13 @@ def semantic_shards(rows, everyone: pd.DataFrame, involved: np.ndarray, near: np
         guard = replace(ContrastGuard(texts, risk_codes(everyone), config.twin_min_shared),
                         apart=[involved[pairs] for pairs in guard.apart])
     kept = np.flatnonzero(near_all == np.arange(n))
-    vectors = actor_vectors(rows, [texts[i] for i in kept], [langs[i] for i in kept], config.embedding, ctx)
-    values = semantic_marks(ids, texts, langs, near_all, jaccard_all, config, ctx, guard, vectors=vectors)
+    kept_texts, kept_langs = [texts[i] for i in kept], [langs[i] for i in kept]
+    if config.embedding.index.kind == "ivf":  # the vectors stay on the cluster
+        searched = actor_search(rows, kept_texts, kept_langs, config.embedding, ctx)
+        values = semantic_marks(ids, texts, langs, near_all, jaccard_all, config, ctx, guard, searched=searched)
+    else:
+        vectors = actor_vectors(rows, kept_texts, kept_langs, config.embedding, ctx)
+        values = semantic_marks(ids, texts, langs, near_all, jaccard_all, config, ctx, guard, vectors=vectors)
     return pd.DataFrame({name: value for name, value in zip(MARKS, values, strict=True) if value is not None},
                         index=everyone[minhash_shards.SEQ].to_numpy())
 
@@ -476,6 +493,92 @@ def actor_vectors(rows, texts: list[str], langs: list[str | None], config: Embed
     for (lang, _, _), vectors in zip(chunks, encoded, strict=True):
         by_lang.setdefault(lang, []).append(vectors)
     return {lang: np.concatenate(parts) for lang, parts in by_lang.items()}
+
+
+def actor_search(rows, texts: list[str], langs: list[str | None], config: EmbeddingConfig,
+                 ctx: StageContext) -> dict[str, Searched]:
+    """`embedding_pass`'s search with `index.kind: ivf`, the vectors kept on the cluster: the chunks encoded by
+    the actors (as `actor_vectors`) stay in the object store; per language, the training rows' vectors come
+    to the driver for k-means (`embeddings.kmeans`), each chunk's rows are put in their cells where the chunk
+    lies, a shuffle on the cell brings each cell's rows together for the exact search inside it, and only the
+    pairs, and later the vectors of the rows joined, come back: `embeddings.cell_pairs`, spread out."""
+    chunks = [(lang, config.model_for(lang).name, index[part].tolist(), part.start)
+              for lang, index in language_groups(langs) for part in embeddings.chunks(len(index), config.chunk_rows)]
+    for name in {name for _, name, _, _ in chunks}:
+        embeddings.prepare(name, config.backend, encoder_cache(ctx))
+    encoded = rows.on_actors_kept(_encode_chunk, [(name, [texts[i] for i in part]) for _, name, part, _ in chunks],
+                                  config, encoder_cache(ctx))
+    searched = {}
+    for lang, index in language_groups(langs):
+        starts = {at: start for at, (chunk_lang, _, _, start) in enumerate(chunks) if chunk_lang == lang}
+        threshold = config.model_for(lang).threshold
+        cells = embeddings.cell_count(len(index), config.index.cells)
+
+        def vectors_of(positions: np.ndarray, starts: dict[int, int] = starts) -> np.ndarray:
+            wanted, back = np.unique(positions, return_inverse=True)
+            found = encoded.frame(_chunk_rows, starts, wanted)
+            return np.stack(found.sort_values("row")["vector"].map(_vector).tolist())[back]
+
+        if cells <= config.index.probes:  # as `cell_pairs`: the exact search
+            pairs, cosines = embeddings.similar_pairs(vectors_of(np.arange(len(index))), threshold, config.block_rows)
+        else:
+            rng, training = embeddings.training_rows(len(index), config.index.seed)
+            centroids = embeddings.kmeans(vectors_of(training), cells, rng)
+            found = encoded.shuffle(_chunk_cells, partial(_cell_pairs, threshold=threshold,
+                                                          block_rows=config.block_rows),
+                                    starts, centroids, config.index.probes, config.block_rows, encoded.partitions)
+            pairs, cosines = embeddings.first_cell_pairs(
+                *((found["cell"].to_numpy(), np.stack([found["a"], found["b"]], axis=1), found["cosine"].to_numpy())
+                  if len(found) else (np.zeros(0, np.int64), NO_PAIRS, np.zeros(0, np.float32))))
+        searched[lang] = (pairs, cosines, vectors_of)
+    return searched
+
+
+def _vector(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype=np.float32)
+
+
+def _chunk_rows(batch: pd.DataFrame, starts: dict[int, int], wanted: np.ndarray) -> pd.DataFrame:
+    """The vectors of the `wanted` rows (positions among a language's rows) held by a batch of encoded chunks."""
+    rows, vectors = [], []
+    for at, result in zip(batch["at"].tolist(), batch["result"].tolist(), strict=True):
+        if at in starts:
+            chunk = pickle.loads(result)
+            lo = np.searchsorted(wanted, starts[at])
+            hi = np.searchsorted(wanted, starts[at] + len(chunk))
+            rows += wanted[lo:hi].tolist()
+            vectors += [chunk[row - starts[at]].tobytes() for row in wanted[lo:hi].tolist()]
+    return pd.DataFrame({"row": pd.Series(rows, dtype=np.int64), "vector": pd.Series(vectors, dtype=object)})
+
+
+def _chunk_cells(batch: pd.DataFrame, starts: dict[int, int], centroids: np.ndarray, probes: int,
+                 block_rows: int, partitions: int) -> pd.DataFrame:
+    """A record per (row, cell) of the chunks in a batch: the cells of each row's `probes` nearest centroids,
+    tagged with a partition of the cell for the shuffle, and the row's vector."""
+    frames = []
+    for at, result in zip(batch["at"].tolist(), batch["result"].tolist(), strict=True):
+        if at in starts:
+            chunk = pickle.loads(result)
+            cells = embeddings.nearest_cells(chunk, centroids, probes, block_rows).ravel()
+            rows = np.repeat(np.arange(len(chunk)), probes)
+            frames.append(pd.DataFrame({"part": cells % partitions, "cell": cells, "row": starts[at] + rows,
+                                        "vector": [chunk[row].tobytes() for row in rows.tolist()]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        {"part": pd.Series(dtype=np.int64), "cell": pd.Series(dtype=np.int64), "row": pd.Series(dtype=np.int64),
+         "vector": pd.Series(dtype=object)})
+
+
+def _cell_pairs(group: dict[str, np.ndarray], threshold: float, block_rows: int) -> dict[str, np.ndarray]:
+    """The pairs of every cell in one partition, searched exactly within each cell (`embeddings.search_cell`)."""
+    cells, rows = np.asarray(group["cell"], dtype=np.int64), np.asarray(group["row"], dtype=np.int64)
+    found = [embeddings.search_cell(cell, rows[records], np.stack([_vector(group["vector"][r]) for r in records]),
+                                    threshold, block_rows)
+             for cell, records in embeddings.cell_records(cells, rows)]
+    if not found:
+        return {"cell": np.zeros(0, np.int64), "a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64),
+                "cosine": np.zeros(0, np.float32)}
+    cell, pairs, cosines = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return {"cell": cell, "a": pairs[:, 0], "b": pairs[:, 1], "cosine": cosines}
 
 
 def _encode_chunk(chunk: tuple[str, list[str]], config: EmbeddingConfig, cache_dir: str) -> np.ndarray:

@@ -168,11 +168,12 @@ def similar_pairs(vectors: np.ndarray, threshold: float, block_rows: int = 2048)
     return np.concatenate(found).astype(np.int64), np.concatenate(scores)
 
 
-def _nearest(vectors: np.ndarray, centroids: np.ndarray, count: int, block_rows: int) -> np.ndarray:
-    """(rows, count) indices of each row's `count` nearest centroids (highest cosine first), block by block."""
-    found = []
+def nearest_cells(vectors: np.ndarray, centroids: np.ndarray, count: int, block_rows: int) -> np.ndarray:
+    """(rows, count) indices of each row's `count` nearest centroids (highest cosine first), block by block,
+    scored in float64 so that a row's cells do not depend on the rows scored with it (on Ray: its chunk)."""
+    found, centres = [], centroids.T.astype(np.float64)
     for start in range(0, len(vectors), block_rows):
-        scores = vectors[start:start + block_rows] @ centroids.T
+        scores = vectors[start:start + block_rows].astype(np.float64) @ centres
         top = np.argpartition(-scores, count - 1, axis=1)[:, :count] if count < len(centroids) else \
             np.tile(np.arange(len(centroids)), (len(scores), 1))
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
@@ -180,15 +181,24 @@ def _nearest(vectors: np.ndarray, centroids: np.ndarray, count: int, block_rows:
     return np.concatenate(found) if found else np.zeros((0, count), dtype=np.int64)
 
 
-def centroids_of(vectors: np.ndarray, cells: int, seed: int, train_rows: int = 65_536, iterations: int = 10,
-                 block_rows: int = 8192) -> np.ndarray:
-    """`cells` unit centroids by spherical k-means on at most `train_rows` rows drawn with `seed` (the same rows
-    and seed, the same centroids); a cell left empty keeps its centroid."""
+def cell_count(rows: int, cells: int | None) -> int:
+    """The index's cells for `rows` rows: `cells`, default the square root of the rows, at most the rows."""
+    return max(1, min(cells or round(rows ** 0.5), rows))
+
+
+def training_rows(rows: int, seed: int, train_rows: int = 65_536) -> tuple[np.random.Generator, np.ndarray]:
+    """The rows (ascending) k-means trains on, drawn with `seed`, and the generator that drew them."""
     rng = np.random.default_rng(seed)
-    sample = vectors[np.sort(rng.choice(len(vectors), min(len(vectors), train_rows), replace=False))]
+    return rng, np.sort(rng.choice(rows, min(rows, train_rows), replace=False))
+
+
+def kmeans(sample: np.ndarray, cells: int, rng: np.random.Generator, iterations: int = 10,
+           block_rows: int = 8192) -> np.ndarray:
+    """`cells` unit centroids by spherical k-means on `sample`, started from sample rows drawn with `rng`; a
+    cell left empty keeps its centroid."""
     centroids = sample[np.sort(rng.choice(len(sample), cells, replace=False))].astype(np.float32)
     for _ in range(iterations):
-        nearest = _nearest(sample, centroids, 1, block_rows)[:, 0]
+        nearest = nearest_cells(sample, centroids, 1, block_rows)[:, 0]
         sums = np.zeros_like(centroids)
         np.add.at(sums, nearest, sample)
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
@@ -196,29 +206,45 @@ def centroids_of(vectors: np.ndarray, cells: int, seed: int, train_rows: int = 6
     return centroids
 
 
+def cell_records(cells: np.ndarray, rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Each cell (ascending) with its records (indices into `cells` and `rows`, one record per (row, cell)),
+    ordered by row."""
+    order = np.lexsort((rows, cells))
+    bounds = np.flatnonzero(np.diff(cells[order], prepend=-1, append=np.iinfo(np.int64).max))
+    return [(int(cells[order[lo]]), order[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def search_cell(cell: int, members: np.ndarray, vectors: np.ndarray, threshold: float,
+                block_rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cell, pairs of `members`, cosines) of one cell, `vectors` being its members' (in that order)."""
+    pairs, cosines = similar_pairs(vectors, threshold, block_rows)
+    return np.full(len(pairs), cell, dtype=np.int64), members[pairs].reshape(-1, 2), cosines
+
+
+def first_cell_pairs(cells: np.ndarray, pairs: np.ndarray, cosines: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair once, sorted, with its cosine as scored in its lowest cell."""
+    if not len(pairs):
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.float32)
+    order = np.lexsort((cells, pairs[:, 1], pairs[:, 0]))
+    pairs, cosines = pairs[order], cosines[order]
+    first = np.concatenate([[True], (pairs[1:] != pairs[:-1]).any(axis=1)])
+    return pairs[first].astype(np.int64), cosines[first]
+
+
 def cell_pairs(vectors: np.ndarray, threshold: float, block_rows: int = 2048, *, cells: int | None = None,
                probes: int = 2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """`similar_pairs` approximately, by an inverted-file index: `cells` centroids (default: the square root of
-    the rows) from `centroids_of`, each row in the cells of its `probes` nearest centroids, pairs scored
-    exactly within each cell. Every pair returned has its true cosine at or above `threshold`; a pair is
-    missed only when its rows share no cell. Work: about rows x rows / cells x probes^2 scores, not rows^2."""
+    """`similar_pairs` approximately, by an inverted-file index: `cell_count` centroids by `kmeans` on the
+    `training_rows`, each row in the cells of its `probes` nearest centroids, pairs scored exactly within each
+    cell. Every pair returned has its true cosine at or above `threshold`; a pair is missed only when its rows
+    share no cell. Work: about rows x rows / cells x probes^2 scores, not rows^2. The Ray executor runs the
+    same steps with the vectors spread over the cluster (bsa.stages.dedup.actor_search)."""
     n = len(vectors)
-    cells = min(cells or max(1, round(n ** 0.5)), n)
+    cells = cell_count(n, cells)
     if cells <= probes:
         return similar_pairs(vectors, threshold, block_rows)
-    assigned = _nearest(vectors, centroids_of(vectors, cells, seed), probes, block_rows)
-    cell_of, row_of = assigned.ravel(), np.repeat(np.arange(n), probes)
-    order = np.lexsort((row_of, cell_of))  # by cell, rows ascending within a cell
-    bounds = np.flatnonzero(np.diff(cell_of[order], prepend=-1, append=cells + 1))
-    found, scores = [], []
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        members = row_of[order[lo:hi]]
-        pairs, cosines = similar_pairs(vectors[members], threshold, block_rows)
-        found.append(members[pairs])
-        scores.append(cosines)
-    pairs, cosines = np.concatenate(found), np.concatenate(scores)
-    if not len(pairs):
-        return pairs.reshape(0, 2).astype(np.int64), cosines
-    keys = pairs[:, 0] * n + pairs[:, 1]
-    _, first = np.unique(keys, return_index=True)  # a pair two cells share: its first cell's score
-    return pairs[first].astype(np.int64), cosines[first]
+    rng, rows = training_rows(n, seed)
+    assigned = nearest_cells(vectors, kmeans(vectors[rows], cells, rng), probes, block_rows).ravel()
+    members = np.repeat(np.arange(n), probes)
+    found = [search_cell(cell, members[records], vectors[members[records]], threshold, block_rows)
+             for cell, records in cell_records(assigned, members)]
+    return first_cell_pairs(*(np.concatenate(parts) for parts in zip(*found, strict=True)))
