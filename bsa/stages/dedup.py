@@ -407,7 +407,8 @@ def find_duplicates_shards(rows, config: Config, ctx: StageContext):
     (under the contrast guard) picks each cluster's earliest row. With the embedding pass, the driver gathers
     those columns of every row, the vectors of the rows MinHash kept are encoded in a pool of actors (the same
     chunks as locally: `chunk_rows` of one language per call) and the blockwise search and the clustering run
-    in the driver with the local code. A map then marks every shard. None (the gathered rows, in the driver)
+    in the driver with the local code; with `index.kind: ivf` the vectors stay on the cluster and only the
+    pairs come back (`actor_search`). A map then marks every shard. None (the gathered rows, in the driver)
     with images or the int8 prefilter: see docs/scale.md."""
     semantic = config.embedding
     if not config.minhash.enabled or mm.IMAGE_SHA256 in rows.dtypes or (semantic.enabled and any(
