@@ -157,17 +157,10 @@ class Shards:
     def count(self) -> int:
         return self.dataset.count()
 
-    def on_actors(self, function: Callable[..., Any], items: list[Any], *args: Any) -> list[Any]:
-        """`function(item, *args)` for each item (one call each: a chunk of rows to encode, say) in a pool of
-        actors that keep what they load (models), as a `loads_models` step; the results in item order."""
-        if not items:
-            return []
-        frame = self.on_actors_kept(function, items, *args).frame().sort_values("at")
-        return [pickle.loads(result) for result in frame["result"]]
-
     def on_actors_kept(self, function: Callable[..., Any], items: list[Any], *args: Any) -> Shards:
-        """`on_actors` with the results left on the cluster: rows of `at` (the item's index) and `result`
-        (pickled), materialised in the object store for the steps that read them."""
+        """`function(item, *args)` for each item (one call each: a chunk of rows to encode, say) in a pool of
+        actors that keep what they load (models), as a `loads_models` step; the results left on the cluster:
+        rows of `at` (the item's index) and `result` (pickled), materialised in the object store."""
         records = [{"at": at, "item": pickle.dumps(item)} for at, item in enumerate(items)]
         dataset = _ray().data.from_items(records, override_num_blocks=max(len(records), 1))
         pool = actor_pool(self.settings)

@@ -41,7 +41,7 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -481,37 +481,41 @@ def semantic_shards(rows, everyone: pd.DataFrame, involved: np.ndarray, near: np
                         index=everyone[minhash_shards.SEQ].to_numpy())
 
 
+def encoded_chunks(rows, texts: list[str], langs: list[str | None], config: EmbeddingConfig,
+                   ctx: StageContext) -> tuple[list[tuple[str, int]], Any]:
+    """The rows encoded in a pool of actors, one chunk of `chunk_rows` rows of one language per call
+    (`embeddings.chunks`, as locally; each actor loads each model once), left on the cluster
+    (`Shards.on_actors_kept`); with each chunk's language and first row among that language's rows."""
+    chunks = [(lang, config.model_for(lang).name, index[part].tolist(), part.start)
+              for lang, index in language_groups(langs) for part in embeddings.chunks(len(index), config.chunk_rows)]
+    for name in {name for _, name, _, _ in chunks}:  # an ONNX export made once, before the actors read it
+        embeddings.prepare(name, config.backend, encoder_cache(ctx))
+    encoded = rows.on_actors_kept(_encode_chunk, [(name, [texts[i] for i in part]) for _, name, part, _ in chunks],
+                                  config, encoder_cache(ctx))
+    return [(lang, start) for lang, _, _, start in chunks], encoded
+
+
 def actor_vectors(rows, texts: list[str], langs: list[str | None], config: EmbeddingConfig,
                   ctx: StageContext) -> dict[str, np.ndarray]:
-    """Each language's vectors (`embedding_pass`), encoded in a pool of actors, one chunk of `chunk_rows` rows
-    of one language per call (`embeddings.chunks`, as locally); each actor loads each model once."""
-    chunks = [(lang, config.model_for(lang).name, [texts[i] for i in index[part]])
-              for lang, index in language_groups(langs) for part in embeddings.chunks(len(index), config.chunk_rows)]
-    for name in {name for _, name, _ in chunks}:  # an ONNX export made once, before the actors read it
-        embeddings.prepare(name, config.backend, encoder_cache(ctx))
-    encoded = rows.on_actors(_encode_chunk, [(name, part) for _, name, part in chunks], config, encoder_cache(ctx))
+    """Each language's vectors (`embedding_pass`), from `encoded_chunks`, gathered in the driver."""
+    chunks, encoded = encoded_chunks(rows, texts, langs, config, ctx)
     by_lang: dict[str, list[np.ndarray]] = {}
-    for (lang, _, _), vectors in zip(chunks, encoded, strict=True):
-        by_lang.setdefault(lang, []).append(vectors)
+    for at, result in encoded.frame().sort_values("at")[["at", "result"]].itertuples(index=False):
+        by_lang.setdefault(chunks[at][0], []).append(pickle.loads(result))
     return {lang: np.concatenate(parts) for lang, parts in by_lang.items()}
 
 
 def actor_search(rows, texts: list[str], langs: list[str | None], config: EmbeddingConfig,
                  ctx: StageContext) -> dict[str, Searched]:
     """`embedding_pass`'s search with `index.kind: ivf`, the vectors kept on the cluster: the chunks encoded by
-    the actors (as `actor_vectors`) stay in the object store; per language, the training rows' vectors come
+    the actors (`encoded_chunks`) stay in the object store; per language, the training rows' vectors come
     to the driver for k-means (`embeddings.kmeans`), each chunk's rows are put in their cells where the chunk
     lies, a shuffle on the cell brings each cell's rows together for the exact search inside it, and only the
     pairs, and later the vectors of the rows joined, come back: `embeddings.cell_pairs`, spread out."""
-    chunks = [(lang, config.model_for(lang).name, index[part].tolist(), part.start)
-              for lang, index in language_groups(langs) for part in embeddings.chunks(len(index), config.chunk_rows)]
-    for name in {name for _, name, _, _ in chunks}:
-        embeddings.prepare(name, config.backend, encoder_cache(ctx))
-    encoded = rows.on_actors_kept(_encode_chunk, [(name, [texts[i] for i in part]) for _, name, part, _ in chunks],
-                                  config, encoder_cache(ctx))
+    chunks, encoded = encoded_chunks(rows, texts, langs, config, ctx)
     searched = {}
     for lang, index in language_groups(langs):
-        starts = {at: start for at, (chunk_lang, _, _, start) in enumerate(chunks) if chunk_lang == lang}
+        starts = {at: start for at, (chunk_lang, start) in enumerate(chunks) if chunk_lang == lang}
         threshold = config.model_for(lang).threshold
         cells = embeddings.cell_count(len(index), config.index.cells)
 
