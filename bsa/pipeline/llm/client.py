@@ -181,12 +181,12 @@ class EndpointClient:
                         if config.requests_per_minute or config.tokens_per_minute else None)
 
     def set_base_url(self, base_url: str) -> None:
-        self.base_url, self.url = base_url, base_url.rstrip("/") + ROUTES["chat"][0]
+        self.base_url = base_url
 
     async def send_once(self, session: aiohttp.ClientSession, body: bytes, kind: str = "chat") -> list[CachedReply]:
         """One HTTP attempt: the reply's choices, or its image (raises SendError)."""
         path, parse = ROUTES[kind]
-        url = self.url if kind == "chat" else self.base_url.rstrip("/") + path
+        url = self.base_url.rstrip("/") + path
         if self.limiter:
             await self.limiter.acquire()
         try:

@@ -49,7 +49,7 @@ from bsa.pipeline.llm.cache_key import (
     stored_request,
     with_image_digests,
 )
-from bsa.pipeline.llm.client import CONNECTION_KINDS, SendError, retry_delay
+from bsa.pipeline.llm.client import CONNECTION_KINDS, RAW_LIMIT, SendError, retry_delay
 from bsa.pipeline.llm.pool import EndpointPool
 from bsa.pipeline.llm.providers import EmbeddedProvider, RemoteProvider
 from bsa.pipeline.llm.reasoning import Split, split_reasoning
@@ -280,7 +280,7 @@ class Engine:
         if call.request.kind == "image":
             problem = image_problem(reply.content)
             return Response(ok=problem is None, content=reply.content, error=problem and f"unparsable: {problem}",
-                            raw="" if problem is None else reply.content[:2000], usage=dict(reply.usage or {}),
+                            raw="" if problem is None else reply.content[:RAW_LIMIT], usage=dict(reply.usage or {}),
                             model=reply.model or call.payload["model"], finish_reason=reply.finish_reason,
                             key=call.key)
         if call.config.reasoning == "none":
