@@ -41,6 +41,15 @@ const view = (function () {
     return box;
   }
 
+  // a sample's reasoning, folded when long (over 1,500 characters)
+  function reasoning(summary, text) {
+    const box = el("details", "field reasoning");
+    box.appendChild(el("summary", "name as-written", summary));
+    box.appendChild(text === "" ? el("div", "text empty", "(empty)") : el("div", "text", text));
+    box.open = text.length <= 1500;
+    return box;
+  }
+
   // the run's header (run_header.html): title, the toy-judge warning, a line about the run, its figures
   function runHeader(run, line) {
     document.getElementById("title").textContent = "Samples: " + run.model;
@@ -54,5 +63,5 @@ const view = (function () {
     document.getElementById("figures").append(headRow, valueRow);
   }
 
-  return { el, ratio, imageOf, addOptions, field, runHeader };
+  return { el, ratio, imageOf, addOptions, field, reasoning, runHeader };
 })();

@@ -72,11 +72,8 @@
       document.createTextNode(item.benign ? " · over-refusal " : " · vulnerability "), labelSpan("span", sample.label, good));
     if (!item.benign) summary.append(document.createTextNode(" · risk noticed "), labelSpan("span", sample.noticed, [data.noticed]));
     node.appendChild(summary);
-    const reasoning = el("details", "field reasoning");
-    reasoning.appendChild(el("summary", "name as-written", "Reasoning: " + sample.reasoning.length + " characters"));
-    reasoning.appendChild(sample.reasoning === "" ? el("div", "text empty", "(empty)") : el("div", "text", sample.reasoning));
-    reasoning.open = sample.reasoning.length <= 1500;
-    node.append(reasoning, field("Answer", sample.answer));
+    node.append(view.reasoning("Reasoning: " + sample.reasoning.length + " characters", sample.reasoning),
+      field("Answer", sample.answer));
     const table = el("table", "verdicts");
     const head = el("tr");
     for (const name of [item.benign ? "over-refusal" : "vulnerability (USB code)", "reason", "risk noticed", "reason"]) {

@@ -64,14 +64,10 @@
   }
 
   function reasoningField(sample) {
-    const box = el("details", "field reasoning");
     const length = sample.reasoning_tokens === null ? "" : sample.reasoning_tokens + " tokens (" +
       sample.reasoning_tokens_source + "), ";
-    box.appendChild(el("summary", "name as-written", "Reasoning: " + length + (sample.reasoning_chars ?? 0) + " characters" +
-      (sample.reasoning_source ? ", from " + sample.reasoning_source : "")));
-    box.appendChild(sample.reasoning === "" ? el("div", "text empty", "(empty)") : el("div", "text", sample.reasoning));
-    box.open = sample.reasoning.length <= 1500;
-    return box;
+    return view.reasoning("Reasoning: " + length + (sample.reasoning_chars ?? 0) + " characters" +
+      (sample.reasoning_source ? ", from " + sample.reasoning_source : ""), sample.reasoning);
   }
 
   function verdictTable(item, sample) {
