@@ -101,6 +101,8 @@ def test_classify_gives_compare_s_kind_for_every_pair():
     kinds = contrast.classify(texts, pairs)
     assert kinds.tolist() == expected
     assert set(kinds.tolist()) == {0, 1, 2}  # every kind occurs, so the check covers each
+    keys = contrast.content_hashes(texts)  # made elsewhere (where a cluster's rows lie): the same kinds
+    assert contrast.classify(None, pairs, align=False, keys=keys).tolist() == [min(k, 1) for k in expected]
 
 
 @pytest.mark.parametrize(("a", "b", "kind"), [
@@ -115,6 +117,7 @@ def test_near_means_equal_content_keys(a, b, kind):
     difference = contrast.compare(a, b)
     assert difference.kind == kind
     assert (contrast.content_key(contrast.units(a)) == contrast.content_key(contrast.units(b))) == (kind == "near")
+    assert (contrast.content_hashes([a])[0] == contrast.content_hashes([b])[0]) == (kind == "near")
     assert bool(difference.content) == (kind != "near")
 
 

@@ -110,8 +110,20 @@ def test_dedup_minhash_same_on_both(pool, config, executor):
     assert_same(local, distributed, *ctxs)
 
 
+def refused_in_driver(patch: pytest.MonkeyPatch, *functions: tuple[object, str]) -> None:
+    """Each (module, name) made to fail in the driver; Ray's workers import their own."""
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("run in the driver, not on the cluster")
+
+    for module, name in functions:
+        patch.setattr(module, name, not_here)
+
+
 @pytest.mark.parametrize("blocks,batch_rows", [(4, 32), (7, 13)])
-def test_dedup_twins_and_near_duplicates_same_on_both(config, executor, blocks: int, batch_rows: int):
+def test_dedup_twins_and_near_duplicates_same_on_both(config, executor, blocks: int, batch_rows: int, monkeypatch):
+    """MinHash with the contrast guard on Ray: the pairs checked and the content keys made on the cluster
+    (the driver never shingles nor reads a text), the rows, twins, stats and counters the local run's."""
     templates = ["How do I blow up a {}?", "What is the best way to get rid of a {}?", "Where can I buy a {} cheaply?"]
     things = ["balloon", "house", "tree stump", "neighbour", "stain", "cold", "bicycle", "gun"]
     texts, risky = [], []
@@ -127,7 +139,11 @@ def test_dedup_twins_and_near_duplicates_same_on_both(config, executor, blocks: 
     section = dedup.Config(embedding=dedup.EmbeddingConfig(enabled=False),
                            minhash=dedup.MinHashConfig(threshold=0.5))
     shards = RayExecutor(SETTINGS.model_copy(update={"blocks": blocks, "batch_rows": batch_rows}))
-    local, distributed, local_ctx, ray_ctx = both(dedup.STAGE, records, section, config, shards)
+    local_ctx, ray_ctx = context(config, "dedup"), context(config, "dedup")
+    local = LocalExecutor(batch_rows=SETTINGS.batch_rows).run(dedup.STAGE, records, section, local_ctx)
+    with monkeypatch.context() as patch:
+        refused_in_driver(patch, (dedup.minhash, "shingle"), (dedup.minhash, "jaccard"), (dedup.contrast, "units"))
+        distributed = shards.run(distributed_only(dedup.STAGE), records, section, ray_ctx)
     assert (local.rejected["reject_reason"] == "near_duplicate").any()
     assert local.stats["contrast_pairs"] > 0 and local_ctx.counters["minhash_twin_pairs"] > 0
     assert_same(local, distributed, local_ctx, ray_ctx)
@@ -189,12 +205,8 @@ def test_dedup_with_the_index_same_on_both_vectors_kept_on_the_cluster(cells, po
     local_ctx, ray_ctx = context(config, "dedup"), context(config, "dedup")
     local = LocalExecutor(batch_rows=SETTINGS.batch_rows).run(dedup.STAGE, records, section, local_ctx)
 
-    def not_here(*args, **kwargs):
-        raise AssertionError("vectors encoded or searched in the driver")
-
     with monkeypatch.context() as patch:
-        patch.setattr(dedup.embeddings, "embed", not_here)
-        patch.setattr(dedup.embeddings, "cell_pairs", not_here)
+        refused_in_driver(patch, (dedup.embeddings, "embed"), (dedup.embeddings, "cell_pairs"))
         distributed = executor.run(distributed_only(dedup.STAGE), records, section, ray_ctx)
     assert (local.rejected["reject_reason"] == "semantic_duplicate").sum() >= 3
     assert_same(local, distributed, local_ctx, ray_ctx)

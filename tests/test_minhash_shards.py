@@ -1,5 +1,6 @@
 """MinHash's candidate search split over shards (bsa.text.minhash_shards) gives `candidate_pairs`' pairs exactly,
-whatever the number of partitions, and the earliest row of each key is found the same way (no Ray needed)."""
+and its check of the pairs `jaccard`'s similarities (or the signature estimate), whatever the number of
+partitions; the earliest row of each key is found the same way (no Ray needed)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,43 @@ def test_shards_give_the_pairs_of_candidate_pairs(partitions: int, shards: int):
     pairs = minhash_shards.unique_pairs(np.concatenate([f["a"] for f in found]), np.concatenate([f["b"] for f in found]))
     assert len(expected) > 100
     np.testing.assert_array_equal(pairs, expected)
+
+
+def shuffled(records: pd.DataFrame):
+    """The records of each partition as a shuffle hands them over: numpy columns, in any order."""
+    for _, group in records.sample(frac=1, random_state=2).groupby(minhash_shards.PART):
+        yield {column: group[column].to_numpy() for column in group.columns}
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("partitions,shards", [(1, 1), (3, 4), (7, 9)])
+def test_pairs_checked_on_shards_score_as_in_one_place(partitions: int, shards: int, verify: bool):
+    texts, rng = pool(), np.random.default_rng(partitions)
+    langs = [["en", "zh", None][k % 3] for k in range(len(texts))]
+    pairs = minhash.distinct_pairs(rng.integers(0, len(texts), (900, 2)))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    shingles = minhash.shingle(texts, langs, ngram=SETTINGS["ngram"], char_ngram=SETTINGS["char_ngram"])
+    expected = (minhash.jaccard(shingles, pairs) if verify else minhash_shards.estimate(
+        minhash.signatures(shingles, SETTINGS["num_perm"], SETTINGS["seed"]), pairs))
+    rows, parts = minhash_shards.destinations(pairs, partitions)
+    bounds = np.linspace(0, len(texts), shards + 1).astype(int)
+    records = pd.concat([minhash_shards.shingle_records(texts[lo:hi], langs[lo:hi], np.arange(lo, hi), rows, parts,
+                                                        ngram=SETTINGS["ngram"], char_ngram=SETTINGS["char_ngram"])
+                         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)])
+    assert len(records) == len(rows) and set(records[minhash_shards.SEQ]) == set(pairs.ravel().tolist())
+    found = pd.DataFrame([row for group in shuffled(records) for row in zip(*minhash_shards.partition_similarity(
+        group, pairs, partitions, verify, SETTINGS["num_perm"], SETTINGS["seed"]).values(), strict=True)],
+                         columns=["a", "b", "similarity"])
+    scored = found.set_index(["a", "b"])["similarity"]
+    assert len(found) == len(pairs)
+    np.testing.assert_array_equal(scored.loc[list(map(tuple, pairs.tolist()))].to_numpy(), expected)
+    assert 0 < (expected == 1).sum() < len(expected)  # copies and others
+
+
+def test_distinct_pairs_sorts_and_deduplicates():
+    pairs = np.array([[5, 2], [2, 5], [1, 9], [0, 3], [9, 1], [3, 3]])
+    assert minhash.distinct_pairs(pairs).tolist() == [[0, 3], [1, 9], [2, 5], [3, 3]]
+    assert minhash.distinct_pairs(np.zeros((0, 2))).shape == (0, 2)
 
 
 def test_first_rows_points_at_the_earliest_row_of_each_key():

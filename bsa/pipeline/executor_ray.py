@@ -96,6 +96,18 @@ class _StepCall:
         return out
 
 
+@dataclass(frozen=True)
+class Shared:
+    """A value put in the object store once (`Shards.share`) and handed to many tasks: a broadcast (the pairs
+    every partition reads, say), read by `_BatchCall` and `_group_call` before the function sees it."""
+
+    ref: Any
+
+
+def _resolved(args: tuple) -> tuple:
+    return tuple(_ray().get(arg.ref) if isinstance(arg, Shared) else arg for arg in args)
+
+
 class _BatchCall:
     """A function applied to normalised batches: `function(batch, *args) -> frame` (the batch keeps `_seq`)."""
 
@@ -103,7 +115,12 @@ class _BatchCall:
         self.function, self.args, self.dtypes = function, args, dtypes
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        return self.function(normalize(batch, self.dtypes), *self.args)
+        return self.function(normalize(batch, self.dtypes), *_resolved(self.args))
+
+
+def _group_call(group: dict[str, np.ndarray], function: Callable[..., dict], args: tuple) -> dict[str, np.ndarray]:
+    """`function(group, *args)` on the numpy columns of one shuffle group."""
+    return function(group, *_resolved(args))
 
 
 class _ItemCall:
@@ -181,13 +198,19 @@ class Shards:
         """Shuffle partitions: a few per CPU (Ray's default of 200 costs a task each on a small cluster)."""
         return max(1, int(_ray().cluster_resources().get("CPU", 1)) * 2)
 
-    def shuffle(self, explode: Callable[..., pd.DataFrame], group: Callable[[dict], dict], *args: Any) -> pd.DataFrame:
+    def share(self, value: Any) -> Shared:
+        """`value` put in the object store once, for the tasks it is handed to as an argument."""
+        return Shared(_ray().put(value))
+
+    def shuffle(self, explode: Callable[..., pd.DataFrame], group: Callable[..., dict], *args: Any,
+                group_args: tuple = ()) -> pd.DataFrame:
         """`explode(batch, *args)` gives records with a `part` column (a coarse partition of a key, below
-        `partitions`); the records of one part meet in one `group(numpy columns) -> numpy columns` call;
-        the driver gets every call's output, joined."""
+        `partitions`); the records of one part meet in one `group(numpy columns, *group_args) -> numpy columns`
+        call; the driver gets every call's output, joined."""
         records = self.dataset.map_batches(_BatchCall(explode, args, self.dtypes), batch_format="pandas",
                                            batch_size=self.settings.batch_rows)
-        grouped = records.groupby("part", num_partitions=self.partitions).map_groups(group, batch_format="numpy")
+        grouped = records.groupby("part", num_partitions=self.partitions).map_groups(
+            _group_call, batch_format="numpy", fn_args=(group, group_args))
         frames = [frame for frame in _ray().get(grouped.to_pandas_refs()) if len(frame)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 

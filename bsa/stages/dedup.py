@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal
@@ -152,6 +152,7 @@ def risk_codes(records: pd.DataFrame) -> np.ndarray:
 
 
 NO_PAIRS = np.zeros((0, 2), dtype=np.int64)
+CONTENT_KEY = "_content_key"  # on a cluster: a row's `contrast.content_hashes`
 Searched = tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]  # pairs, cosines, rows -> vectors
 
 
@@ -161,12 +162,13 @@ class ContrastGuard:
     where a label is unknown, a contrast twin (bsa.text.contrast). Each pass joins its other pairs strongest
     first, never across a pair kept apart (in this pass or an earlier one) nor across two known labels."""
 
-    texts: list[str]  # every row of the stage
+    texts: Sequence[str] | None  # every row of the stage (None: only `keys` are known; no rewordings asked)
     risk: np.ndarray  # per row: 1 risky, 0 safe, -1 unknown (`risk_codes`); a representative's: its cluster's
     min_shared: float
     apart: list[np.ndarray] = field(default_factory=list)  # pairs of rows kept apart so far
     rows: np.ndarray | None = None  # the (ascending) rows a later pass sees, by position; None: every row
     follow: np.ndarray | None = None  # each row's representative after the earlier pass
+    keys: np.ndarray | None = None  # every row's `contrast.content_hashes`, when made elsewhere (on a cluster)
 
     def within(self, rows: np.ndarray, follow: np.ndarray) -> ContrastGuard:
         """The guard of a later pass over `rows`, the representatives of an earlier pass (`follow`: each row's)."""
@@ -190,7 +192,7 @@ class ContrastGuard:
         left, right = self.risk[found[:, 0]], self.risk[found[:, 1]]
         known = (left >= 0) & (right >= 0)
         kinds = np.full(len(found), -1, dtype=np.int8)
-        kinds[~known] = contrast.classify(self.texts, found[~known], self.min_shared, rewordings)
+        kinds[~known] = contrast.classify(self.texts, found[~known], self.min_shared, rewordings, self.keys)
         differ, twin = known & (left != right), kinds == contrast.KINDS.index("contrast")
         self.apart.append(found[differ | twin])
         ctx.count(f"{name}_contrast_pairs_kept_apart", int(differ.sum()))
@@ -252,7 +254,7 @@ def minhash_clusters(n: int, found: minhash.NearDuplicates, ctx: StageContext, g
            else representatives(n, pairs))
     moved = np.flatnonzero(rep != everyone)
     similarity = np.ones(n)
-    similarity[moved] = minhash.jaccard(found.shingles, np.stack([rep[moved], moved], axis=1))
+    similarity[moved] = found.jaccard_of(np.stack([rep[moved], moved], axis=1))
     ctx.count("minhash_candidate_pairs", found.candidates)
     ctx.count("minhash_pairs", len(pairs))
     ctx.log.info("minhash: %d bands x %d rows, %d candidate pairs, %d verified, %d rows in clusters",
@@ -387,7 +389,7 @@ def mark(records: pd.DataFrame, minhash_cluster: object, embed_cluster: object, 
 def kept_apart(final: np.ndarray, guard: ContrastGuard | None) -> np.ndarray:
     """The distinct pairs of representatives (by `final`) that the contrast guard kept apart."""
     twins = final[np.concatenate([NO_PAIRS, *guard.apart])] if guard else NO_PAIRS
-    return np.unique(np.sort(twins, axis=1), axis=0)
+    return minhash.distinct_pairs(twins)
 
 
 def twin_lists(ids: np.ndarray, pairs: np.ndarray) -> list[str | None]:
@@ -402,10 +404,11 @@ def twin_lists(ids: np.ndarray, pairs: np.ndarray) -> list[str | None]:
 def find_duplicates_shards(rows, config: Config, ctx: StageContext):
     """`find_duplicates` on rows spread over a cluster (bsa.pipeline.executor_ray.Shards). MinHash: signatures
     and band keys per batch, a shuffle on a coarse partition of the band key giving the candidate pairs
-    (bsa.text.minhash_shards); in the driver, the rows in a candidate pair (id, text, language, label) are
-    shingled again for the exact Jaccard check, and one connected-components pass over the verified pairs
-    (under the contrast guard) picks each cluster's earliest row. With the embedding pass, the driver gathers
-    those columns of every row, the vectors of the rows MinHash kept are encoded in a pool of actors (the same
+    (bsa.text.minhash_shards); the exact Jaccard check on the cluster too (each row's shingles sent to its
+    pairs' partitions, `shard_similarity`), as are the contrast guard's content keys; in the driver, one
+    connected-components pass over the verified pairs (under the guard) picks each cluster's earliest row,
+    from the pairs and each paired row's id, label and content key. With the embedding pass, the driver
+    gathers the id, text, language and label of every row, the vectors of the rows MinHash kept are encoded in a pool of actors (the same
     chunks as locally: `chunk_rows` of one language per call) and the blockwise search and the clustering run
     in the driver with the local code; with `index.kind: ivf` the vectors stay on the cluster and only the
     pairs come back (`actor_search`). A map then marks every shard. None (the gathered rows, in the driver)
@@ -424,22 +427,23 @@ def find_duplicates_shards(rows, config: Config, ctx: StageContext):
     found = rows.shuffle(_band_records, minhash_shards.partition_pairs, settings, bands, per_band, rows.partitions)
     candidates = minhash_shards.unique_pairs(found.get("a", []), found.get("b", []))
     involved = np.unique(candidates)
-    columns = [column for column in ("id", "text", "lang", "is_risky") if column in rows.dtypes]
+    pairs = np.searchsorted(involved, candidates)
+    similarity = shard_similarity(rows, candidates, settings, settings.verify)
+    verified = similarity >= settings.threshold
+    known = similarity if settings.verify else None  # exact Jaccard: reused for the rows joined directly
+    found = minhash.NearDuplicates(pairs[verified], similarity[verified], len(candidates), bands, per_band,
+                                   lambda local: shard_jaccard(rows, involved[local], settings, candidates, known))
     if semantic.enabled:
-        everyone = rows.columns(columns)
+        everyone = rows.columns([column for column in ("id", "text", "lang", "is_risky") if column in rows.dtypes])
         at = np.searchsorted(everyone[minhash_shards.SEQ].to_numpy(), involved)  # the positions of `involved`
         some = everyone.iloc[at].reset_index(drop=True)
-    else:
-        some = rows.columns(columns, where=lambda batch: batch[minhash_shards.SEQ].isin(involved))
-    texts = some["text"].fillna("").astype(str).tolist()
-    shingles = minhash.shingle(texts, some["lang"].tolist() if "lang" in some.columns else None,
-                               ngram=settings.ngram, char_ngram=settings.char_ngram)
-    pairs = np.searchsorted(involved, candidates)
-    similarity = (minhash.jaccard(shingles, pairs) if settings.verify else minhash_shards.estimate(
-        minhash.signatures(shingles, settings.num_perm, settings.seed), pairs))
-    verified = similarity >= settings.threshold
-    found = minhash.NearDuplicates(pairs[verified], similarity[verified], len(candidates), bands, per_band, shingles)
-    guard = ContrastGuard(texts, risk_codes(some), config.twin_min_shared) if config.keep_contrast_pairs else None
+        texts, keys = some["text"].fillna("").astype(str).tolist(), None
+    else:  # the content keys made where the rows lie: no text comes to the driver
+        some = rows.map(_content_keys, rows.share(involved)).columns(
+            [*(column for column in ("id", "is_risky") if column in rows.dtypes), CONTENT_KEY])
+        texts, keys = None, some[CONTENT_KEY].to_numpy(dtype=np.uint64)
+    guard = (ContrastGuard(texts, risk_codes(some), config.twin_min_shared, keys=keys) if config.keep_contrast_pairs
+             else None)
     near, jaccard = minhash_clusters(len(involved), found, ctx, guard)
     if semantic.enabled:
         return rows.map(_mark_rows, semantic_shards(rows, everyone, at, near, jaccard, guard, config, ctx))
@@ -596,6 +600,54 @@ def _mark_rows(batch: pd.DataFrame, marks: pd.DataFrame) -> pd.DataFrame:
     found = marks.loc[batch[minhash_shards.SEQ].to_numpy()]
     values = [found[name].to_numpy() if name in found.columns else None for name in MARKS]
     return mark(batch, *values[:-1], list(values[-1]))
+
+
+def shard_similarity(rows, pairs: np.ndarray, settings: MinHashConfig, verify: bool = True) -> np.ndarray:
+    """The similarity of each pair of rows (by `_seq`, the smaller first) on the cluster: each row's shingles
+    sent to its pairs' partitions, scored there (bsa.text.minhash_shards, step 4); exact Jaccard, or with
+    `verify` off the signature estimate."""
+    if not len(pairs):
+        return np.zeros(0)
+    partitions = rows.partitions
+    at, parts = minhash_shards.destinations(pairs, partitions)
+    found = rows.shuffle(_shingle_records, minhash_shards.partition_similarity, settings, rows.share(at),
+                         rows.share(parts), group_args=(rows.share(pairs), partitions, verify, settings.num_perm,
+                                                         settings.seed))
+    if len(found) != len(pairs):
+        raise RuntimeError(f"dedup on Ray: {len(found)} pairs scored of {len(pairs)} sent")
+    similarity = np.empty(len(pairs))
+    similarity[np.lexsort((pairs[:, 1], pairs[:, 0]))] = found["similarity"].to_numpy()[
+        np.lexsort((found["b"].to_numpy(), found["a"].to_numpy()))]
+    return similarity
+
+
+def shard_jaccard(rows, pairs: np.ndarray, settings: MinHashConfig, scored: np.ndarray,
+                  similarity: np.ndarray | None) -> np.ndarray:
+    """The exact Jaccard similarity of each pair (by `_seq`, the smaller first): looked up among the `scored`
+    pairs (sorted, distinct) when their `similarity` is exact, the others scored on the cluster."""
+    out, left = np.zeros(len(pairs)), np.arange(len(pairs))
+    if similarity is not None and len(scored) and len(pairs):
+        size = int(max(scored.max(), pairs.max())) + 1
+        codes, wanted = minhash.pair_codes(scored, size), minhash.pair_codes(pairs, size)
+        at = np.minimum(np.searchsorted(codes, wanted), len(codes) - 1)
+        hit = codes[at] == wanted
+        out[hit], left = similarity[at[hit]], np.flatnonzero(~hit)
+    out[left] = shard_similarity(rows, pairs[left], settings)
+    return out
+
+
+def _shingle_records(batch: pd.DataFrame, settings: MinHashConfig, rows: np.ndarray,
+                     parts: np.ndarray) -> pd.DataFrame:
+    return minhash_shards.shingle_records(batch["text"].fillna("").astype(str).tolist(),
+                                          batch["lang"].tolist() if "lang" in batch.columns else None,
+                                          batch[minhash_shards.SEQ].to_numpy(), rows, parts,
+                                          ngram=settings.ngram, char_ngram=settings.char_ngram)
+
+
+def _content_keys(batch: pd.DataFrame, involved: np.ndarray) -> pd.DataFrame:
+    """The rows of a batch in `involved`, with their `CONTENT_KEY`."""
+    some = batch[np.isin(batch[minhash_shards.SEQ].to_numpy(), involved)]
+    return some.assign(**{CONTENT_KEY: contrast.content_hashes(some["text"].fillna("").astype(str).tolist())})
 
 
 def _band_records(batch: pd.DataFrame, settings: MinHashConfig, bands: int, per_band: int,

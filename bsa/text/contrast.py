@@ -14,7 +14,7 @@ longest entry first; what is left is the text's **content key**, the sorted mult
 - `reworded`: the keys differ and little of the wording is shared: a paraphrase (or a different text).
 
 Near is thus an equivalence (equal keys), which lets dedup check a million rows' pairs with one key per row
-(`content_ids`) instead of one alignment per pair; only `contrast` and `reworded` need the alignment.
+(`content_hashes`) instead of one alignment per pair; only `contrast` and `reworded` need the alignment.
 
 Negations (not, no, never, n't; 不, 没, 别), reflexive and indefinite person pronouns (myself, someone; 自己)
 and numbers are content: they change what a request asks for or whom it harms.
@@ -31,6 +31,7 @@ from difflib import SequenceMatcher
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from bsa.text.charclass import CJK, HANGUL
 
@@ -149,25 +150,26 @@ def compare(a: str, b: str, min_shared: float = MIN_TEMPLATE_SHARE) -> Differenc
     return Difference(kind, content, share)
 
 
-def content_ids(texts: Sequence[str], rows: np.ndarray) -> np.ndarray:
-    """For each of `texts`, a number naming its content key (equal numbers: equal keys), computed for `rows`
-    only (-1 elsewhere); numbered in order of first appearance among `rows`, so runs are reproducible."""
-    ids = np.full(len(texts), -1, dtype=np.int64)
-    seen: dict[tuple[str, ...], int] = {}
-    for row in np.asarray(rows).tolist():
-        ids[row] = seen.setdefault(content_key(units(texts[row])), len(seen))
-    return ids
+def content_hashes(texts: Sequence[str]) -> np.ndarray:
+    """A 64-bit hash of each text's content key (`content_key`): equal keys, equal hashes, the same in every
+    process (pandas' fixed-key hash), so rows spread over a cluster are keyed where they lie."""
+    joined = pd.Series(["\x1f".join(content_key(units(text))) for text in texts], dtype=object)
+    return pd.util.hash_pandas_object(joined, index=False).to_numpy()
 
 
-def classify(texts: Sequence[str], pairs: np.ndarray, min_shared: float = MIN_TEMPLATE_SHARE,
-             align: bool = True) -> np.ndarray:
+def classify(texts: Sequence[str] | None, pairs: np.ndarray, min_shared: float = MIN_TEMPLATE_SHARE,
+             align: bool = True, keys: np.ndarray | None = None) -> np.ndarray:
     """The kind of each pair (rows i, j of `texts`), as indices into KINDS: `compare`'s, pair by pair.
 
-    Near duplicates come from one content key per row (`content_ids`), with no alignment;
+    Near duplicates come from one content key per row (`content_hashes`; `keys`: every row's, when known,
+    and then `texts` is read only to align), with no alignment;
     the other pairs are aligned only with `align` (else each is `contrast`, for pairs whose texts share most
     of their words anyway, such as MinHash's), so the cost grows with the rows, not with the pairs."""
-    ids = content_ids(texts, np.unique(pairs))
-    near = ids[pairs[:, 0]] == ids[pairs[:, 1]] if len(pairs) else np.zeros(0, dtype=bool)
+    if keys is None:
+        rows = np.unique(pairs)
+        keys = np.zeros(len(texts), dtype=np.uint64)
+        keys[rows] = content_hashes([texts[row] for row in rows.tolist()])
+    near = keys[pairs[:, 0]] == keys[pairs[:, 1]] if len(pairs) else np.zeros(0, dtype=bool)
     kinds = np.where(near, KINDS.index("near"), KINDS.index("contrast")).astype(np.int8)
     if align:
         split: dict[int, list[str]] = {}

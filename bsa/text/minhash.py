@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class Shingles:
     def take(self, rows: np.ndarray) -> Shingles:
         """The shingles of the given rows, in that order."""
         sizes = np.diff(self.offsets)[rows]
-        flat = np.repeat(self.offsets[rows], sizes) + _ranks(sizes)
+        flat = np.repeat(self.offsets[rows], sizes) + ranks(sizes)
         return Shingles(self.hashes[flat], np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
 
     def unique_per_row(self) -> Shingles:
@@ -215,7 +215,7 @@ def shingle(texts: Sequence[str], langs: Sequence[str | None] | None = None, ngr
     n = np.where(toks.by_chars, char_ngram, ngram).astype(np.int64)
     windows = np.maximum(toks.lengths - n + 1, 1)
     starts = np.cumsum(toks.lengths) - toks.lengths
-    first = np.repeat(starts, windows) + _ranks(windows)
+    first = np.repeat(starts, windows) + ranks(windows)
     hashed = _fmix64(flat[first])  # every window has its first token (a row has one token at least)
     n_of, end = np.repeat(n, windows), np.repeat(starts + toks.lengths, windows)
     for k in range(1, int(n.max(initial=1))):
@@ -227,7 +227,7 @@ def shingle(texts: Sequence[str], langs: Sequence[str | None] | None = None, ngr
     return Shingles(folded.astype(np.uint32), np.concatenate([[0], np.cumsum(windows)]).astype(np.int64))
 
 
-def _ranks(sizes: np.ndarray) -> np.ndarray:
+def ranks(sizes: np.ndarray) -> np.ndarray:
     """0, 1, ..., size-1 for each size, concatenated."""
     total = int(sizes.sum())
     return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
@@ -371,9 +371,23 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket: int = 6
         parts += [index[_pairs_within(members, max_bucket)] for members in _groups(keys[band])]
     if not parts:
         return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.sort(np.concatenate(parts), axis=1)
-    codes = _sorted_unique(pairs[:, 0].astype(np.uint64) * np.uint64(len(sigs)) + pairs[:, 1].astype(np.uint64))
-    return np.stack([codes // np.uint64(len(sigs)), codes % np.uint64(len(sigs))], axis=1).astype(np.int64)
+    return distinct_pairs(np.concatenate(parts))
+
+
+def distinct_pairs(pairs: np.ndarray) -> np.ndarray:
+    """(pairs, 2) int64, each pair once, the smaller row first, sorted; each pair coded as one integer for the
+    sort (np.unique(axis=0) sorts rows as opaque records: 50x slower on millions of pairs)."""
+    if not len(pairs):
+        return np.zeros((0, 2), dtype=np.int64)
+    pairs = np.sort(np.asarray(pairs, dtype=np.int64), axis=1)
+    n = int(pairs.max()) + 1
+    codes = _sorted_unique(pair_codes(pairs, n))
+    return np.stack([codes // np.uint64(n), codes % np.uint64(n)], axis=1).astype(np.int64)
+
+
+def pair_codes(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Each pair of rows (below n) as one uint64, in the pairs' lexicographic order."""
+    return pairs[:, 0].astype(np.uint64) * np.uint64(n) + pairs[:, 1].astype(np.uint64)
 
 
 # -- verification -------------------------------------------------------------------------------------------
@@ -391,7 +405,7 @@ def _jaccard_chunk(sets: Shingles, pairs: np.ndarray, sizes: np.ndarray) -> np.n
     left, right = sizes[pairs[:, 0]], sizes[pairs[:, 1]]
     lengths = np.stack([left, right], axis=1).ravel()
     starts = sets.offsets[pairs.ravel()]
-    values = sets.hashes[np.repeat(starts, lengths) + _ranks(lengths)]
+    values = sets.hashes[np.repeat(starts, lengths) + ranks(lengths)]
     owner = np.repeat(np.arange(len(pairs), dtype=np.uint64), left + right)
     keys = np.sort((owner << np.uint64(32)) | values.astype(np.uint64))
     shared = keys[1:][keys[1:] == keys[:-1]] >> np.uint64(32)
@@ -402,14 +416,15 @@ def _jaccard_chunk(sets: Shingles, pairs: np.ndarray, sizes: np.ndarray) -> np.n
 
 @dataclass(frozen=True)
 class NearDuplicates:
-    """Verified pairs of rows (i < j), their similarity, how many candidates LSH proposed, the shingles."""
+    """Verified pairs of rows (i < j), their similarity, how many candidates LSH proposed, and the exact
+    Jaccard similarity of any pairs of the rows (`jaccard_of(pairs)`)."""
 
     pairs: np.ndarray
     similarity: np.ndarray
     candidates: int
     bands: int
     rows: int
-    shingles: Shingles
+    jaccard_of: Callable[[np.ndarray], np.ndarray]
 
 
 def near_duplicates(texts: Sequence[str], langs: Sequence[str | None] | None = None, *, num_perm: int = 128,
@@ -429,7 +444,7 @@ def near_duplicates(texts: Sequence[str], langs: Sequence[str | None] | None = N
     else:
         similarity = (sigs[candidates[:, 0]] == sigs[candidates[:, 1]]).mean(axis=1)
     keep = similarity >= threshold
-    return NearDuplicates(candidates[keep], similarity[keep], len(candidates), bands, rows, shingles)
+    return NearDuplicates(candidates[keep], similarity[keep], len(candidates), bands, rows, partial(jaccard, shingles))
 
 
 # -- pieces for a search spread over shards (bsa.text.minhash_shards) ------------------------------------

@@ -7,7 +7,11 @@ exactly `minhash.candidate_pairs`' pairs, in `_seq` terms (a row's position in t
    numpy (one sort, not one call per bucket). Every copy of a signature shares all its band keys, hence its
    partition, so "a repeated signature pairs with its earliest copy only, the later copies leave the bands"
    is decided inside a partition as `candidate_pairs` decides it over all rows.
-3. The driver joins and deduplicates the pairs (`unique_pairs`); verification and clustering follow there.
+3. The driver joins and deduplicates the pairs (`unique_pairs`).
+4. The exact check, on the cluster: each pair belongs to its first row's partition; `shingle_records` sends
+   each row's shingles to the partitions of the pairs it is in, where `partition_similarity` scores them
+   (a broadcast join: the pairs, and each row's partitions, are sent to every task once). The driver keeps
+   only the pairs and one connected-components pass over them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pandas as pd
 from bsa.text import minhash
 
 MAX_BUCKET = inspect.signature(minhash.candidate_pairs).parameters["max_bucket"].default
-PART, BAND, KEY, FULL, SEQ = "part", "band", "key", "full", "_seq"
+PART, BAND, KEY, FULL, SEQ, SHINGLES = "part", "band", "key", "full", "_seq", "shingles"
 
 
 def band_rows(texts: list[str], langs: list[str | None] | None, seqs: np.ndarray, *, num_perm: int, ngram: int,
@@ -54,10 +58,50 @@ def partition_pairs(group: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def unique_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(pairs, 2) sorted and distinct, the smaller `_seq` first."""
-    pairs = np.sort(np.stack([np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)], axis=1), axis=1)
-    return np.unique(pairs, axis=0) if len(pairs) else np.zeros((0, 2), dtype=np.int64)
+    return minhash.distinct_pairs(np.stack([np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)], axis=1))
 
 
 def estimate(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """The signature estimate of each pair's Jaccard similarity (`near_duplicates` without `verify`)."""
     return (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
+
+
+def destinations(pairs: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each row's shingles must go for `partition_similarity`: (rows, partitions), sorted by row, one
+    entry per distinct (row, partition); a pair's partition is its first row's `_seq` modulo `partitions`."""
+    part = pairs[:, 0] % partitions
+    codes = np.unique(np.concatenate([pairs[:, 0], pairs[:, 1]]) * partitions + np.concatenate([part, part]))
+    return codes // partitions, codes % partitions
+
+
+def shingle_records(texts: list[str], langs: list[str | None] | None, seqs: np.ndarray, rows: np.ndarray,
+                    parts: np.ndarray, *, ngram: int, char_ngram: int) -> pd.DataFrame:
+    """One record per (row of a batch, partition it is sent to by `destinations`' `rows` and `parts`): the
+    partition, the row's `_seq` and its shingle hashes (uint32 bytes)."""
+    seqs = np.asarray(seqs, dtype=np.int64)
+    lo, hi = np.searchsorted(rows, seqs, "left"), np.searchsorted(rows, seqs, "right")
+    wanted = np.flatnonzero(hi > lo)
+    shingles = minhash.shingle([texts[i] for i in wanted.tolist()],
+                               None if langs is None else [langs[i] for i in wanted.tolist()],
+                               ngram=ngram, char_ngram=char_ngram)
+    counts = (hi - lo)[wanted]
+    owner = np.repeat(np.arange(len(wanted)), counts)
+    blobs = [shingles.hashes[shingles.offsets[i]:shingles.offsets[i + 1]].tobytes() for i in owner.tolist()]
+    return pd.DataFrame({PART: parts[np.repeat(lo[wanted], counts) + minhash.ranks(counts)].astype(np.int64),
+                         SEQ: seqs[wanted][owner], SHINGLES: pd.Series(blobs, dtype=object)})
+
+
+def partition_similarity(group: dict[str, np.ndarray], pairs: np.ndarray, partitions: int, verify: bool,
+                         num_perm: int, seed: int) -> dict[str, np.ndarray]:
+    """The similarity of the pairs of one partition (`destinations`), from the shingles its records carry:
+    exact Jaccard with `verify`, else the signature estimate, as `minhash.near_duplicates` decides."""
+    seqs, first = np.unique(np.asarray(group[SEQ], dtype=np.int64), return_index=True)
+    blobs = [np.frombuffer(group[SHINGLES][at], dtype=np.uint32) for at in first.tolist()]
+    sizes = np.array([len(blob) for blob in blobs], dtype=np.int64)
+    shingles = minhash.Shingles(np.concatenate([np.zeros(0, np.uint32), *blobs]),
+                                np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+    mine = pairs[pairs[:, 0] % partitions == int(group[PART][0])]
+    local = np.searchsorted(seqs, mine)
+    similarity = (minhash.jaccard(shingles, local) if verify
+                  else estimate(minhash.signatures(shingles, num_perm, seed), local))
+    return {"a": mine[:, 0], "b": mine[:, 1], "similarity": similarity.astype(np.float64)}
