@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bsa.pipeline.executor import run_local  # noqa: E402
+from bsa.pipeline.io import read_jsonl  # noqa: E402
 from bsa.stages import dedup  # noqa: E402
 from bsa.text import contrast, minhash  # noqa: E402
 from bsa.text import embeddings as embed_dedup  # noqa: E402
@@ -69,9 +70,8 @@ def seed_texts() -> list[tuple[str, str]]:
             seeds += [(text, lang) for text in read(path) if text and text.strip()]
     if not seeds:
         for path in sorted(glob(str(ROOT / "data" / "demo" / "pool_*.jsonl"))):
-            for line in Path(path).read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                if row.get("text") and len(row["text"].split()) + len(row["text"]) > 12:
+            for row in read_jsonl(path, on_error="reject")[0]:  # the demo pool holds a malformed line on purpose
+                if isinstance(row.get("text"), str) and len(row["text"].split()) + len(row["text"]) > 12:
                     seeds.append((row["text"], row.get("lang") or "en"))
     if not seeds:
         raise FileNotFoundError(f"no seed texts: neither {CORPORA} nor data/demo/pool_*.jsonl is present")
