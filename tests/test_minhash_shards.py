@@ -83,3 +83,38 @@ def test_first_rows_points_at_the_earliest_row_of_each_key():
     keys = pd.Series(["b", "a", "b", None, "c", None, "a"], dtype=object)
     assert first_rows(keys).tolist() == [0, 1, 0, 3, 4, 3, 1]
     assert first_rows(pd.Series([], dtype=object)).tolist() == []
+
+
+class InProcessShards:
+    """What dedup's check asks of `executor_ray.Shards` (partitions, share, shuffle), run in this process on
+    batches of a frame: the shuffle's records grouped by partition, as Ray groups them."""
+
+    def __init__(self, frame: pd.DataFrame, partitions: int, batch_rows: int):
+        self.frame, self.partitions, self.batch_rows = frame, partitions, batch_rows
+
+    def share(self, value):
+        return value
+
+    def shuffle(self, explode, group, *args, group_args=(), reads=None):
+        frame = self.frame if reads is None else self.frame[[*reads, minhash_shards.SEQ]]
+        batches = [frame.iloc[lo:lo + self.batch_rows] for lo in range(0, len(self.frame), self.batch_rows)]
+        records = pd.concat([explode(batch, *args) for batch in batches], ignore_index=True)
+        return pd.DataFrame([row for columns in shuffled(records)
+                             for row in zip(*group(columns, *group_args).values(), strict=True)],
+                            columns=["a", "b", "similarity"])
+
+
+def test_a_chain_joined_row_is_scored_on_the_shards_the_others_looked_up():
+    from bsa.stages import dedup
+
+    texts = pool()
+    settings = dedup.MinHashConfig(ngram=1, char_ngram=2)
+    rows = InProcessShards(pd.DataFrame({"text": texts, "lang": "en", minhash_shards.SEQ: np.arange(len(texts))}),
+                           partitions=3, batch_rows=37)
+    pairs = minhash.distinct_pairs(np.random.default_rng(5).integers(0, len(texts), (400, 2)))
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    expected = minhash.jaccard(minhash.shingle(texts, ["en"] * len(texts), ngram=1, char_ngram=2), pairs)
+    scored = pairs[::2]  # half already scored: looked up; the rest scored by a shuffle
+    found = dedup.shard_jaccard(rows, pairs, settings, scored, expected[::2])
+    np.testing.assert_array_equal(found, expected)
+    assert np.array_equal(dedup.shard_jaccard(rows, pairs, settings, scored, None), expected)  # estimates: none

@@ -203,12 +203,15 @@ class Shards:
         return Shared(_ray().put(value))
 
     def shuffle(self, explode: Callable[..., pd.DataFrame], group: Callable[..., dict], *args: Any,
-                group_args: tuple = ()) -> pd.DataFrame:
+                group_args: tuple = (), reads: tuple[str, ...] | None = None) -> pd.DataFrame:
         """`explode(batch, *args)` gives records with a `part` column (a coarse partition of a key, below
         `partitions`); the records of one part meet in one `group(numpy columns, *group_args) -> numpy columns`
-        call; the driver gets every call's output, joined."""
-        records = self.dataset.map_batches(_BatchCall(explode, args, self.dtypes), batch_format="pandas",
-                                           batch_size=self.settings.batch_rows)
+        call; the driver gets every call's output, joined. `reads`: the only columns `explode` reads (the
+        others are never converted for it)."""
+        rows = self.dataset if reads is None else self.dataset.select_columns(
+            [column for column in (*reads, SEQ) if column in (*self.dtypes, SEQ)])
+        records = rows.map_batches(_BatchCall(explode, args, self.dtypes), batch_format="pandas",
+                                   batch_size=self.settings.batch_rows)
         grouped = records.groupby("part", num_partitions=self.partitions).map_groups(
             _group_call, batch_format="numpy", fn_args=(group, group_args))
         frames = [frame for frame in _ray().get(grouped.to_pandas_refs()) if len(frame)]

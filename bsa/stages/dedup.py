@@ -152,6 +152,7 @@ def risk_codes(records: pd.DataFrame) -> np.ndarray:
 
 
 NO_PAIRS = np.zeros((0, 2), dtype=np.int64)
+TEXT_COLUMNS = ("text", "lang")  # what MinHash reads of a row
 CONTENT_KEY = "_content_key"  # on a cluster: a row's `contrast.content_hashes`
 Searched = tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]  # pairs, cosines, rows -> vectors
 
@@ -424,7 +425,8 @@ def find_duplicates_shards(rows, config: Config, ctx: StageContext):
     settings = config.minhash
     bands, per_band = minhash.bands_and_rows(settings.threshold, settings.num_perm,
                                              1 - settings.false_negative_weight, settings.false_negative_weight)
-    found = rows.shuffle(_band_records, minhash_shards.partition_pairs, settings, bands, per_band, rows.partitions)
+    found = rows.shuffle(_band_records, minhash_shards.partition_pairs, settings, bands, per_band, rows.partitions,
+                         reads=TEXT_COLUMNS)
     candidates = minhash_shards.unique_pairs(found.get("a", []), found.get("b", []))
     involved = np.unique(candidates)
     pairs = np.searchsorted(involved, candidates)
@@ -612,7 +614,7 @@ def shard_similarity(rows, pairs: np.ndarray, settings: MinHashConfig, verify: b
     at, parts = minhash_shards.destinations(pairs, partitions)
     found = rows.shuffle(_shingle_records, minhash_shards.partition_similarity, settings, rows.share(at),
                          rows.share(parts), group_args=(rows.share(pairs), partitions, verify, settings.num_perm,
-                                                         settings.seed))
+                                                         settings.seed), reads=TEXT_COLUMNS)
     if len(found) != len(pairs):
         raise RuntimeError(f"dedup on Ray: {len(found)} pairs scored of {len(pairs)} sent")
     similarity = np.empty(len(pairs))

@@ -407,7 +407,8 @@ def _jaccard_chunk(sets: Shingles, pairs: np.ndarray, sizes: np.ndarray) -> np.n
     starts = sets.offsets[pairs.ravel()]
     values = sets.hashes[np.repeat(starts, lengths) + ranks(lengths)]
     owner = np.repeat(np.arange(len(pairs), dtype=np.uint64), left + right)
-    keys = np.sort((owner << np.uint64(32)) | values.astype(np.uint64))
+    # each row's set is sorted: the keys are runs of sorted values, which a stable sort (timsort) merges
+    keys = np.sort((owner << np.uint64(32)) | values.astype(np.uint64), kind="stable")
     shared = keys[1:][keys[1:] == keys[:-1]] >> np.uint64(32)
     inter = np.bincount(shared.astype(np.int64), minlength=len(pairs))
     union = left + right - inter

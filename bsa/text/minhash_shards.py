@@ -8,7 +8,7 @@ exactly `minhash.candidate_pairs`' pairs, in `_seq` terms (a row's position in t
    partition, so "a repeated signature pairs with its earliest copy only, the later copies leave the bands"
    is decided inside a partition as `candidate_pairs` decides it over all rows.
 3. The driver joins and deduplicates the pairs (`unique_pairs`).
-4. The exact check, on the cluster: each pair belongs to its first row's partition; `shingle_records` sends
+4. The exact check, on the cluster: each pair belongs to a partition (`pair_partition`); `shingle_records` sends
    each row's shingles to the partitions of the pairs it is in, where `partition_similarity` scores them
    (a broadcast join: the pairs, and each row's partitions, are sent to every task once). The driver keeps
    only the pairs and one connected-components pass over them.
@@ -66,10 +66,17 @@ def estimate(sigs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1)
 
 
+def pair_partition(pairs: np.ndarray, partitions: int) -> np.ndarray:
+    """Each pair's partition for the check: the sum of its rows' `_seq` modulo `partitions` (a row copied a
+    thousand times pairs with its earliest copy a thousand times: by the first row alone, one partition
+    would get them all)."""
+    return (pairs[:, 0] + pairs[:, 1]) % partitions
+
+
 def destinations(pairs: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:
     """Where each row's shingles must go for `partition_similarity`: (rows, partitions), sorted by row, one
-    entry per distinct (row, partition); a pair's partition is its first row's `_seq` modulo `partitions`."""
-    part = pairs[:, 0] % partitions
+    entry per distinct (row, partition); a pair's partition is `pair_partition`'s."""
+    part = pair_partition(pairs, partitions)
     codes = np.unique(np.concatenate([pairs[:, 0], pairs[:, 1]]) * partitions + np.concatenate([part, part]))
     return codes // partitions, codes % partitions
 
@@ -100,7 +107,7 @@ def partition_similarity(group: dict[str, np.ndarray], pairs: np.ndarray, partit
     sizes = np.array([len(blob) for blob in blobs], dtype=np.int64)
     shingles = minhash.Shingles(np.concatenate([np.zeros(0, np.uint32), *blobs]),
                                 np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
-    mine = pairs[pairs[:, 0] % partitions == int(group[PART][0])]
+    mine = pairs[pair_partition(pairs, partitions) == int(group[PART][0])]
     local = np.searchsorted(seqs, mine)
     similarity = (minhash.jaccard(shingles, local) if verify
                   else estimate(minhash.signatures(shingles, num_perm, seed), local))
