@@ -48,7 +48,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 def _open_all(page) -> None:
     for item in page.locator("details.item > summary").all():
         item.click()
-    page.wait_for_function("[...document.querySelectorAll('img')].every(i => i.complete)")
+    test_viewer.wait_for_images(page)
 
 
 def _images(page) -> list[list]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -186,6 +187,15 @@ def browser():
         chromium.close()
 
 
+def wait_for_images(page, selector: str = "img", timeout_s: float = 10.0) -> None:
+    """Until every image the selector finds has loaded or failed, polled from here: Playwright's
+    wait_for_function evaluates its string inside the page once it polls, which the page's CSP forbids."""
+    deadline = time.monotonic() + timeout_s
+    while not page.eval_on_selector_all(selector, "nodes => nodes.every(n => n.complete)"):
+        assert time.monotonic() < deadline, f"images ({selector}) still loading after {timeout_s} s"
+        page.wait_for_timeout(50)
+
+
 @pytest.fixture
 def opened(browser):
     """open(path) -> the page showing it; what the page logged, its dialogs and CSP violations are checked
@@ -270,7 +280,7 @@ def test_a_sample_image_shows_when_it_is_a_data_url_or_a_file_beside_the_page(ru
     page.click("details.item[data-id='ro-1'] > summary")
     for sample in page.locator("details.item[data-id='ro-1'] details.sample > summary").all():
         sample.click()
-    page.wait_for_function("[...document.querySelectorAll('img.image')].every(i => i.complete)")
+    wait_for_images(page, "img.image")
     sources = page.eval_on_selector_all("img.image", "nodes => nodes.map(n => [n.getAttribute('src'), n.naturalWidth])")
     assert sources == [[images[0], 1], [images[1], 1]]  # the other two schemes are not shown
 
