@@ -376,7 +376,7 @@ def candidate_pairs(sigs: np.ndarray, bands: int, rows: int, max_bucket: int = 6
 
 def distinct_pairs(pairs: np.ndarray) -> np.ndarray:
     """(pairs, 2) int64, each pair once, the smaller row first, sorted; each pair coded as one integer for the
-    sort (np.unique(axis=0) sorts rows as opaque records: 50x slower on millions of pairs)."""
+    sort (np.unique(axis=0) sorts rows as opaque records: 9x slower on 3 million pairs, 2026-12-07)."""
     if not len(pairs):
         return np.zeros((0, 2), dtype=np.int64)
     pairs = np.sort(np.asarray(pairs, dtype=np.int64), axis=1)
