@@ -64,8 +64,9 @@ def test_pairs_checked_on_shards_score_as_in_one_place(partitions: int, shards: 
                                                         ngram=SETTINGS["ngram"], char_ngram=SETTINGS["char_ngram"])
                          for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)])
     assert len(records) == len(rows) and set(records[minhash_shards.SEQ]) == set(pairs.ravel().tolist())
+    ordered, bounds = minhash_shards.by_partition(pairs, partitions)
     found = pd.DataFrame([row for group in shuffled(records) for row in zip(*minhash_shards.partition_similarity(
-        group, pairs, partitions, verify, SETTINGS["num_perm"], SETTINGS["seed"]).values(), strict=True)],
+        group, ordered, bounds, verify, SETTINGS["num_perm"], SETTINGS["seed"]).values(), strict=True)],
                          columns=["a", "b", "similarity"])
     scored = found.set_index(["a", "b"])["similarity"]
     assert len(found) == len(pairs)
@@ -117,4 +118,5 @@ def test_a_chain_joined_row_is_scored_on_the_shards_the_others_looked_up():
     scored = pairs[::2]  # half already scored: looked up; the rest scored by a shuffle
     found = dedup.shard_jaccard(rows, pairs, settings, scored, expected[::2])
     np.testing.assert_array_equal(found, expected)
-    assert np.array_equal(dedup.shard_jaccard(rows, pairs, settings, scored, None), expected)  # estimates: none
+    # scored pairs whose similarity is an estimate are not looked up: every pair scored on the shards
+    assert np.array_equal(dedup.shard_jaccard(rows, pairs, settings, scored, None), expected)

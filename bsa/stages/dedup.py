@@ -612,8 +612,9 @@ def shard_similarity(rows, pairs: np.ndarray, settings: MinHashConfig, verify: b
         return np.zeros(0)
     partitions = rows.partitions
     at, parts = minhash_shards.destinations(pairs, partitions)
+    ordered, bounds = minhash_shards.by_partition(pairs, partitions)
     found = rows.shuffle(_shingle_records, minhash_shards.partition_similarity, settings, rows.share(at),
-                         rows.share(parts), group_args=(rows.share(pairs), partitions, verify, settings.num_perm,
+                         rows.share(parts), group_args=(rows.share(ordered), bounds, verify, settings.num_perm,
                                                          settings.seed), reads=TEXT_COLUMNS)
     if len(found) != len(pairs):
         raise RuntimeError(f"dedup on Ray: {len(found)} pairs scored of {len(pairs)} sent")

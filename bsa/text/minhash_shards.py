@@ -10,7 +10,8 @@ exactly `minhash.candidate_pairs`' pairs, in `_seq` terms (a row's position in t
 3. The driver joins and deduplicates the pairs (`unique_pairs`).
 4. The exact check, on the cluster: each pair belongs to a partition (`pair_partition`); `shingle_records` sends
    each row's shingles to the partitions of the pairs it is in, where `partition_similarity` scores them
-   (a broadcast join: the pairs, and each row's partitions, are sent to every task once). The driver keeps
+   (a broadcast join: the pairs, ordered by partition, and each row's partitions are put in the object store
+   once; each task reads its own slice). The driver keeps
    only the pairs and one connected-components pass over them.
 """
 
@@ -73,6 +74,14 @@ def pair_partition(pairs: np.ndarray, partitions: int) -> np.ndarray:
     return (pairs[:, 0] + pairs[:, 1]) % partitions
 
 
+def by_partition(pairs: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs ordered by `pair_partition`, and where each partition's start (partitions + 1 bounds), so a
+    partition's task takes its own slice instead of scanning every pair."""
+    part = pair_partition(pairs, partitions)
+    order = np.argsort(part, kind="stable")
+    return pairs[order], np.searchsorted(part[order], np.arange(partitions + 1))
+
+
 def destinations(pairs: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:
     """Where each row's shingles must go for `partition_similarity`: (rows, partitions), sorted by row, one
     entry per distinct (row, partition); a pair's partition is `pair_partition`'s."""
@@ -98,16 +107,18 @@ def shingle_records(texts: list[str], langs: list[str | None] | None, seqs: np.n
                          SEQ: seqs[wanted][owner], SHINGLES: pd.Series(blobs, dtype=object)})
 
 
-def partition_similarity(group: dict[str, np.ndarray], pairs: np.ndarray, partitions: int, verify: bool,
+def partition_similarity(group: dict[str, np.ndarray], pairs: np.ndarray, bounds: np.ndarray, verify: bool,
                          num_perm: int, seed: int) -> dict[str, np.ndarray]:
-    """The similarity of the pairs of one partition (`destinations`), from the shingles its records carry:
-    exact Jaccard with `verify`, else the signature estimate, as `minhash.near_duplicates` decides."""
+    """The similarity of the pairs of one partition (`pairs`, `bounds`: `by_partition`'s), from the shingles
+    its records carry (`destinations`): exact Jaccard with `verify`, else the signature estimate, as
+    `minhash.near_duplicates` decides."""
     seqs, first = np.unique(np.asarray(group[SEQ], dtype=np.int64), return_index=True)
     blobs = [np.frombuffer(group[SHINGLES][at], dtype=np.uint32) for at in first.tolist()]
     sizes = np.array([len(blob) for blob in blobs], dtype=np.int64)
     shingles = minhash.Shingles(np.concatenate([np.zeros(0, np.uint32), *blobs]),
                                 np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
-    mine = pairs[pair_partition(pairs, partitions) == int(group[PART][0])]
+    part = int(group[PART][0])
+    mine = pairs[bounds[part]:bounds[part + 1]]
     local = np.searchsorted(seqs, mine)
     similarity = (minhash.jaccard(shingles, local) if verify
                   else estimate(minhash.signatures(shingles, num_perm, seed), local))
