@@ -15,8 +15,8 @@ runs here with the project venv's transformers, torch and tokenizers when model2
 tokenizer surgery) are put on PYTHONPATH from a folder of their own (their other dependencies are all in the
 venv); the venv itself is not changed:
 
-    .venv/bin/python -m pip install --target /tmp/m2v --no-deps model2vec==0.10.0 skeletoken==0.6.1
-    HF_HUB_OFFLINE=1 PYTHONPATH=/tmp/m2v .venv/bin/python bench/static.py
+    .venv/bin/python -m pip install --target ~/.cache/bsa-bench/m2v --no-deps model2vec==0.10.0 skeletoken==0.6.1
+    HF_HUB_OFFLINE=1 PYTHONPATH=~/.cache/bsa-bench/m2v .venv/bin/python bench/static.py
 
 Not in `make bench`'s list (bench/run_all.py runs bench/bench_*.py only), since the venv lacks model2vec.
 Writes bench/sections/static.md and bench/results.md. The distillation's token pass (about 30,000 forward
@@ -48,8 +48,8 @@ from bsa.text import embeddings  # noqa: E402
 
 SETUP = ("model2vec is not importable. Install it (and skeletoken) into a folder of its own, not into the "
          "project venv, and run with it on PYTHONPATH:\n"
-         "    .venv/bin/python -m pip install --target /tmp/m2v --no-deps model2vec==0.10.0 skeletoken==0.6.1\n"
-         "    HF_HUB_OFFLINE=1 PYTHONPATH=/tmp/m2v .venv/bin/python bench/static.py")
+         "    .venv/bin/python -m pip install --target ~/.cache/bsa-bench/m2v --no-deps model2vec==0.10.0 skeletoken==0.6.1\n"
+         "    HF_HUB_OFFLINE=1 PYTHONPATH=~/.cache/bsa-bench/m2v .venv/bin/python bench/static.py")
 # (name, distill keyword arguments): model2vec's default, then without PCA, with PCA to all 384 dimensions
 # (centred and rotated, no reduction), without the Zipf/SIF weights, and with neither
 VARIANTS = [("default (pca 256, sif 1e-4)", {}),
